@@ -1,0 +1,67 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * Shared by the verb groups of the rsr command: the verb table, error
+ * reporting, JSON output and the progress bar. The command holds no logic
+ * of its own: each verb parses options, calls librsr and shows the result.
+ */
+#ifndef RSR_CMD_H
+#define RSR_CMD_H
+
+#include <stdbool.h>
+#include <stdio.h>
+
+#include <jansson.h>
+
+#include "rsr/common.h"
+
+/* Exit statuses, as documented in rsr(1). */
+enum {
+	EXIT_OK = 0,
+	EXIT_FAIL = 1,  /* the operation failed or the input was refused */
+	EXIT_USAGE = 2, /* bad command line */
+};
+
+struct cmd_env {
+	struct rsr_ctx *ctx;
+	const char *argv0;
+	unsigned threads;
+	bool quiet;
+	int verbose;
+	struct progress *progress;
+};
+
+struct verb {
+	const char *name;
+	int (*run)(struct cmd_env *env, int argc, char **argv);
+	const char *summary;
+};
+
+/* Runs argv[0] as a verb of `group`, or prints the group's help. */
+int cmd_dispatch(struct cmd_env *env, const char *group, const struct verb *verbs, int argc, char **argv);
+
+/* Prints "rsr: <message of the last failure>" to stderr and returns EXIT_FAIL. */
+int cmd_fail(struct cmd_env *env, int r);
+/* Prints "rsr: <formatted message>" to stderr and returns EXIT_USAGE. */
+int cmd_usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Prints "rsr: <formatted message>" to stderr and returns EXIT_FAIL. */
+int cmd_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* Prints a JSON value to stdout, indented, with a newline; takes ownership. */
+int cmd_print_json(json_t *v);
+
+/* Turns on the progress bar when stderr is a terminal and --quiet is not set. */
+void cmd_progress_enable(struct cmd_env *env);
+/* Ends a progress bar line, if one is shown. */
+void cmd_progress_done(struct cmd_env *env);
+
+/* Parses a non-negative integer option; false if malformed. */
+bool cmd_parse_uint(const char *s, unsigned long long max, unsigned long long *ret);
+
+/* Formats a byte count as "123.4 MiB" into buf. */
+const char *cmd_bytes(unsigned long long n, char buf[32]);
+
+/* Verb groups. */
+int cmd_key(struct cmd_env *env, int argc, char **argv);
+int cmd_cryptex(struct cmd_env *env, int argc, char **argv);
+
+#endif

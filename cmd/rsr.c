@@ -1,0 +1,126 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * rsr: Rapid Security Responses for Linux. Entry point: global options,
+ * the library context, and dispatch to the verb groups.
+ */
+#include <getopt.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cmd.h"
+#include "rsr-config.h"
+
+struct group {
+	const char *name;
+	int (*run)(struct cmd_env *env, int argc, char **argv);
+	const char *summary;
+};
+
+static const struct group groups[] = {
+	{"key", cmd_key, "make signing keys and show key ids"},
+
+	{NULL, NULL, NULL},
+};
+
+static void usage(FILE *f)
+{
+	fputs("Usage: rsr [--threads N] [--verbose] [--quiet] GROUP VERB [OPTIONS]\n"
+	      "\n"
+	      "Rapid Security Responses: signed, sealed cryptex images and the small\n"
+	      "patches that update them.\n"
+	      "\n"
+	      "Groups:\n",
+	      f);
+	for (const struct group *g = groups; g->name; g++)
+		fprintf(f, "  %-12s %s\n", g->name, g->summary);
+	fputs("\n"
+	      "Options:\n"
+	      "  -j, --threads N   worker threads (default: one per CPU)\n"
+	      "  -v, --verbose     more detail on stderr\n"
+	      "  -q, --quiet       no progress bar, only errors on stderr\n"
+	      "      --version     print the version and exit\n"
+	      "  -h, --help        this help\n"
+	      "\n"
+	      "Exit status: 0 success, 1 the operation failed or was refused, 2 usage error.\n"
+	      "Run 'rsr GROUP --help' for the verbs of a group.\n",
+	      f);
+}
+
+static void log_cb(void *userdata, enum rsr_log_level level, const char *msg)
+{
+	struct cmd_env *env = userdata;
+
+	cmd_progress_done(env);
+	fprintf(stderr, "rsr: %s%s\n", level <= RSR_LOG_WARNING ? "warning: " : "", msg);
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{"threads", required_argument, NULL, 'j'},
+		{"verbose", no_argument, NULL, 'v'},
+		{"quiet", no_argument, NULL, 'q'},
+		{"version", no_argument, NULL, 'V'},
+		{"help", no_argument, NULL, 'h'},
+		{NULL, 0, NULL, 0},
+	};
+	struct cmd_env env = {.argv0 = argv[0]};
+	unsigned long long n;
+	int c, r;
+
+	/* '+': stop at the first non-option, which is the group. */
+	while ((c = getopt_long(argc, argv, "+j:vqh", opts, NULL)) != -1) {
+		switch (c) {
+		case 'j':
+			if (!cmd_parse_uint(optarg, 256, &n))
+				return cmd_usage_error("--threads takes a number from 0 to 256");
+			env.threads = (unsigned)n;
+			break;
+		case 'v':
+			env.verbose++;
+			break;
+		case 'q':
+			env.quiet = true;
+			break;
+		case 'V':
+			printf("rsr %s\n", RSR_VERSION);
+			return EXIT_OK;
+		case 'h':
+			usage(stdout);
+			return EXIT_OK;
+		default:
+			usage(stderr);
+			return EXIT_USAGE;
+		}
+	}
+	if (optind >= argc) {
+		usage(stderr);
+		return EXIT_USAGE;
+	}
+	if (rsr_ctx_new(&env.ctx) < 0)
+		return cmd_error("out of memory");
+	rsr_ctx_set_threads(env.ctx, env.threads);
+	rsr_ctx_set_log(env.ctx, log_cb, &env);
+	rsr_ctx_set_log_level(env.ctx, env.quiet ? RSR_LOG_WARNING : env.verbose ? RSR_LOG_DEBUG : RSR_LOG_NOTICE);
+
+	r = -1;
+	for (const struct group *g = groups; g->name; g++) {
+		if (!strcmp(argv[optind], g->name)) {
+			int sub = optind + 1;
+			optind = 0; /* reset getopt for the verb's own options */
+			r = g->run(&env, argc - sub, argv + sub);
+			break;
+		}
+	}
+	if (r < 0) {
+		if (!strcmp(argv[optind], "help"))
+			usage(stdout), r = EXIT_OK;
+		else
+			r = cmd_usage_error("'%s' is not an rsr command; see 'rsr --help'", argv[optind]);
+	}
+	cmd_progress_done(&env);
+	rsr_ctx_free(env.ctx);
+	if (fflush(stdout) != 0 && r == EXIT_OK)
+		r = cmd_error("cannot write to standard output");
+	return r;
+}

@@ -1,0 +1,168 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * Output helpers of the rsr command: error messages, JSON, the progress bar
+ * and the verb dispatcher.
+ */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cmd.h"
+
+struct progress {
+	bool shown;
+	int last_permille;
+	char what[64];
+	struct timespec last;
+};
+
+static void print_group_help(const char *group, const struct verb *verbs, FILE *f)
+{
+	fprintf(f, "Usage: rsr %s VERB [OPTIONS]\n\nVerbs:\n", group);
+	for (const struct verb *v = verbs; v->name; v++)
+		fprintf(f, "  %-12s %s\n", v->name, v->summary);
+	fprintf(f, "\nRun 'rsr %s VERB --help' for the options of a verb.\n", group);
+}
+
+int cmd_dispatch(struct cmd_env *env, const char *group, const struct verb *verbs, int argc, char **argv)
+{
+	if (argc < 1) {
+		print_group_help(group, verbs, stderr);
+		return EXIT_USAGE;
+	}
+	if (!strcmp(argv[0], "--help") || !strcmp(argv[0], "-h") || !strcmp(argv[0], "help")) {
+		print_group_help(group, verbs, stdout);
+		return EXIT_OK;
+	}
+	for (const struct verb *v = verbs; v->name; v++)
+		if (!strcmp(argv[0], v->name))
+			return v->run(env, argc, argv);
+	return cmd_usage_error("'%s' is not a verb of 'rsr %s'; see 'rsr %s --help'", argv[0], group, group);
+}
+
+int cmd_fail(struct cmd_env *env, int r)
+{
+	cmd_progress_done(env);
+	fprintf(stderr, "rsr: %s\n", r == 0 ? "failed" : rsr_ctx_error(env->ctx));
+	return EXIT_FAIL;
+}
+
+int cmd_usage_error(const char *fmt, ...)
+{
+	va_list ap;
+
+	fputs("rsr: ", stderr);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', stderr);
+	return EXIT_USAGE;
+}
+
+int cmd_error(const char *fmt, ...)
+{
+	va_list ap;
+
+	fputs("rsr: ", stderr);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', stderr);
+	return EXIT_FAIL;
+}
+
+int cmd_print_json(json_t *v)
+{
+	int r = 0;
+
+	if (!v)
+		return cmd_error("out of memory");
+	if (json_dumpf(v, stdout, JSON_INDENT(2) | JSON_PRESERVE_ORDER) < 0)
+		r = cmd_error("cannot write JSON output");
+	fputc('\n', stdout);
+	json_decref(v);
+	return r;
+}
+
+static int progress_cb(void *userdata, const char *what, uint64_t done, uint64_t total)
+{
+	struct progress *p = userdata;
+	struct timespec now;
+	int permille = total ? (int)(done * 1000 / total) : 1000;
+	char a[32], b[32];
+	int width = 30, fill;
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	/* Redraw at most 10 times a second, and always for a new phase or the end. */
+	if (strcmp(p->what, what) == 0 && permille != 1000 &&
+	    (now.tv_sec - p->last.tv_sec) * 1000000000L + (now.tv_nsec - p->last.tv_nsec) < 100000000L)
+		return 0;
+	if (strcmp(p->what, what) != 0 && p->shown)
+		fputc('\n', stderr);
+	snprintf(p->what, sizeof(p->what), "%s", what);
+	p->last = now;
+	p->last_permille = permille;
+	fill = permille * width / 1000;
+	fprintf(stderr, "\r%-24.24s [", what);
+	for (int i = 0; i < width; i++)
+		fputc(i < fill ? '#' : '.', stderr);
+	fprintf(stderr, "] %3d%%  %s / %s\033[K", permille / 10, cmd_bytes(done, a), cmd_bytes(total, b));
+	fflush(stderr);
+	p->shown = true;
+	return 0;
+}
+
+void cmd_progress_enable(struct cmd_env *env)
+{
+	if (env->quiet || !isatty(STDERR_FILENO) || env->progress)
+		return;
+	env->progress = calloc(1, sizeof(*env->progress));
+	if (env->progress)
+		rsr_ctx_set_progress(env->ctx, progress_cb, env->progress);
+}
+
+void cmd_progress_done(struct cmd_env *env)
+{
+	if (!env->progress)
+		return;
+	if (env->progress->shown)
+		fputc('\n', stderr);
+	rsr_ctx_set_progress(env->ctx, NULL, NULL);
+	free(env->progress);
+	env->progress = NULL;
+}
+
+bool cmd_parse_uint(const char *s, unsigned long long max, unsigned long long *ret)
+{
+	char *end;
+	unsigned long long v;
+
+	if (!s || !*s || *s == '-' || *s == '+')
+		return false;
+	errno = 0;
+	v = strtoull(s, &end, 10);
+	if (errno || *end || v > max)
+		return false;
+	*ret = v;
+	return true;
+}
+
+const char *cmd_bytes(unsigned long long n, char buf[32])
+{
+	static const char *units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+	double v = (double)n;
+	unsigned u = 0;
+
+	while (v >= 1024 && u < 4) {
+		v /= 1024;
+		u++;
+	}
+	if (u == 0)
+		snprintf(buf, 32, "%llu B", n);
+	else
+		snprintf(buf, 32, "%.1f %s", v, units[u]);
+	return buf;
+}

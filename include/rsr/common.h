@@ -1,0 +1,86 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * librsr: the context every call takes, error codes, logging and progress
+ * callbacks. Nothing in the library prints, exits or reads the environment.
+ */
+#ifndef RSR_COMMON_H
+#define RSR_COMMON_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/*
+ * Errors: functions return >= 0 on success, a negative errno value for a
+ * system error, or one of these domain codes.
+ */
+enum {
+	RSR_E_FORMAT = -1000,    /* malformed or unsupported input */
+	RSR_E_SIGNATURE = -1001, /* signature missing, bad, or by an untrusted key */
+	RSR_E_DIGEST = -1002,    /* content does not match its hash */
+	RSR_E_EXPIRED = -1003,   /* metadata past its expiry */
+	RSR_E_ROLLBACK = -1004,  /* older than what was seen before */
+	RSR_E_KEY = -1005,       /* key missing, unreadable or of the wrong type */
+	RSR_E_TOOL = -1006,      /* an external program failed */
+	RSR_E_CANCELED = -1007,  /* a callback asked to stop */
+	RSR_E_MISMATCH = -1008,  /* input is not the one expected (base, slot, ...) */
+	RSR_E_STATE = -1009,     /* device state does not allow the operation */
+	RSR_E_LIMIT = -1010,     /* input exceeds a documented limit */
+};
+
+/* Static text for an error code (domain code or negative errno). */
+const char *rsr_strerror(int err);
+
+enum rsr_log_level {
+	RSR_LOG_ERROR = 3,
+	RSR_LOG_WARNING = 4,
+	RSR_LOG_NOTICE = 5,
+	RSR_LOG_INFO = 6,
+	RSR_LOG_DEBUG = 7,
+};
+
+/* Receives each log line, without a trailing newline. */
+typedef void (*rsr_log_fn)(void *userdata, enum rsr_log_level level, const char *msg);
+
+/*
+ * Reports progress of long operations: `done` of `total` units (bytes unless
+ * the operation says otherwise). Returning non-zero cancels the operation,
+ * which then fails with RSR_E_CANCELED and leaves nothing behind.
+ * May be called from any worker thread, but never from two at once.
+ */
+typedef int (*rsr_progress_fn)(void *userdata, const char *what, uint64_t done, uint64_t total);
+
+struct rsr_ctx;
+
+/* A new context; the caller owns it. Returns 0 or -ENOMEM. */
+int rsr_ctx_new(struct rsr_ctx **ret_ctx);
+/* Frees a context; NULL is allowed. */
+void rsr_ctx_free(struct rsr_ctx *ctx);
+
+void rsr_ctx_set_log(struct rsr_ctx *ctx, rsr_log_fn fn, void *userdata);
+/* Only messages at `level` or more severe reach the log callback. */
+void rsr_ctx_set_log_level(struct rsr_ctx *ctx, enum rsr_log_level level);
+void rsr_ctx_set_progress(struct rsr_ctx *ctx, rsr_progress_fn fn, void *userdata);
+/* Worker threads for parallel work; 0 means one per online CPU (the default). */
+void rsr_ctx_set_threads(struct rsr_ctx *ctx, unsigned threads);
+unsigned rsr_ctx_get_threads(const struct rsr_ctx *ctx);
+
+/*
+ * The message describing the most recent failure on this context: what
+ * failed, on what, and why. Borrowed from the context; valid until the next
+ * call that fails. Falls back to rsr_strerror() text when none was recorded.
+ */
+const char *rsr_ctx_error(const struct rsr_ctx *ctx);
+/* Forgets the recorded failure. */
+void rsr_ctx_clear_error(struct rsr_ctx *ctx);
+
+/* The library version, "MAJOR.MINOR.PATCH". */
+const char *rsr_version(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

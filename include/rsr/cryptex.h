@@ -1,0 +1,108 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * Cryptex images: a signed, sealed EROFS filesystem image in one file.
+ * Layout (docs/formats/cryptex.md): a 4 KiB header, the EROFS image, its
+ * dm-verity hash tree, and a signed JSON manifest.
+ */
+#ifndef RSR_CRYPTEX_H
+#define RSR_CRYPTEX_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "rsr/common.h"
+#include "rsr/key.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define RSR_CRYPTEX_BLOCK_SIZE 4096
+#define RSR_CRYPTEX_HEADER_SIZE 4096
+#define RSR_CRYPTEX_MANIFEST_MAX (1024 * 1024)
+/* Name of the release file at the root of every cryptex's filesystem. */
+#define RSR_CRYPTEX_RELEASE_FILE "cryptex-release"
+
+struct rsr_cryptex;
+
+struct rsr_cryptex_build_opts {
+	const char *name;    /* slot name: [A-Za-z0-9_.-], 1..64, not starting with '.' */
+	const char *version; /* free text without whitespace, 1..128 */
+	const char *const *base_builds; /* base builds it may be grafted on; at least one */
+	size_t n_base_builds;
+	const struct rsr_key *key; /* private signing key */
+	uint64_t timestamp;        /* every inode's time and the manifest's (SOURCE_DATE_EPOCH) */
+	const char *mkfs_erofs;    /* program to run; NULL for the built-in default */
+	const char *tmpdir;        /* staging area; NULL for the output's directory */
+};
+
+/*
+ * Builds OUT from the tree SRC_DIR: copies the tree to a staging area, adds
+ * the release file, runs mkfs.erofs (uncompressed, all files owned by root,
+ * every time set to opts->timestamp, a UUID derived from name and version),
+ * computes the hash tree and writes the signed file atomically. The same
+ * tree and options give a byte-identical file. Each top-level entry of
+ * SRC_DIR must be a directory; they become the paths the cryptex covers.
+ */
+int rsr_cryptex_build(struct rsr_ctx *ctx, const char *src_dir, const char *out_path,
+		      const struct rsr_cryptex_build_opts *opts);
+
+/*
+ * Opens a cryptex file and parses its header and manifest, checking every
+ * length and offset; verifies nothing cryptographic. The caller owns the
+ * result. Fails with RSR_E_FORMAT and a message naming the fault.
+ */
+int rsr_cryptex_open(struct rsr_ctx *ctx, const char *path, struct rsr_cryptex **ret_cx);
+/* The same from a whole file in memory (used by the fuzzers); the image is not kept. */
+int rsr_cryptex_parse(struct rsr_ctx *ctx, const void *buf, size_t len, struct rsr_cryptex **ret_cx);
+void rsr_cryptex_free(struct rsr_cryptex *cx);
+
+/*
+ * Checks the manifest's signature against the trusted keys: RSR_E_SIGNATURE
+ * names the key id when it is not trusted or the signature does not verify.
+ */
+int rsr_cryptex_verify_signature(struct rsr_ctx *ctx, struct rsr_cryptex *cx, const struct rsr_keyring *trusted);
+/*
+ * Checks the hash tree against the signed root hash, then every data block
+ * against the tree, on several threads. RSR_E_DIGEST names the first bad
+ * block (data block index, or hash-tree level and block). Progress is
+ * reported in bytes. Only for a cryptex opened from a file.
+ */
+int rsr_cryptex_verify_blocks(struct rsr_ctx *ctx, struct rsr_cryptex *cx);
+/* Signature, then blocks. */
+int rsr_cryptex_verify(struct rsr_ctx *ctx, struct rsr_cryptex *cx, const struct rsr_keyring *trusted);
+
+/* Getters: strings are borrowed from cx. */
+const char *rsr_cryptex_path(const struct rsr_cryptex *cx);
+const char *rsr_cryptex_name(const struct rsr_cryptex *cx);
+const char *rsr_cryptex_version(const struct rsr_cryptex *cx);
+size_t rsr_cryptex_base_build_count(const struct rsr_cryptex *cx);
+const char *rsr_cryptex_base_build(const struct rsr_cryptex *cx, size_t i);
+/* True if `build` is one of the base builds the cryptex may be grafted on. */
+bool rsr_cryptex_allows_base(const struct rsr_cryptex *cx, const char *build);
+/* Top-level directories the cryptex covers, e.g. "usr". */
+size_t rsr_cryptex_path_count(const struct rsr_cryptex *cx);
+const char *rsr_cryptex_covered_path(const struct rsr_cryptex *cx, size_t i);
+const char *rsr_cryptex_root_hash_hex(const struct rsr_cryptex *cx);
+void rsr_cryptex_root_hash(const struct rsr_cryptex *cx, uint8_t ret[32]);
+const char *rsr_cryptex_salt_hex(const struct rsr_cryptex *cx);
+const char *rsr_cryptex_key_id_hex(const struct rsr_cryptex *cx);
+uint64_t rsr_cryptex_timestamp(const struct rsr_cryptex *cx);
+uint64_t rsr_cryptex_file_count(const struct rsr_cryptex *cx);      /* non-directories */
+uint64_t rsr_cryptex_directory_count(const struct rsr_cryptex *cx); /* directories, root excluded */
+uint64_t rsr_cryptex_file_size(const struct rsr_cryptex *cx);
+/* The EROFS image: where it starts in the file and its size (a multiple of 4096). */
+uint64_t rsr_cryptex_image_offset(const struct rsr_cryptex *cx);
+uint64_t rsr_cryptex_image_size(const struct rsr_cryptex *cx);
+/* The hash tree (dm-verity format without superblock, version 1). */
+uint64_t rsr_cryptex_tree_offset(const struct rsr_cryptex *cx);
+uint64_t rsr_cryptex_tree_size(const struct rsr_cryptex *cx);
+uint64_t rsr_cryptex_data_blocks(const struct rsr_cryptex *cx);
+/* The signed manifest bytes (JSON); borrowed. */
+const char *rsr_cryptex_manifest(const struct rsr_cryptex *cx, size_t *ret_len);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,177 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * Helpers shared by every module of librsr: the context layout, error
+ * recording, cleanup attributes, little-endian access, hex, file I/O and a
+ * small parallel-for. Not installed; never part of the public API.
+ */
+#ifndef RSR_INTERNAL_H
+#define RSR_INTERNAL_H
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "rsr/common.h"
+
+#define RSR_ERRMSG_MAX 1024
+
+struct rsr_ctx {
+	rsr_log_fn log_fn;
+	void *log_data;
+	enum rsr_log_level log_level;
+	rsr_progress_fn progress_fn;
+	void *progress_data;
+	unsigned threads;
+	int last_err;
+	char errmsg[RSR_ERRMSG_MAX];
+};
+
+#define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+#define RSR_MIN(a, b) ((a) < (b) ? (a) : (b))
+#define RSR_MAX(a, b) ((a) > (b) ? (a) : (b))
+
+/*
+ * Records `err` with a formatted message on the context and returns `err`,
+ * so a failure is reported once, where it is understood:
+ *   return rsr_error(ctx, RSR_E_FORMAT, "%s: header too short", path);
+ */
+int rsr_error(struct rsr_ctx *ctx, int err, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* Like rsr_error() for a negative errno: appends ": <strerror>" itself. */
+int rsr_error_errno(struct rsr_ctx *ctx, int err, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* Prefixes the message already recorded with more context, returns `err`. */
+int rsr_error_prefix(struct rsr_ctx *ctx, int err, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+void rsr_log(struct rsr_ctx *ctx, enum rsr_log_level level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+#define rsr_debug(ctx, ...) rsr_log(ctx, RSR_LOG_DEBUG, __VA_ARGS__)
+#define rsr_info(ctx, ...) rsr_log(ctx, RSR_LOG_INFO, __VA_ARGS__)
+#define rsr_warn(ctx, ...) rsr_log(ctx, RSR_LOG_WARNING, __VA_ARGS__)
+
+/* Calls the progress callback if any; returns RSR_E_CANCELED when asked to stop. */
+int rsr_progress(struct rsr_ctx *ctx, const char *what, uint64_t done, uint64_t total);
+
+/* Number of worker threads to use for `items` independent pieces of work. */
+unsigned rsr_threads_for(const struct rsr_ctx *ctx, uint64_t items);
+
+/*
+ * Runs fn(arg, i) for i in [0, n) on up to `threads` threads, handing out
+ * indices in order. Stops handing out new indices after the first failure
+ * and returns the error of the lowest failing index, or 0.
+ */
+typedef int (*rsr_parallel_fn)(void *arg, size_t index, unsigned worker);
+int rsr_parallel_for(unsigned threads, size_t n, rsr_parallel_fn fn, void *arg);
+
+/* Cleanup helpers. */
+static inline void freep(void *p) { free(*(void **)p); }
+static inline void closep(int *fd)
+{
+	if (*fd >= 0) {
+		int saved = errno;
+		close(*fd);
+		errno = saved;
+	}
+}
+#define _cleanup_free_ __attribute__((cleanup(freep)))
+#define _cleanup_close_ __attribute__((cleanup(closep)))
+
+static inline void *steal_ptr(void *pp)
+{
+	void **p = pp;
+	void *v = *p;
+	*p = NULL;
+	return v;
+}
+#define TAKE_PTR(p) steal_ptr(&(p))
+static inline int take_fd(int *fd)
+{
+	int v = *fd;
+	*fd = -1;
+	return v;
+}
+#define TAKE_FD(fd) take_fd(&(fd))
+
+/* Little-endian access to fixed-layout on-disk structures. */
+static inline uint16_t rsr_get_le16(const void *p)
+{
+	const uint8_t *b = p;
+	return (uint16_t)(b[0] | b[1] << 8);
+}
+static inline uint32_t rsr_get_le32(const void *p)
+{
+	const uint8_t *b = p;
+	return (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24;
+}
+static inline uint64_t rsr_get_le64(const void *p)
+{
+	const uint8_t *b = p;
+	return (uint64_t)rsr_get_le32(b) | (uint64_t)rsr_get_le32(b + 4) << 32;
+}
+static inline void rsr_put_le16(void *p, uint16_t v)
+{
+	uint8_t *b = p;
+	b[0] = (uint8_t)v;
+	b[1] = (uint8_t)(v >> 8);
+}
+static inline void rsr_put_le32(void *p, uint32_t v)
+{
+	uint8_t *b = p;
+	for (int i = 0; i < 4; i++)
+		b[i] = (uint8_t)(v >> (8 * i));
+}
+static inline void rsr_put_le64(void *p, uint64_t v)
+{
+	uint8_t *b = p;
+	for (int i = 0; i < 8; i++)
+		b[i] = (uint8_t)(v >> (8 * i));
+}
+
+/* Overflow-checked arithmetic; true on overflow. */
+#define rsr_add_overflow(a, b, r) __builtin_add_overflow(a, b, r)
+#define rsr_mul_overflow(a, b, r) __builtin_mul_overflow(a, b, r)
+
+/* Hex: `out` gets 2*len characters plus NUL. */
+void rsr_hex_encode(const void *buf, size_t len, char *out);
+/* Decodes exactly `len` bytes from `hex` (2*len characters, nothing after); false if malformed. */
+bool rsr_hex_decode(const char *hex, void *out, size_t len);
+
+/* File I/O: full reads and writes that retry on EINTR and short counts. Return 0 or -errno. */
+int rsr_write_all(int fd, const void *buf, size_t len);
+int rsr_pwrite_all(int fd, const void *buf, size_t len, uint64_t off);
+/* Reads exactly len bytes at off; -EIO with errno-less short read means the file ended early (returns -ENODATA). */
+int rsr_pread_all(int fd, void *buf, size_t len, uint64_t off);
+/* Copies len bytes from in_fd at in_off to out_fd at out_off (copy_file_range, then read/write). */
+int rsr_copy_range(int in_fd, uint64_t in_off, int out_fd, uint64_t out_off, uint64_t len);
+int rsr_fsync_dir_of(const char *path);
+
+/*
+ * Reads a whole regular file of at most `max` bytes. The buffer is
+ * NUL-terminated (not counted in *ret_len) and owned by the caller.
+ */
+int rsr_read_file(struct rsr_ctx *ctx, const char *path, size_t max, char **ret_buf, size_t *ret_len);
+
+/*
+ * Atomic replacement of a file: open a temporary next to `path`, write it,
+ * then rsr_atomic_commit() fsyncs, renames over `path` and fsyncs the
+ * directory. rsr_atomic_abort() removes the temporary. Both free `af`.
+ */
+struct rsr_atomic_file {
+	int fd;
+	int dirfd;
+	char *tmpname; /* relative to dirfd */
+	char *name;    /* relative to dirfd */
+};
+int rsr_atomic_open(struct rsr_ctx *ctx, const char *path, unsigned mode, struct rsr_atomic_file **ret_af);
+int rsr_atomic_commit(struct rsr_ctx *ctx, struct rsr_atomic_file *af);
+void rsr_atomic_abort(struct rsr_atomic_file *af);
+/* Writes a whole small file atomically. */
+int rsr_write_file_atomic(struct rsr_ctx *ctx, const char *path, const void *buf, size_t len, unsigned mode);
+
+/* SHA-256 of a buffer. */
+void rsr_sha256(const void *buf, size_t len, uint8_t out[32]);
+/* SHA-256 of `len` bytes of fd from `off`, with progress reported as `what`. */
+int rsr_sha256_fd(struct rsr_ctx *ctx, int fd, uint64_t off, uint64_t len, const char *what, uint8_t out[32]);
+
+#endif

@@ -1,0 +1,122 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/* Unit tests of the common helpers: errors, hex, atomic files, parallel-for. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <sys/stat.h>
+
+#include "internal.h"
+
+static void test_strerror(void **state)
+{
+	assert_string_equal(rsr_strerror(RSR_E_DIGEST), "content does not match its hash");
+	assert_string_equal(rsr_strerror(-ENOENT), strerror(ENOENT));
+	assert_string_equal(rsr_strerror(-99999), "unknown error");
+}
+
+static void test_error_message(void **state)
+{
+	struct rsr_ctx *ctx;
+
+	assert_int_equal(rsr_ctx_new(&ctx), 0);
+	assert_string_equal(rsr_ctx_error(ctx), "no error");
+	assert_int_equal(rsr_error(ctx, RSR_E_FORMAT, "x: bad %d", 7), RSR_E_FORMAT);
+	assert_string_equal(rsr_ctx_error(ctx), "x: bad 7");
+	assert_int_equal(rsr_error_prefix(ctx, RSR_E_FORMAT, "file %s", "f"), RSR_E_FORMAT);
+	assert_string_equal(rsr_ctx_error(ctx), "file f: x: bad 7");
+	rsr_error_errno(ctx, -ENOENT, "open %s", "g");
+	assert_string_equal(rsr_ctx_error(ctx), "open g: No such file or directory");
+	rsr_ctx_free(ctx);
+}
+
+static void test_hex(void **state)
+{
+	uint8_t in[4] = {0x00, 0xab, 0x7f, 0xff}, out[4];
+	char hex[9];
+
+	rsr_hex_encode(in, 4, hex);
+	assert_string_equal(hex, "00ab7fff");
+	assert_true(rsr_hex_decode("00AB7fff", out, 4));
+	assert_memory_equal(in, out, 4);
+	assert_false(rsr_hex_decode("00ab7ff", out, 4));
+	assert_false(rsr_hex_decode("00ab7fff0", out, 4));
+	assert_false(rsr_hex_decode("00ab7fgf", out, 4));
+}
+
+static void test_atomic(void **state)
+{
+	struct rsr_ctx *ctx;
+	char dir[] = "/tmp/rsr-test-XXXXXX", path[64];
+	char *buf;
+	size_t len;
+	struct stat st;
+	struct rsr_atomic_file *af;
+
+	assert_int_equal(rsr_ctx_new(&ctx), 0);
+	assert_non_null(mkdtemp(dir));
+	snprintf(path, sizeof(path), "%s/f", dir);
+	assert_int_equal(rsr_write_file_atomic(ctx, path, "one", 3, 0640), 0);
+	assert_int_equal(rsr_read_file(ctx, path, 100, &buf, &len), 0);
+	assert_int_equal(len, 3);
+	assert_string_equal(buf, "one");
+	free(buf);
+	assert_int_equal(stat(path, &st), 0);
+	assert_int_equal(st.st_mode & 07777, 0640);
+	/* An aborted replacement leaves the old file and no temporary. */
+	assert_int_equal(rsr_atomic_open(ctx, path, 0644, &af), 0);
+	assert_int_equal(rsr_write_all(af->fd, "two", 3), 0);
+	rsr_atomic_abort(af);
+	assert_int_equal(rsr_read_file(ctx, path, 100, &buf, &len), 0);
+	assert_string_equal(buf, "one");
+	free(buf);
+	/* Bounded read refuses a larger file. */
+	assert_int_equal(rsr_read_file(ctx, path, 2, &buf, &len), RSR_E_LIMIT);
+	unlink(path);
+	assert_int_equal(rmdir(dir), 0); /* fails if a temporary was left */
+	rsr_ctx_free(ctx);
+}
+
+struct sum {
+	uint64_t vals[1000];
+};
+
+static int add_fn(void *arg, size_t i, unsigned worker)
+{
+	struct sum *s = arg;
+	s->vals[i] = i * i;
+	return i == 777 ? -EIO : 0;
+}
+
+static int sq_fn(void *arg, size_t i, unsigned worker)
+{
+	struct sum *s = arg;
+	s->vals[i] = i * i;
+	return 0;
+}
+
+static void test_parallel(void **state)
+{
+	struct sum s = {{0}};
+
+	assert_int_equal(rsr_parallel_for(4, 1000, sq_fn, &s), 0);
+	for (size_t i = 0; i < 1000; i++)
+		assert_int_equal(s.vals[i], i * i);
+	assert_int_equal(rsr_parallel_for(4, 1000, add_fn, &s), -EIO);
+	assert_int_equal(rsr_parallel_for(1, 1000, add_fn, &s), -EIO);
+	assert_int_equal(rsr_parallel_for(3, 0, add_fn, &s), 0);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_strerror),
+		cmocka_unit_test(test_error_message),
+		cmocka_unit_test(test_hex),
+		cmocka_unit_test(test_atomic),
+		cmocka_unit_test(test_parallel),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
