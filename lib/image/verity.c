@@ -5,6 +5,7 @@
  * holds 128 hashes, zero-padded; levels are stored top level first.
  */
 #include <pthread.h>
+#include <sys/mman.h>
 
 #include <openssl/evp.h>
 
@@ -39,24 +40,25 @@ int rsr_verity_layout(uint64_t data_blocks, struct rsr_verity_layout *ret)
 }
 
 struct hasher {
-	EVP_MD_CTX *salted; /* state after absorbing the salt */
 	EVP_MD_CTX *work;
+	const uint8_t *salt;
+	size_t salt_len;
 };
 
 static int hasher_init(struct hasher *h, const uint8_t *salt, size_t salt_len)
 {
-	h->salted = EVP_MD_CTX_new();
 	h->work = EVP_MD_CTX_new();
-	if (!h->salted || !h->work)
+	h->salt = salt;
+	h->salt_len = salt_len;
+	if (!h->work)
 		return -ENOMEM;
-	if (EVP_DigestInit_ex(h->salted, EVP_sha256(), NULL) != 1 || EVP_DigestUpdate(h->salted, salt, salt_len) != 1)
+	if (EVP_DigestInit_ex(h->work, EVP_sha256(), NULL) != 1)
 		return -EIO;
 	return 0;
 }
 
 static void hasher_free(struct hasher *h)
 {
-	EVP_MD_CTX_free(h->salted);
 	EVP_MD_CTX_free(h->work);
 }
 
@@ -64,7 +66,9 @@ static void hash_block(struct hasher *h, const uint8_t *block, uint8_t out[32])
 {
 	unsigned int n = 32;
 
-	EVP_MD_CTX_copy_ex(h->work, h->salted);
+	/* Re-initialising with the digest already fetched costs less than copying a salted context. */
+	EVP_DigestInit_ex(h->work, NULL, NULL);
+	EVP_DigestUpdate(h->work, h->salt, h->salt_len);
 	EVP_DigestUpdate(h->work, block, RSR_VERITY_BLOCK);
 	EVP_DigestFinal_ex(h->work, out, &n);
 }
@@ -81,6 +85,7 @@ struct pass {
 	const char *what;
 	struct hasher *hashers;
 	uint8_t **bufs;
+	const uint8_t *map; /* the data, mapped read-only; NULL to read with pread */
 	pthread_mutex_t lock;
 	uint64_t done;
 	uint64_t bad_block; /* lowest mismatching data block, UINT64_MAX if none */
@@ -92,11 +97,15 @@ static int pass_item(void *arg, size_t index, unsigned worker)
 	struct pass *p = arg;
 	uint64_t first = (uint64_t)index * BATCH_BLOCKS;
 	uint64_t n = RSR_MIN(BATCH_BLOCKS, p->data_blocks - first);
-	uint8_t *buf = p->bufs[worker];
+	const uint8_t *buf = p->bufs[worker];
 	uint8_t digest[32];
-	int r;
+	int r = 0;
 
-	r = rsr_pread_all(p->fd, buf, (size_t)n * RSR_VERITY_BLOCK, p->data_off + first * RSR_VERITY_BLOCK);
+	if (p->map)
+		buf = p->map + first * RSR_VERITY_BLOCK;
+	else
+		r = rsr_pread_all(p->fd, p->bufs[worker], (size_t)n * RSR_VERITY_BLOCK,
+				  p->data_off + first * RSR_VERITY_BLOCK);
 	if (r < 0) {
 		pthread_mutex_lock(&p->lock);
 		if (!p->err)
@@ -143,13 +152,28 @@ static int run_pass(struct pass *p)
 		goto out;
 	}
 	for (unsigned t = 0; t < threads; t++) {
-		p->bufs[t] = malloc((size_t)BATCH_BLOCKS * RSR_VERITY_BLOCK);
+		p->bufs[t] = malloc((size_t)BATCH_BLOCKS * RSR_VERITY_BLOCK); /* for the pread fallback */
 		if (!p->bufs[t] || hasher_init(&p->hashers[t], p->salt, p->salt_len) < 0) {
 			r = rsr_error(p->ctx, -ENOMEM, "%s: out of memory", p->what);
 			goto out;
 		}
 	}
+	/*
+	 * Hash straight from the page cache: copying through read() costs about
+	 * a tenth of the hashing time. The caller has checked the file's size;
+	 * where the data cannot be mapped (offset not page-aligned, or mmap
+	 * refused), fall back to pread.
+	 */
+	if (p->data_off % (uint64_t)sysconf(_SC_PAGESIZE) == 0) {
+		void *m = mmap(NULL, p->data_blocks * RSR_VERITY_BLOCK, PROT_READ, MAP_SHARED, p->fd, (off_t)p->data_off);
+		if (m != MAP_FAILED) {
+			madvise(m, p->data_blocks * RSR_VERITY_BLOCK, MADV_SEQUENTIAL);
+			p->map = m;
+		}
+	}
 	r = rsr_parallel_for(threads, items, pass_item, p);
+	if (p->map)
+		munmap((void *)p->map, p->data_blocks * RSR_VERITY_BLOCK);
 	if (p->err)
 		r = p->err;
 	else if (p->bad_block != UINT64_MAX)
