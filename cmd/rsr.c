@@ -18,7 +18,7 @@ struct group {
 
 static const struct group groups[] = {
 	{"key", cmd_key, "make signing keys and show key ids"},
-
+	{"cryptex", cmd_cryptex, "build, verify and inspect cryptex images"},
 	{NULL, NULL, NULL},
 };
 

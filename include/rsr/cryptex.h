@@ -54,6 +54,13 @@ int rsr_cryptex_build(struct rsr_ctx *ctx, const char *src_dir, const char *out_
  * result. Fails with RSR_E_FORMAT and a message naming the fault.
  */
 int rsr_cryptex_open(struct rsr_ctx *ctx, const char *path, struct rsr_cryptex **ret_cx);
+/*
+ * Like rsr_cryptex_open(), but checks the manifest's signature against the
+ * trusted keys before parsing it, so untrusted JSON is never parsed and a
+ * damaged manifest is reported as a bad signature.
+ */
+int rsr_cryptex_open_trusted(struct rsr_ctx *ctx, const char *path, const struct rsr_keyring *trusted,
+			     struct rsr_cryptex **ret_cx);
 /* The same from a whole file in memory (used by the fuzzers); the image is not kept. */
 int rsr_cryptex_parse(struct rsr_ctx *ctx, const void *buf, size_t len, struct rsr_cryptex **ret_cx);
 void rsr_cryptex_free(struct rsr_cryptex *cx);
