@@ -245,7 +245,13 @@ static int state_save(struct rsr_ctx *ctx, const struct rsr_graft *g, json_t *st
 	buf = json_dumps(st, JSON_INDENT(2) | JSON_SORT_KEYS);
 	if (!buf)
 		return rsr_error(ctx, -ENOMEM, "out of memory");
-	return rsr_write_file_atomic(ctx, path, buf, strlen(buf), 0644);
+	size_t len = strlen(buf);
+	char *nl = realloc(buf, len + 2);
+	if (!nl)
+		return rsr_error(ctx, -ENOMEM, "out of memory");
+	buf = nl;
+	memcpy(buf + len, "\n", 2);
+	return rsr_write_file_atomic(ctx, path, buf, len + 1, 0644);
 }
 
 static const char *jstr(const json_t *o, const char *key)
@@ -310,6 +316,29 @@ static void state_retire(json_t *st, dev_t dev, const char *what, const char *di
 	json_array_append_new(ret, json_pack("{s:s, s:s, s:s}", "dev", d, "what", what, "dir", dir));
 	while (json_array_size(ret) > RETIRED_MAX)
 		json_array_remove(ret, 0);
+}
+
+/* "the graft of /usr (libssl3 3.0.22, swapped out)" from the slots of the state; the caller frees. */
+static char *describe_graft(json_t *st, const char *dir, const char *how)
+{
+	char buf[1024] = "";
+	json_t *e, *c;
+	size_t i, j;
+	char *s;
+
+	json_array_foreach(json_object_get(st, "slots"), i, e)
+	{
+		json_array_foreach(json_object_get(e, "covers"), j, c)
+		{
+			size_t l = strlen(buf);
+			if (!json_is_string(c) || strcmp(json_string_value(c), dir))
+				continue;
+			snprintf(buf + l, sizeof(buf) - l, "%s%s %s", l ? ", " : "", jstr(e, "slot"), jstr(e, "version"));
+		}
+	}
+	if (asprintf(&s, "the graft of /%s (%s%s%s)", dir, buf, buf[0] ? ", " : "", how) < 0)
+		return NULL;
+	return s;
 }
 
 /* Forgets retired devices that a live mount now uses: the number was reused. */
@@ -1017,8 +1046,8 @@ int rsr_graft_activate(struct rsr_ctx *ctx, struct rsr_graft *g)
 		n_done = k + 1;
 		count++;
 		if (old_dev) {
-			_cleanup_free_ char *t = graft_path(g, dirs[k]), *what = NULL;
-			if (asprintf(&what, "overlay of /%s (replaced)", dirs[k]) > 0)
+			_cleanup_free_ char *t = graft_path(g, dirs[k]), *what = describe_graft(st, dirs[k], "swapped out");
+			if (what)
 				state_retire(st, old_dev, what, t ? t : "");
 		}
 		rsr_info(ctx, "%s%s: %s", g->prefix, dirs[k],
@@ -1044,7 +1073,7 @@ int rsr_graft_activate(struct rsr_ctx *ctx, struct rsr_graft *g)
 		_cleanup_free_ char *what = NULL;
 		dev_t d;
 		if (graft_parse_dev(jstr(e, "dev"), &d) &&
-		    asprintf(&what, "%s %s (superseded)", jstr(e, "slot"), jstr(e, "version")) > 0)
+		    asprintf(&what, "image %s %s (swapped out)", jstr(e, "slot"), jstr(e, "version")) > 0)
 			state_retire(st, d, what, jstr(e, "mount"));
 		detach_all(jstr(e, "mount"));
 		rmdir(jstr(e, "mount"));
@@ -1146,13 +1175,12 @@ int rsr_graft_deactivate(struct rsr_ctx *ctx, struct rsr_graft *g)
 			r = rsr_error(ctx, -ENOMEM, "out of memory");
 			goto out;
 		}
-		if (asprintf(&what, "overlay of /%s (ungrafted)", dirs[k]) < 0)
-			what = NULL;
+		what = describe_graft(st, dirs[k], "ungrafted");
 		for (int i = 0; i < 64 && top_is_graft(t, &dev); i++) {
 			r = graft_detach(ctx, t);
 			if (r < 0)
 				goto out;
-			state_retire(st, dev, what ? what : "overlay (ungrafted)", t);
+			state_retire(st, dev, what ? what : "an ungrafted overlay", t);
 		}
 		count++;
 		rsr_info(ctx, "%s: back to base", t);
@@ -1162,7 +1190,7 @@ int rsr_graft_deactivate(struct rsr_ctx *ctx, struct rsr_graft *g)
 		_cleanup_free_ char *what = NULL;
 		dev_t d;
 		if (graft_parse_dev(jstr(e, "dev"), &d) &&
-		    asprintf(&what, "%s %s (ungrafted)", jstr(e, "slot"), jstr(e, "version")) > 0)
+		    asprintf(&what, "image %s %s (ungrafted)", jstr(e, "slot"), jstr(e, "version")) > 0)
 			state_retire(st, d, what, jstr(e, "mount"));
 		detach_all(jstr(e, "mount"));
 		rmdir(jstr(e, "mount"));
