@@ -444,6 +444,18 @@ static json_t *base_json(const struct base_id *b)
 
 /* ---- verification of one image against this device ---- */
 
+/* Messages about "/proc/self/fd/N" name the file instead. */
+static int name_file(struct rsr_ctx *ctx, int r, const char *fdpath, const char *path)
+{
+	char buf[RSR_ERRMSG_MAX];
+	char *hit = strstr(ctx->errmsg, fdpath);
+
+	if (!hit)
+		return rsr_error_prefix(ctx, r, "%s", path);
+	snprintf(buf, sizeof(buf), "%.*s%s%s", (int)(hit - ctx->errmsg), ctx->errmsg, path, hit + strlen(fdpath));
+	return rsr_error(ctx, r, "%s", buf);
+}
+
 /*
  * Opens and fully checks a cryptex file for grafting on this device. On
  * success *ret_fd is the open file (the same inode that was verified) and
@@ -463,7 +475,7 @@ static int check_image(struct rsr_ctx *ctx, struct rsr_graft *g, const char *pat
 	snprintf(fdpath, sizeof(fdpath), "/proc/self/fd/%d", fd);
 	r = rsr_cryptex_open(ctx, fdpath, &cx);
 	if (r < 0)
-		return rsr_error_prefix(ctx, r, "%s", path);
+		return name_file(ctx, r, fdpath, path);
 	const char *name = rsr_cryptex_name(cx);
 	if (!graft_slot_name_valid(name)) {
 		r = rsr_error(ctx, RSR_E_FORMAT, "%s: slot name '%s' is not valid", path, name);
@@ -476,7 +488,8 @@ static int check_image(struct rsr_ctx *ctx, struct rsr_graft *g, const char *pat
 	}
 	r = rsr_cryptex_verify_signature(ctx, cx, g->keys);
 	if (r < 0) {
-		r = rsr_error_prefix(ctx, r, "%s: refused (trusted keys in %s%s)", path, g->prefix, RSR_GRAFT_KEYS_DIR);
+		name_file(ctx, r, fdpath, path);
+		r = rsr_error_prefix(ctx, r, "refused (trusted keys: %s%s)", g->prefix, RSR_GRAFT_KEYS_DIR);
 		goto fail;
 	}
 	if (!base->build) {
@@ -511,7 +524,8 @@ static int check_image(struct rsr_ctx *ctx, struct rsr_graft *g, const char *pat
 	}
 	r = rsr_cryptex_verify_blocks(ctx, cx);
 	if (r < 0) {
-		r = rsr_error_prefix(ctx, r, "%s: refused", path);
+		name_file(ctx, r, fdpath, path);
+		r = rsr_error_prefix(ctx, r, "refused");
 		goto fail;
 	}
 	*ret_fd = TAKE_FD(fd);
