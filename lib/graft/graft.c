@@ -307,13 +307,14 @@ static void state_reconcile(const struct rsr_graft *g, json_t *st)
 		json_object_del(st, "base");
 }
 
-static void state_retire(json_t *st, dev_t dev, const char *what, const char *dir)
+static void state_retire(json_t *st, dev_t dev, const char *what, const char *dir, bool overlay)
 {
 	json_t *ret = json_object_get(st, "retired");
 	char d[32];
 
 	graft_format_dev(dev, d);
-	json_array_append_new(ret, json_pack("{s:s, s:s, s:s}", "dev", d, "what", what, "dir", dir));
+	json_array_append_new(ret,
+			      json_pack("{s:s, s:s, s:s, s:b}", "dev", d, "what", what, "dir", dir, "overlay", overlay));
 	while (json_array_size(ret) > RETIRED_MAX)
 		json_array_remove(ret, 0);
 }
@@ -444,16 +445,25 @@ static json_t *base_json(const struct base_id *b)
 
 /* ---- verification of one image against this device ---- */
 
-/* Messages about "/proc/self/fd/N" name the file instead. */
-static int name_file(struct rsr_ctx *ctx, int r, const char *fdpath, const char *path)
+/*
+ * Rewrites the message of a cryptex call made through "/proc/self/fd/N" as
+ * "<path>: <how>: <message><suffix>", naming the file instead.
+ */
+static int name_file(struct rsr_ctx *ctx, int r, const char *fdpath, const char *path, const char *how,
+		     const char *suffix)
 {
-	char buf[RSR_ERRMSG_MAX];
-	char *hit = strstr(ctx->errmsg, fdpath);
+	char msg[RSR_ERRMSG_MAX];
+	const char *m = rsr_ctx_error(ctx);
+	size_t fl = strlen(fdpath);
+	const char *hit;
 
-	if (!hit)
-		return rsr_error_prefix(ctx, r, "%s", path);
-	snprintf(buf, sizeof(buf), "%.*s%s%s", (int)(hit - ctx->errmsg), ctx->errmsg, path, hit + strlen(fdpath));
-	return rsr_error(ctx, r, "%s", buf);
+	if (!strncmp(m, fdpath, fl) && !strncmp(m + fl, ": ", 2))
+		snprintf(msg, sizeof(msg), "%s", m + fl + 2);
+	else if ((hit = strstr(m, fdpath)))
+		snprintf(msg, sizeof(msg), "%.*s%s%s", (int)(hit - m), m, path, hit + fl);
+	else
+		snprintf(msg, sizeof(msg), "%s", m);
+	return rsr_error(ctx, r, "%s: %s%s%s%s", path, how ? how : "", how ? ": " : "", msg, suffix ? suffix : "");
 }
 
 /*
@@ -475,7 +485,7 @@ static int check_image(struct rsr_ctx *ctx, struct rsr_graft *g, const char *pat
 	snprintf(fdpath, sizeof(fdpath), "/proc/self/fd/%d", fd);
 	r = rsr_cryptex_open(ctx, fdpath, &cx);
 	if (r < 0)
-		return name_file(ctx, r, fdpath, path);
+		return name_file(ctx, r, fdpath, path, NULL, NULL);
 	const char *name = rsr_cryptex_name(cx);
 	if (!graft_slot_name_valid(name)) {
 		r = rsr_error(ctx, RSR_E_FORMAT, "%s: slot name '%s' is not valid", path, name);
@@ -488,8 +498,9 @@ static int check_image(struct rsr_ctx *ctx, struct rsr_graft *g, const char *pat
 	}
 	r = rsr_cryptex_verify_signature(ctx, cx, g->keys);
 	if (r < 0) {
-		name_file(ctx, r, fdpath, path);
-		r = rsr_error_prefix(ctx, r, "refused (trusted keys: %s%s)", g->prefix, RSR_GRAFT_KEYS_DIR);
+		char keys[PATH_MAX + 32];
+		snprintf(keys, sizeof(keys), " (trusted keys: %s%s)", g->prefix, RSR_GRAFT_KEYS_DIR);
+		r = name_file(ctx, r, fdpath, path, "refused", keys);
 		goto fail;
 	}
 	if (!base->build) {
@@ -524,8 +535,7 @@ static int check_image(struct rsr_ctx *ctx, struct rsr_graft *g, const char *pat
 	}
 	r = rsr_cryptex_verify_blocks(ctx, cx);
 	if (r < 0) {
-		name_file(ctx, r, fdpath, path);
-		r = rsr_error_prefix(ctx, r, "refused");
+		r = name_file(ctx, r, fdpath, path, "refused", NULL);
 		goto fail;
 	}
 	*ret_fd = TAKE_FD(fd);
@@ -1062,7 +1072,7 @@ int rsr_graft_activate(struct rsr_ctx *ctx, struct rsr_graft *g)
 		if (old_dev) {
 			_cleanup_free_ char *t = graft_path(g, dirs[k]), *what = describe_graft(st, dirs[k], "swapped out");
 			if (what)
-				state_retire(st, old_dev, what, t ? t : "");
+				state_retire(st, old_dev, what, t ? t : "", true);
 		}
 		rsr_info(ctx, "%s%s: %s", g->prefix, dirs[k],
 			 json_array_size(new_layers[k]) ? (old_dev ? "graft swapped" : "grafted") : "back to base");
@@ -1088,7 +1098,7 @@ int rsr_graft_activate(struct rsr_ctx *ctx, struct rsr_graft *g)
 		dev_t d;
 		if (graft_parse_dev(jstr(e, "dev"), &d) &&
 		    asprintf(&what, "image %s %s (swapped out)", jstr(e, "slot"), jstr(e, "version")) > 0)
-			state_retire(st, d, what, jstr(e, "mount"));
+			state_retire(st, d, what, jstr(e, "mount"), false);
 		detach_all(jstr(e, "mount"));
 		rmdir(jstr(e, "mount"));
 	}
@@ -1160,7 +1170,7 @@ static void detach_under(const struct rsr_graft *g, json_t *st, const char *sub,
 		if (de->d_name[0] == '.' || asprintf(&p, "%s/%s", dir, de->d_name) < 0)
 			continue;
 		if (what && graft_is_mount_point(p) && stat(p, &sb) == 0)
-			state_retire(st, sb.st_dev, what, p);
+			state_retire(st, sb.st_dev, what, p, false);
 		detach_all(p);
 		rmdir(p);
 	}
@@ -1194,7 +1204,7 @@ int rsr_graft_deactivate(struct rsr_ctx *ctx, struct rsr_graft *g)
 			r = graft_detach(ctx, t);
 			if (r < 0)
 				goto out;
-			state_retire(st, dev, what ? what : "an ungrafted overlay", t);
+			state_retire(st, dev, what ? what : "an ungrafted overlay", t, true);
 		}
 		count++;
 		rsr_info(ctx, "%s: back to base", t);
@@ -1205,7 +1215,7 @@ int rsr_graft_deactivate(struct rsr_ctx *ctx, struct rsr_graft *g)
 		dev_t d;
 		if (graft_parse_dev(jstr(e, "dev"), &d) &&
 		    asprintf(&what, "image %s %s (ungrafted)", jstr(e, "slot"), jstr(e, "version")) > 0)
-			state_retire(st, d, what, jstr(e, "mount"));
+			state_retire(st, d, what, jstr(e, "mount"), false);
 		detach_all(jstr(e, "mount"));
 		rmdir(jstr(e, "mount"));
 	}
