@@ -10,6 +10,7 @@
 #include <linux/openat2.h>
 #include <stdio.h>
 #include <sys/stat.h>
+#include <sys/file.h>
 #include <sys/mount.h>
 #include <sys/statfs.h>
 #include <sys/sysmacros.h>
@@ -93,6 +94,27 @@ void rsr_graft_free(struct rsr_graft *g)
 const char *rsr_graft_root(const struct rsr_graft *g)
 {
 	return g->root;
+}
+
+/*
+ * Serialises the commands that change a root: an advisory lock on the root
+ * directory itself, so that taking it creates nothing. Held until the
+ * handle is freed.
+ */
+static int graft_lock(struct rsr_ctx *ctx, struct rsr_graft *g)
+{
+	if (g->locked)
+		return 0;
+	if (flock(g->rootfd, LOCK_EX | LOCK_NB) < 0) {
+		if (errno != EWOULDBLOCK)
+			return rsr_error_errno(ctx, -errno, "%s: cannot lock", g->root);
+		rsr_info(ctx, "waiting for another rsr working on %s", g->root);
+		while (flock(g->rootfd, LOCK_EX) < 0)
+			if (errno != EINTR)
+				return rsr_error_errno(ctx, -errno, "%s: cannot lock", g->root);
+	}
+	g->locked = true;
+	return 0;
 }
 
 /* mkdir -p of a path relative to the root. */
@@ -591,6 +613,9 @@ int rsr_graft_install(struct rsr_ctx *ctx, struct rsr_graft *g, const char *path
 	DIR *d;
 	int r;
 
+	r = graft_lock(ctx, g);
+	if (r < 0)
+		return r;
 	r = state_load(ctx, g, &st);
 	if (r < 0)
 		return r;
@@ -675,6 +700,9 @@ int rsr_graft_uninstall(struct rsr_ctx *ctx, struct rsr_graft *g, const char *sl
 
 	if (!graft_slot_name_valid(slot))
 		return rsr_error(ctx, -EINVAL, "'%s' is not a valid slot name", slot);
+	r = graft_lock(ctx, g);
+	if (r < 0)
+		return r;
 	r = slot_dir_open(ctx, g, slot, false, &dirfd);
 	if (r == -ENOENT || (r >= 0 && unlinkat(dirfd, "current", 0) < 0 && errno == ENOENT))
 		return rsr_error(ctx, -ENOENT, "slot '%s' has no current image in %s%s", slot, g->prefix,
@@ -948,6 +976,9 @@ int rsr_graft_activate(struct rsr_ctx *ctx, struct rsr_graft *g)
 	bool *changed = NULL;
 	int r, count = 0;
 
+	r = graft_lock(ctx, g);
+	if (r < 0)
+		return r;
 	r = state_load(ctx, g, &st);
 	if (r < 0)
 		return r;
@@ -1185,6 +1216,9 @@ int rsr_graft_deactivate(struct rsr_ctx *ctx, struct rsr_graft *g)
 	size_t idx;
 	int r, count = 0;
 
+	r = graft_lock(ctx, g);
+	if (r < 0)
+		return r;
 	r = state_load(ctx, g, &st);
 	if (r < 0)
 		return r;
