@@ -154,13 +154,16 @@ static int cryptex_verify(struct cmd_env *env, int argc, char **argv)
 		struct rsr_cryptex *cx;
 		int r = rsr_cryptex_open_trusted(env->ctx, argv[i], ring, &cx);
 
-		if (r == 0) {
-			cmd_progress_enable(env);
-			r = rsr_cryptex_verify_blocks(env->ctx, cx);
-			cmd_progress_done(env);
-		}
 		if (r < 0) {
 			ret = cmd_fail(env, r);
+			continue;
+		}
+		cmd_progress_enable(env);
+		r = rsr_cryptex_verify_blocks(env->ctx, cx);
+		cmd_progress_done(env);
+		if (r < 0) {
+			ret = cmd_fail(env, r);
+			rsr_cryptex_free(cx);
 			continue;
 		}
 		if (!env->quiet) {
