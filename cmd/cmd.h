@@ -17,7 +17,7 @@
 /* Exit statuses, as documented in rsr(1). */
 enum {
 	EXIT_OK = 0,
-	EXIT_FAIL = 1,  /* the operation failed or the input was refused */
+	EXIT_FAIL = 1,	/* the operation failed or the input was refused */
 	EXIT_USAGE = 2, /* bad command line */
 };
 

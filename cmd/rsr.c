@@ -17,9 +17,9 @@ struct group {
 };
 
 static const struct group groups[] = {
-	{"key", cmd_key, "make signing keys and show key ids"},
-	{"cryptex", cmd_cryptex, "build, verify and inspect cryptex images"},
-	{NULL, NULL, NULL},
+    {"key", cmd_key, "make signing keys and show key ids"},
+    {"cryptex", cmd_cryptex, "build, verify and inspect cryptex images"},
+    {NULL, NULL, NULL},
 };
 
 static void usage(FILE *f)
@@ -57,12 +57,9 @@ static void log_cb(void *userdata, enum rsr_log_level level, const char *msg)
 int main(int argc, char **argv)
 {
 	static const struct option opts[] = {
-		{"threads", required_argument, NULL, 'j'},
-		{"verbose", no_argument, NULL, 'v'},
-		{"quiet", no_argument, NULL, 'q'},
-		{"version", no_argument, NULL, 'V'},
-		{"help", no_argument, NULL, 'h'},
-		{NULL, 0, NULL, 0},
+	    {"threads", required_argument, NULL, 'j'}, {"verbose", no_argument, NULL, 'v'},
+	    {"quiet", no_argument, NULL, 'q'},	       {"version", no_argument, NULL, 'V'},
+	    {"help", no_argument, NULL, 'h'},	       {NULL, 0, NULL, 0},
 	};
 	struct cmd_env env = {.argv0 = argv[0]};
 	unsigned long long n;
