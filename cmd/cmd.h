@@ -63,5 +63,9 @@ const char *cmd_bytes(unsigned long long n, char buf[32]);
 /* Verb groups. */
 int cmd_key(struct cmd_env *env, int argc, char **argv);
 int cmd_cryptex(struct cmd_env *env, int argc, char **argv);
+int cmd_graft(struct cmd_env *env, int argc, char **argv);
+int cmd_ungraft(struct cmd_env *env, int argc, char **argv);
+int cmd_status(struct cmd_env *env, int argc, char **argv);
+int cmd_restart_services(struct cmd_env *env, int argc, char **argv);
 
 #endif

@@ -17,9 +17,13 @@ struct group {
 };
 
 static const struct group groups[] = {
-    {"key", cmd_key, "make signing keys and show key ids"},
-    {"cryptex", cmd_cryptex, "build, verify and inspect cryptex images"},
-    {NULL, NULL, NULL},
+	{"key", cmd_key, "make signing keys and show key ids"},
+	{"cryptex", cmd_cryptex, "build, verify and inspect cryptex images"},
+	{"graft", cmd_graft, "install cryptexes and graft them over the base (no verb)"},
+	{"ungraft", cmd_ungraft, "back to the bare base (no verb)"},
+	{"status", cmd_status, "base, grafted cryptexes, processes running old code"},
+	{"restart-services", cmd_restart_services, "restart services that run superseded code"},
+	{NULL, NULL, NULL},
 };
 
 static void usage(FILE *f)
