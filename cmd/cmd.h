@@ -63,5 +63,6 @@ const char *cmd_bytes(unsigned long long n, char buf[32]);
 /* Verb groups. */
 int cmd_key(struct cmd_env *env, int argc, char **argv);
 int cmd_cryptex(struct cmd_env *env, int argc, char **argv);
+int cmd_patch(struct cmd_env *env, int argc, char **argv);
 
 #endif

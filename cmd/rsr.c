@@ -18,6 +18,7 @@ struct group {
 
 static const struct group groups[] = {
 	{"key", cmd_key, "make signing keys and show key ids"},
+	{"patch", cmd_patch, "make, apply and inspect image patches"},
 
 	{NULL, NULL, NULL},
 };
