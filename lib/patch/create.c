@@ -14,14 +14,22 @@
 #include <pthread.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <zstd.h>
 
 #include "format.h"
 
+static double now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
 #define BLOCK 4096u
 #define DEFAULT_CHUNK (8u << 20)
 #define DEFAULT_LEVEL 19
-#define MIN_COPY_RUN 24 /* zero diff bytes that are cheaper as a copy than as an add */
+#define MIN_COPY_RUN 1024
 
 struct image {
 	const char *path;
@@ -723,13 +731,35 @@ static int plan_chunk(struct job *j, struct set *s, uint64_t cs, uint64_t ce, st
 	return 0;
 }
 
+/*
+ * Run-length codes the differences: (zeros, explicit) pairs into runs, the
+ * explicit bytes into nz. A lone zero between differences stays explicit.
+ */
+static void rle_diff(const struct buf *diff, struct buf *runs, struct buf *nz)
+{
+	const uint8_t *d = diff->p;
+	size_t n = diff->len, j = 0;
+
+	while (j < n) {
+		size_t z = j, s;
+		while (j < n && d[j] == 0)
+			j++;
+		s = j;
+		while (j < n && (d[j] != 0 || (j + 1 < n && d[j + 1] != 0)))
+			j++;
+		buf_varint(runs, s - z);
+		buf_varint(runs, j - s);
+		buf_put(nz, d + s, j - s);
+	}
+}
+
 static int chunk_job(void *arg, size_t index, unsigned worker)
 {
 	struct job *j = arg;
 	size_t si = index / j->n_chunks;
 	uint32_t c = (uint32_t)(index % j->n_chunks);
 	struct set *s = &j->sets[si];
-	struct buf ctrl = {0}, diff = {0}, lit = {0}, payload = {0}, *frame = &j->frames[index];
+	struct buf ctrl = {0}, diff = {0}, lit = {0}, runs = {0}, nz = {0}, payload = {0}, *frame = &j->frames[index];
 	ZSTD_CCtx *cctx = NULL;
 	size_t bound, n;
 	int r;
@@ -737,13 +767,16 @@ static int chunk_job(void *arg, size_t index, unsigned worker)
 	r = plan_chunk(j, s, j->bounds[c], j->bounds[c + 1], &ctrl, &diff, &lit);
 	if (r < 0)
 		goto out;
+	rle_diff(&diff, &runs, &nz);
 	buf_varint(&payload, ctrl.len);
-	buf_varint(&payload, diff.len);
+	buf_varint(&payload, runs.len);
+	buf_varint(&payload, nz.len);
 	buf_varint(&payload, lit.len);
 	buf_put(&payload, ctrl.p, ctrl.len);
-	buf_put(&payload, diff.p, diff.len);
+	buf_put(&payload, runs.p, runs.len);
+	buf_put(&payload, nz.p, nz.len);
 	buf_put(&payload, lit.p, lit.len);
-	if (ctrl.oom || diff.oom || lit.oom || payload.oom) {
+	if (ctrl.oom || diff.oom || lit.oom || runs.oom || nz.oom || payload.oom) {
 		r = -ENOMEM;
 		goto out;
 	}
@@ -779,6 +812,8 @@ out:
 	buf_free(&ctrl);
 	buf_free(&diff);
 	buf_free(&lit);
+	buf_free(&runs);
+	buf_free(&nz);
 	buf_free(&payload);
 	return r;
 }
@@ -886,6 +921,8 @@ static int create_one(struct rsr_ctx *ctx, struct image *olds, size_t n_olds, st
 	uint64_t nnb = (nw->size + BLOCK - 1) / BLOCK;
 	int r;
 
+	double t0 = now_ms();
+
 	j.n_sets = n_olds ? n_olds : 1;
 	j.sets = calloc(j.n_sets, sizeof(*j.sets));
 	in_member = calloc((size_t)nnb + 1, 1);
@@ -900,6 +937,7 @@ static int create_one(struct rsr_ctx *ctx, struct image *olds, size_t n_olds, st
 			goto out;
 		}
 	}
+	rsr_debug(ctx, "%s: %zu deflate streams, %.0f ms", nw->path, nm.n, now_ms() - t0);
 	handled = calloc(nm.n + 1, 1);
 	if (!handled) {
 		r = rsr_error(ctx, -ENOMEM, "out of memory");
@@ -942,6 +980,7 @@ static int create_one(struct rsr_ctx *ctx, struct image *olds, size_t n_olds, st
 			goto out;
 		}
 	}
+	rsr_debug(ctx, "block matching and suffix array done at %.0f ms", now_ms() - t0);
 	r = make_bounds(nw, &nm, handled, opts->chunk_size, &j.bounds, &j.n_chunks);
 	if (r < 0) {
 		r = rsr_error(ctx, r, "out of memory");
@@ -966,6 +1005,7 @@ static int create_one(struct rsr_ctx *ctx, struct image *olds, size_t n_olds, st
 		r = rsr_error(ctx, r, "%s: out of memory while making the patch", path);
 		goto out;
 	}
+	rsr_debug(ctx, "chunks done at %.0f ms", now_ms() - t0);
 	r = write_patch(ctx, &j, path);
 out:
 	for (size_t s = 0; j.sets && s < j.n_sets; s++)

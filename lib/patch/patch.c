@@ -257,7 +257,8 @@ void patch_chunk_get(const struct rsr_patch *p, uint32_t set, uint32_t chunk, st
 
 /* The state of one run of operations: streams of the payload and the target. */
 struct exec {
-	struct rd ctrl, diff, lit;
+	struct rd ctrl, runs, diff, lit;
+	uint64_t zleft, bleft; /* of the current run: zero differences, then explicit ones */
 	struct rsr_patch_stats *stats;
 	const char *why;
 	bool dry; /* only decode and check bounds: no input, no output */
@@ -271,6 +272,45 @@ struct exec {
 
 static int run_ops(struct exec *e, const uint8_t *in, uint64_t in_size, int64_t pos, uint8_t *out, uint64_t out_size,
 		   bool nested);
+
+/*
+ * out[0..n) = in[0..n) + the next n differences. Differences are run-length
+ * coded: pairs of (zero differences, explicit differences) from the runs
+ * stream, the explicit ones from the diff stream. In a dry run in and out are NULL.
+ */
+static int add_diff(struct exec *e, const uint8_t *in, uint8_t *out, uint64_t n)
+{
+	while (n > 0) {
+		uint64_t m;
+		if (e->zleft == 0 && e->bleft == 0) {
+			if (rd_varint(&e->runs, &e->zleft) < 0 || rd_varint(&e->runs, &e->bleft) < 0)
+				FAIL(e, "difference runs too short");
+			if (e->bleft > e->diff.len - e->diff.pos)
+				FAIL(e, "diff stream too short");
+			continue;
+		}
+		if (e->zleft > 0) {
+			m = RSR_MIN(e->zleft, n);
+			if (out)
+				memcpy(out, in, (size_t)m);
+			e->zleft -= m;
+		} else {
+			const uint8_t *d = e->diff.p + e->diff.pos;
+			m = RSR_MIN(e->bleft, n);
+			if (out)
+				for (size_t i = 0; i < (size_t)m; i++)
+					out[i] = (uint8_t)(in[i] + d[i]);
+			e->bleft -= m;
+			e->diff.pos += (size_t)m;
+		}
+		n -= m;
+		if (out) {
+			out += m;
+			in += m;
+		}
+	}
+	return 0;
+}
 
 static int run_deflate(struct exec *e, const uint8_t *in, uint64_t in_size, uint8_t *out, uint64_t out_room,
 		       uint64_t *ret_len)
@@ -359,11 +399,8 @@ static int run_ops(struct exec *e, const uint8_t *in, uint64_t in_size, int64_t 
 			if (n > out_size - o)
 				FAIL(e, "write past the end of the chunk");
 			if (e->dry) {
-				if (op == OP_ADD) {
-					if (n > e->diff.len - e->diff.pos)
-						FAIL(e, "diff stream too short");
-					e->diff.pos += (size_t)n;
-				}
+				if (op == OP_ADD && add_diff(e, NULL, NULL, n) < 0)
+					return RSR_E_FORMAT;
 				if (e->stats) {
 					*(op == OP_COPY ? &e->stats->copy_ops : &e->stats->add_ops) += 1;
 					*(op == OP_COPY ? &e->stats->copy_bytes : &e->stats->add_bytes) += n;
@@ -375,13 +412,8 @@ static int run_ops(struct exec *e, const uint8_t *in, uint64_t in_size, int64_t 
 					e->stats->copy_bytes += n;
 				}
 			} else {
-				const uint8_t *d = e->diff.p + e->diff.pos, *s = in + pos;
-				uint8_t *t = out + o;
-				if (n > e->diff.len - e->diff.pos)
-					FAIL(e, "diff stream too short");
-				for (size_t i = 0; i < (size_t)n; i++)
-					t[i] = (uint8_t)(s[i] + d[i]);
-				e->diff.pos += (size_t)n;
+				if (add_diff(e, in + pos, out + o, n) < 0)
+					return RSR_E_FORMAT;
 				if (e->stats) {
 					e->stats->add_ops++;
 					e->stats->add_bytes += n;
@@ -437,7 +469,7 @@ int patch_run_chunk(const struct rsr_patch *p, uint32_t set, uint32_t chunk, con
 	struct patch_chunk_view v;
 	struct exec e = {.stats = stats, .dry = out == NULL};
 	struct rd hdr;
-	uint64_t lens[3];
+	uint64_t lens[4], rest;
 	unsigned long long fsz;
 	uint8_t *payload;
 	size_t n;
@@ -459,26 +491,32 @@ int patch_run_chunk(const struct rsr_patch *p, uint32_t set, uint32_t chunk, con
 		return RSR_E_FORMAT;
 	}
 	hdr = (struct rd){.p = payload, .len = n};
-	for (int i = 0; i < 3; i++)
+	for (int i = 0; i < 4; i++)
 		if (rd_varint(&hdr, &lens[i]) < 0) {
 			free(payload);
 			*why = "truncated chunk header";
 			return RSR_E_FORMAT;
 		}
-	if (lens[0] > n - hdr.pos || lens[1] > n - hdr.pos - lens[0] || lens[2] != n - hdr.pos - lens[0] - lens[1]) {
-		free(payload);
-		*why = "chunk stream lengths do not add up";
-		return RSR_E_FORMAT;
+	rest = n - hdr.pos;
+	for (int i = 0; i < 4; i++) {
+		if (lens[i] > rest || (i == 3 && lens[i] != rest)) {
+			free(payload);
+			*why = "chunk stream lengths do not add up";
+			return RSR_E_FORMAT;
+		}
+		rest -= lens[i];
 	}
 	e.ctrl = (struct rd){.p = payload + hdr.pos, .len = (size_t)lens[0]};
-	e.diff = (struct rd){.p = e.ctrl.p + lens[0], .len = (size_t)lens[1]};
-	e.lit = (struct rd){.p = e.diff.p + lens[1], .len = (size_t)lens[2]};
+	e.runs = (struct rd){.p = e.ctrl.p + lens[0], .len = (size_t)lens[1]};
+	e.diff = (struct rd){.p = e.runs.p + lens[1], .len = (size_t)lens[2]};
+	e.lit = (struct rd){.p = e.diff.p + lens[2], .len = (size_t)lens[3]};
 	if (stats) {
 		stats->compressed_bytes += v.comp_size;
 		stats->payload_bytes += v.payload_size;
 	}
 	r = run_ops(&e, in, in_size, (int64_t)RSR_MIN(v.out_offset, in_size), out, v.out_size, false);
-	if (r == 0 && (e.diff.pos != e.diff.len || e.lit.pos != e.lit.len)) {
+	if (r == 0 &&
+	    (e.diff.pos != e.diff.len || e.lit.pos != e.lit.len || e.runs.pos != e.runs.len || e.zleft || e.bleft)) {
 		e.why = "unused bytes in the chunk streams";
 		r = RSR_E_FORMAT;
 	}
