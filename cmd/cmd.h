@@ -67,5 +67,6 @@ int cmd_graft(struct cmd_env *env, int argc, char **argv);
 int cmd_ungraft(struct cmd_env *env, int argc, char **argv);
 int cmd_status(struct cmd_env *env, int argc, char **argv);
 int cmd_restart_services(struct cmd_env *env, int argc, char **argv);
+int cmd_patch(struct cmd_env *env, int argc, char **argv);
 
 #endif

@@ -23,6 +23,7 @@ static const struct group groups[] = {
 	{"ungraft", cmd_ungraft, "back to the bare base (no verb)"},
 	{"status", cmd_status, "base, grafted cryptexes, processes running old code"},
 	{"restart-services", cmd_restart_services, "restart services that run superseded code"},
+	{"patch", cmd_patch, "make, apply and inspect image patches"},
 	{NULL, NULL, NULL},
 };
 
