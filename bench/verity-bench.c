@@ -54,8 +54,8 @@ int main(int argc, char **argv)
 			if (dt < best)
 				best = dt;
 		}
-		printf("build  threads=%u bytes=%llu best=%.4fs rate=%.0f MB/s\n", t, (unsigned long long)(blocks * 4096),
-		       best, (double)blocks * 4096 / best / 1e6);
+		printf("build  threads=%u bytes=%llu best=%.4fs rate=%.0f MB/s\n", t,
+		       (unsigned long long)(blocks * 4096), best, (double)blocks * 4096 / best / 1e6);
 	}
 	/* Verification of a real cryptex file: tree top-down, then every block. */
 	struct rsr_cryptex *cx;
@@ -75,7 +75,8 @@ int main(int argc, char **argv)
 				best = dt;
 		}
 		printf("verify threads=%u bytes=%llu best=%.4fs rate=%.0f MB/s\n", t,
-		       (unsigned long long)rsr_cryptex_image_size(cx), best, (double)rsr_cryptex_image_size(cx) / best / 1e6);
+		       (unsigned long long)rsr_cryptex_image_size(cx), best,
+		       (double)rsr_cryptex_image_size(cx) / best / 1e6);
 	}
 	rsr_cryptex_free(cx);
 out:

@@ -12,15 +12,15 @@
 static int cryptex_build(struct cmd_env *env, int argc, char **argv)
 {
 	static const struct option opts[] = {
-		{"output", required_argument, NULL, 'o'},
-		{"name", required_argument, NULL, 'n'},
-		{"version", required_argument, NULL, 'V'},
-		{"base", required_argument, NULL, 'b'},
-		{"key", required_argument, NULL, 'k'},
-		{"timestamp", required_argument, NULL, 't'},
-		{"mkfs", required_argument, NULL, 'M'},
-		{"help", no_argument, NULL, 'h'},
-		{NULL, 0, NULL, 0},
+	    {"output", required_argument, NULL, 'o'},
+	    {"name", required_argument, NULL, 'n'},
+	    {"version", required_argument, NULL, 'V'},
+	    {"base", required_argument, NULL, 'b'},
+	    {"key", required_argument, NULL, 'k'},
+	    {"timestamp", required_argument, NULL, 't'},
+	    {"mkfs", required_argument, NULL, 'M'},
+	    {"help", no_argument, NULL, 'h'},
+	    {NULL, 0, NULL, 0},
 	};
 	struct rsr_cryptex_build_opts o = {0};
 	const char *out = NULL, *keypath = NULL, *sde = getenv("SOURCE_DATE_EPOCH");
@@ -120,9 +120,9 @@ static int load_keyring(struct cmd_env *env, char **files, size_t n, struct rsr_
 static int cryptex_verify(struct cmd_env *env, int argc, char **argv)
 {
 	static const struct option opts[] = {
-		{"pubkey", required_argument, NULL, 'p'},
-		{"help", no_argument, NULL, 'h'},
-		{NULL, 0, NULL, 0},
+	    {"pubkey", required_argument, NULL, 'p'},
+	    {"help", no_argument, NULL, 'h'},
+	    {NULL, 0, NULL, 0},
 	};
 	char *keys[64];
 	size_t nkeys = 0;
@@ -154,18 +154,21 @@ static int cryptex_verify(struct cmd_env *env, int argc, char **argv)
 		struct rsr_cryptex *cx;
 		int r = rsr_cryptex_open_trusted(env->ctx, argv[i], ring, &cx);
 
-		if (r == 0) {
-			cmd_progress_enable(env);
-			r = rsr_cryptex_verify_blocks(env->ctx, cx);
-			cmd_progress_done(env);
-		}
 		if (r < 0) {
 			ret = cmd_fail(env, r);
 			continue;
 		}
+		cmd_progress_enable(env);
+		r = rsr_cryptex_verify_blocks(env->ctx, cx);
+		cmd_progress_done(env);
+		if (r < 0) {
+			ret = cmd_fail(env, r);
+			rsr_cryptex_free(cx);
+			continue;
+		}
 		if (!env->quiet) {
-			printf("%s: OK (%s %s, signed by %.16s, %llu blocks, root hash %s)\n", argv[i], rsr_cryptex_name(cx),
-			       rsr_cryptex_version(cx), rsr_cryptex_key_id_hex(cx),
+			printf("%s: OK (%s %s, signed by %.16s, %llu blocks, root hash %s)\n", argv[i],
+			       rsr_cryptex_name(cx), rsr_cryptex_version(cx), rsr_cryptex_key_id_hex(cx),
 			       (unsigned long long)rsr_cryptex_data_blocks(cx), rsr_cryptex_root_hash_hex(cx));
 		}
 		rsr_cryptex_free(cx);
@@ -182,15 +185,16 @@ static json_t *info_json(struct rsr_cryptex *cx)
 		json_array_append_new(bases, json_string(rsr_cryptex_base_build(cx, i)));
 	for (size_t i = 0; i < rsr_cryptex_path_count(cx); i++)
 		json_array_append_new(paths, json_string(rsr_cryptex_covered_path(cx, i)));
-	return json_pack("{s:s, s:s, s:s, s:o, s:o, s:s, s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}",
-			 "file", rsr_cryptex_path(cx), "name", rsr_cryptex_name(cx), "version", rsr_cryptex_version(cx),
+	return json_pack("{s:s, s:s, s:s, s:o, s:o, s:s, s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "file",
+			 rsr_cryptex_path(cx), "name", rsr_cryptex_name(cx), "version", rsr_cryptex_version(cx),
 			 "base_builds", bases, "paths", paths, "root_hash", rsr_cryptex_root_hash_hex(cx), "salt",
 			 rsr_cryptex_salt_hex(cx), "key_id", rsr_cryptex_key_id_hex(cx), "timestamp",
 			 (json_int_t)rsr_cryptex_timestamp(cx), "files", (json_int_t)rsr_cryptex_file_count(cx),
 			 "directories", (json_int_t)rsr_cryptex_directory_count(cx), "file_size",
-			 (json_int_t)rsr_cryptex_file_size(cx), "image_offset", (json_int_t)rsr_cryptex_image_offset(cx),
-			 "image_size", (json_int_t)rsr_cryptex_image_size(cx), "hash_tree_size",
-			 (json_int_t)rsr_cryptex_tree_size(cx), "data_blocks", (json_int_t)rsr_cryptex_data_blocks(cx));
+			 (json_int_t)rsr_cryptex_file_size(cx), "image_offset",
+			 (json_int_t)rsr_cryptex_image_offset(cx), "image_size", (json_int_t)rsr_cryptex_image_size(cx),
+			 "hash_tree_size", (json_int_t)rsr_cryptex_tree_size(cx), "data_blocks",
+			 (json_int_t)rsr_cryptex_data_blocks(cx));
 }
 
 static void info_text(struct rsr_cryptex *cx)
@@ -220,9 +224,9 @@ static void info_text(struct rsr_cryptex *cx)
 static int cryptex_info(struct cmd_env *env, int argc, char **argv)
 {
 	static const struct option opts[] = {
-		{"json", no_argument, NULL, 'J'},
-		{"help", no_argument, NULL, 'h'},
-		{NULL, 0, NULL, 0},
+	    {"json", no_argument, NULL, 'J'},
+	    {"help", no_argument, NULL, 'h'},
+	    {NULL, 0, NULL, 0},
 	};
 	bool json = false;
 	json_t *all = NULL;
@@ -271,10 +275,10 @@ static int cryptex_info(struct cmd_env *env, int argc, char **argv)
 int cmd_cryptex(struct cmd_env *env, int argc, char **argv)
 {
 	static const struct verb verbs[] = {
-		{"build", cryptex_build, "build a signed cryptex from a directory"},
-		{"verify", cryptex_verify, "check a cryptex's signature and every block"},
-		{"info", cryptex_info, "show what a cryptex holds"},
-		{NULL, NULL, NULL},
+	    {"build", cryptex_build, "build a signed cryptex from a directory"},
+	    {"verify", cryptex_verify, "check a cryptex's signature and every block"},
+	    {"info", cryptex_info, "show what a cryptex holds"},
+	    {NULL, NULL, NULL},
 	};
 	return cmd_dispatch(env, "cryptex", verbs, argc, argv);
 }

@@ -23,6 +23,7 @@ static const struct group groups[] = {
 	{"ungraft", cmd_ungraft, "back to the bare base (no verb)"},
 	{"status", cmd_status, "base, grafted cryptexes, processes running old code"},
 	{"restart-services", cmd_restart_services, "restart services that run superseded code"},
+	{"patch", cmd_patch, "make, apply and inspect image patches"},
 	{NULL, NULL, NULL},
 };
 
@@ -61,12 +62,9 @@ static void log_cb(void *userdata, enum rsr_log_level level, const char *msg)
 int main(int argc, char **argv)
 {
 	static const struct option opts[] = {
-		{"threads", required_argument, NULL, 'j'},
-		{"verbose", no_argument, NULL, 'v'},
-		{"quiet", no_argument, NULL, 'q'},
-		{"version", no_argument, NULL, 'V'},
-		{"help", no_argument, NULL, 'h'},
-		{NULL, 0, NULL, 0},
+	    {"threads", required_argument, NULL, 'j'}, {"verbose", no_argument, NULL, 'v'},
+	    {"quiet", no_argument, NULL, 'q'},	       {"version", no_argument, NULL, 'V'},
+	    {"help", no_argument, NULL, 'h'},	       {NULL, 0, NULL, 0},
 	};
 	struct cmd_env env = {.argv0 = argv[0]};
 	unsigned long long n;

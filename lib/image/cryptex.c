@@ -215,9 +215,10 @@ static int scan_top(struct rsr_ctx *ctx, const char *src, char ***ret, size_t *r
 			goto fail;
 		}
 		if (!S_ISDIR(st.st_mode)) {
-			r = rsr_error(ctx, -EINVAL,
-				      "%s/%s: every top-level entry must be a directory (it is grafted over the base's)", src,
-				      de->d_name);
+			r = rsr_error(
+			    ctx, -EINVAL,
+			    "%s/%s: every top-level entry must be a directory (it is grafted over the base's)", src,
+			    de->d_name);
 			goto fail;
 		}
 		if (!valid_name(de->d_name, 64)) {
@@ -238,7 +239,8 @@ static int scan_top(struct rsr_ctx *ctx, const char *src, char ***ret, size_t *r
 		n++;
 	}
 	if (n == 0) {
-		r = rsr_error(ctx, -EINVAL, "%s: empty; a cryptex needs at least one top-level directory such as usr/", src);
+		r = rsr_error(ctx, -EINVAL, "%s: empty; a cryptex needs at least one top-level directory such as usr/",
+			      src);
 		goto fail;
 	}
 	qsort(v, n, sizeof(*v), cmp_str);
@@ -255,7 +257,8 @@ fail:
 /* Runs argv with stdout and stderr to `log`; on failure the error quotes the log's last line. */
 static int run_tool(struct rsr_ctx *ctx, char *const argv[], const char *log)
 {
-	static char *const envp[] = {"LC_ALL=C", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", NULL};
+	static char *const envp[] = {"LC_ALL=C", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+				     NULL};
 	posix_spawn_file_actions_t fa;
 	pid_t pid;
 	int r, status;
@@ -285,8 +288,8 @@ static int run_tool(struct rsr_ctx *ctx, char *const argv[], const char *log)
 			last = "";
 		}
 		if (WIFEXITED(status))
-			r = rsr_error(ctx, RSR_E_TOOL, "%s failed with exit status %d%s%s", argv[0], WEXITSTATUS(status),
-				      *last ? ": " : "", last);
+			r = rsr_error(ctx, RSR_E_TOOL, "%s failed with exit status %d%s%s", argv[0],
+				      WEXITSTATUS(status), *last ? ": " : "", last);
 		else
 			r = rsr_error(ctx, RSR_E_TOOL, "%s was killed by signal %d", argv[0], WTERMSIG(status));
 		free(out);
@@ -333,10 +336,13 @@ static json_t *strv_json(const char *const *v, size_t n)
 static int check_build_opts(struct rsr_ctx *ctx, const struct rsr_cryptex_build_opts *o)
 {
 	if (!o->name || !valid_name(o->name, 64))
-		return rsr_error(ctx, -EINVAL, "cryptex name '%s' is not valid: 1 to 64 of A-Z a-z 0-9 . _ - + ~ :, not starting with . or -",
-				 o->name ? o->name : "");
+		return rsr_error(
+		    ctx, -EINVAL,
+		    "cryptex name '%s' is not valid: 1 to 64 of A-Z a-z 0-9 . _ - + ~ :, not starting with . or -",
+		    o->name ? o->name : "");
 	if (!o->version || !valid_token(o->version))
-		return rsr_error(ctx, -EINVAL, "version '%s' is not valid: 1 to %d printable characters without spaces or quotes",
+		return rsr_error(ctx, -EINVAL,
+				 "version '%s' is not valid: 1 to %d printable characters without spaces or quotes",
 				 o->version ? o->version : "", MAX_STR);
 	if (o->n_base_builds == 0)
 		return rsr_error(ctx, -EINVAL, "at least one base build is needed");
@@ -344,8 +350,10 @@ static int check_build_opts(struct rsr_ctx *ctx, const struct rsr_cryptex_build_
 		return rsr_error(ctx, RSR_E_LIMIT, "more than %d base builds", MAX_LIST);
 	for (size_t i = 0; i < o->n_base_builds; i++)
 		if (!valid_token(o->base_builds[i]))
-			return rsr_error(ctx, -EINVAL, "base build '%s' is not valid: 1 to %d printable characters without spaces or quotes",
-					 o->base_builds[i], MAX_STR);
+			return rsr_error(
+			    ctx, -EINVAL,
+			    "base build '%s' is not valid: 1 to %d printable characters without spaces or quotes",
+			    o->base_builds[i], MAX_STR);
 	if (!o->key || !rsr_key_is_private(o->key))
 		return rsr_error(ctx, RSR_E_KEY, "building a cryptex needs a private signing key");
 	return 0;
@@ -399,8 +407,9 @@ int rsr_cryptex_build(struct rsr_ctx *ctx, const char *src_dir, const char *out_
 	{
 		size_t sl = strlen(src_real);
 		if (strncmp(out_dir, src_real, sl) == 0 && (out_dir[sl] == '/' || out_dir[sl] == '\0')) {
-			r = rsr_error(ctx, -EINVAL, "%s: the output and staging area must not be inside the source tree %s",
-				      out_path, src_real);
+			r = rsr_error(ctx, -EINVAL,
+				      "%s: the output and staging area must not be inside the source tree %s", out_path,
+				      src_real);
 			goto out;
 		}
 	}
@@ -472,7 +481,15 @@ int rsr_cryptex_build(struct rsr_ctx *ctx, const char *src_dir, const char *out_
 		 * xattrs, owners or times from the build host.
 		 */
 		char *argv[] = {(char *)(opts->mkfs_erofs ? opts->mkfs_erofs : RSR_MKFS_EROFS),
-				"--quiet", tbuf, ubuf, "--all-root", "-Enoinline_data", "-x-1", img, root, NULL};
+				"--quiet",
+				tbuf,
+				ubuf,
+				"--all-root",
+				"-Enoinline_data",
+				"-x-1",
+				img,
+				root,
+				NULL};
 		r = run_tool(ctx, argv, log);
 		if (r < 0)
 			goto out;
@@ -507,15 +524,16 @@ int rsr_cryptex_build(struct rsr_ctx *ctx, const char *src_dir, const char *out_
 		      "verity", "hash", "sha256", "version", 1, "data_block_size", RSR_CRYPTEX_BLOCK_SIZE,
 		      "hash_block_size", RSR_CRYPTEX_BLOCK_SIZE, "data_blocks",
 		      (json_int_t)(image_size / RSR_CRYPTEX_BLOCK_SIZE), "offset",
-		      (json_int_t)(RSR_CRYPTEX_HEADER_SIZE + image_size), "size", (json_int_t)tree_size, "salt", salt_hex,
-		      "root_hash", root_hex);
+		      (json_int_t)(RSR_CRYPTEX_HEADER_SIZE + image_size), "size", (json_int_t)tree_size, "salt",
+		      salt_hex, "root_hash", root_hex);
 	if (!m || !(manifest = json_dumps(m, JSON_COMPACT | JSON_SORT_KEYS))) {
 		r = rsr_error(ctx, -ENOMEM, "cannot build the manifest");
 		goto out;
 	}
 	manifest_len = strlen(manifest);
 	if (manifest_len > RSR_CRYPTEX_MANIFEST_MAX) {
-		r = rsr_error(ctx, RSR_E_LIMIT, "manifest of %zu bytes exceeds %d", manifest_len, RSR_CRYPTEX_MANIFEST_MAX);
+		r = rsr_error(ctx, RSR_E_LIMIT, "manifest of %zu bytes exceeds %d", manifest_len,
+			      RSR_CRYPTEX_MANIFEST_MAX);
 		goto out;
 	}
 	signed_msg = malloc(sizeof(SIG_CONTEXT) + manifest_len);
@@ -596,7 +614,8 @@ static int parse_header(struct rsr_ctx *ctx, struct rsr_cryptex *cx, const struc
 	if (memcmp(h->magic, CPTX_MAGIC, 8) != 0)
 		return rsr_error(ctx, RSR_E_FORMAT, "%s: not a cryptex (bad magic)", w);
 	if (rsr_get_le32(h->version) != CPTX_VERSION)
-		return rsr_error(ctx, RSR_E_FORMAT, "%s: cryptex format version %u is not supported (this rsr reads %d)", w,
+		return rsr_error(ctx, RSR_E_FORMAT,
+				 "%s: cryptex format version %u is not supported (this rsr reads %d)", w,
 				 rsr_get_le32(h->version), CPTX_VERSION);
 	if (rsr_get_le32(h->header_size) != RSR_CRYPTEX_HEADER_SIZE || rsr_get_le32(h->flags) != 0)
 		return rsr_error(ctx, RSR_E_FORMAT, "%s: header size or flags are not supported", w);
@@ -619,7 +638,8 @@ static int parse_header(struct rsr_ctx *ctx, struct rsr_cryptex *cx, const struc
 		return rsr_error(ctx, RSR_E_FORMAT, "%s: image offset %llu is not %d", w,
 				 (unsigned long long)cx->image_offset, RSR_CRYPTEX_HEADER_SIZE);
 	if (cx->image_size == 0 || cx->image_size % RSR_CRYPTEX_BLOCK_SIZE || cx->image_size > file_size)
-		return rsr_error(ctx, RSR_E_FORMAT, "%s: image size %llu is not a non-zero multiple of 4096 within the file", w,
+		return rsr_error(ctx, RSR_E_FORMAT,
+				 "%s: image size %llu is not a non-zero multiple of 4096 within the file", w,
 				 (unsigned long long)cx->image_size);
 	cx->data_blocks = cx->image_size / RSR_CRYPTEX_BLOCK_SIZE;
 	if (rsr_verity_layout(cx->data_blocks, &l) < 0)
@@ -629,7 +649,8 @@ static int parse_header(struct rsr_ctx *ctx, struct rsr_cryptex *cx, const struc
 	if (cx->tree_offset != expect || cx->tree_size != l.tree_blocks * RSR_CRYPTEX_BLOCK_SIZE)
 		return rsr_error(ctx, RSR_E_FORMAT, "%s: hash tree at %llu+%llu, expected %llu+%llu", w,
 				 (unsigned long long)cx->tree_offset, (unsigned long long)cx->tree_size,
-				 (unsigned long long)expect, (unsigned long long)(l.tree_blocks * RSR_CRYPTEX_BLOCK_SIZE));
+				 (unsigned long long)expect,
+				 (unsigned long long)(l.tree_blocks * RSR_CRYPTEX_BLOCK_SIZE));
 	expect += cx->tree_size;
 	if (cx->manifest_offset != expect || msize == 0 || msize > RSR_CRYPTEX_MANIFEST_MAX ||
 	    cx->manifest_offset + msize != file_size)
@@ -651,7 +672,8 @@ static int get_strv(struct rsr_ctx *ctx, const char *w, json_t *m, const char *k
 	char **out;
 
 	if (!json_is_array(a) || (n = json_array_size(a)) == 0 || n > MAX_LIST)
-		return rsr_error(ctx, RSR_E_FORMAT, "%s: manifest '%s' must be a list of 1 to %d strings", w, key, MAX_LIST);
+		return rsr_error(ctx, RSR_E_FORMAT, "%s: manifest '%s' must be a list of 1 to %d strings", w, key,
+				 MAX_LIST);
 	out = calloc(n, sizeof(*out));
 	if (!out)
 		return rsr_error(ctx, -ENOMEM, "out of memory");
@@ -693,7 +715,8 @@ static int parse_manifest(struct rsr_ctx *ctx, struct rsr_cryptex *cx)
 				 jerr.position);
 	if (!json_is_object(m) || !(s = json_string_value(json_object_get(m, "type"))) || strcmp(s, "rsr-cryptex") ||
 	    !get_u64(m, "format", &format) || format != CPTX_VERSION) {
-		rsr_error(ctx, RSR_E_FORMAT, "%s: manifest is not an rsr-cryptex manifest of format %d", w, CPTX_VERSION);
+		rsr_error(ctx, RSR_E_FORMAT, "%s: manifest is not an rsr-cryptex manifest of format %d", w,
+			  CPTX_VERSION);
 		goto out;
 	}
 	s = json_string_value(json_object_get(m, "name"));
@@ -737,9 +760,9 @@ static int parse_manifest(struct rsr_ctx *ctx, struct rsr_cryptex *cx)
 	}
 	rsr_hex_encode(cx->root_hash, 32, cx->root_hash_hex);
 	s = json_string_value(json_object_get(ver, "salt"));
-	if (!s || strlen(s) % 2 || strlen(s) > 2 * RSR_VERITY_SALT_MAX ||
-	    !rsr_hex_decode(s, cx->salt, strlen(s) / 2)) {
-		rsr_error(ctx, RSR_E_FORMAT, "%s: manifest 'salt' is not hex of at most %d bytes", w, RSR_VERITY_SALT_MAX);
+	if (!s || strlen(s) % 2 || strlen(s) > 2 * RSR_VERITY_SALT_MAX || !rsr_hex_decode(s, cx->salt, strlen(s) / 2)) {
+		rsr_error(ctx, RSR_E_FORMAT, "%s: manifest 'salt' is not hex of at most %d bytes", w,
+			  RSR_VERITY_SALT_MAX);
 		goto out;
 	}
 	cx->salt_len = strlen(s) / 2;
@@ -882,9 +905,10 @@ static int check_signature(struct rsr_ctx *ctx, struct rsr_cryptex *cx, const st
 	if (r == -ENOMEM)
 		return rsr_error(ctx, r, "out of memory");
 	if (r < 0)
-		return rsr_error(ctx, RSR_E_SIGNATURE,
-				 "%s: the signature by key %s does not verify: the manifest or its signature was altered",
-				 cx->path, cx->key_id_hex);
+		return rsr_error(
+		    ctx, RSR_E_SIGNATURE,
+		    "%s: the signature by key %s does not verify: the manifest or its signature was altered", cx->path,
+		    cx->key_id_hex);
 	return 0;
 }
 
@@ -892,8 +916,8 @@ int rsr_cryptex_verify_blocks(struct rsr_ctx *ctx, struct rsr_cryptex *cx)
 {
 	if (cx->fd < 0)
 		return rsr_error(ctx, -EBADF, "%s: not opened from a file", cx->path);
-	return rsr_verity_verify(ctx, cx->fd, cx->image_offset, cx->data_blocks, cx->tree_offset, cx->salt, cx->salt_len,
-				 cx->root_hash, cx->path);
+	return rsr_verity_verify(ctx, cx->fd, cx->image_offset, cx->data_blocks, cx->tree_offset, cx->salt,
+				 cx->salt_len, cx->root_hash, cx->path);
 }
 
 int rsr_cryptex_verify(struct rsr_ctx *ctx, struct rsr_cryptex *cx, const struct rsr_keyring *trusted)
@@ -905,10 +929,22 @@ int rsr_cryptex_verify(struct rsr_ctx *ctx, struct rsr_cryptex *cx, const struct
 
 /* ---- getters ---- */
 
-const char *rsr_cryptex_path(const struct rsr_cryptex *cx) { return cx->path; }
-const char *rsr_cryptex_name(const struct rsr_cryptex *cx) { return cx->name; }
-const char *rsr_cryptex_version(const struct rsr_cryptex *cx) { return cx->version; }
-size_t rsr_cryptex_base_build_count(const struct rsr_cryptex *cx) { return cx->n_base_builds; }
+const char *rsr_cryptex_path(const struct rsr_cryptex *cx)
+{
+	return cx->path;
+}
+const char *rsr_cryptex_name(const struct rsr_cryptex *cx)
+{
+	return cx->name;
+}
+const char *rsr_cryptex_version(const struct rsr_cryptex *cx)
+{
+	return cx->version;
+}
+size_t rsr_cryptex_base_build_count(const struct rsr_cryptex *cx)
+{
+	return cx->n_base_builds;
+}
 const char *rsr_cryptex_base_build(const struct rsr_cryptex *cx, size_t i)
 {
 	return i < cx->n_base_builds ? cx->base_builds[i] : NULL;
@@ -920,24 +956,66 @@ bool rsr_cryptex_allows_base(const struct rsr_cryptex *cx, const char *build)
 			return true;
 	return false;
 }
-size_t rsr_cryptex_path_count(const struct rsr_cryptex *cx) { return cx->n_paths; }
+size_t rsr_cryptex_path_count(const struct rsr_cryptex *cx)
+{
+	return cx->n_paths;
+}
 const char *rsr_cryptex_covered_path(const struct rsr_cryptex *cx, size_t i)
 {
 	return i < cx->n_paths ? cx->paths[i] : NULL;
 }
-const char *rsr_cryptex_root_hash_hex(const struct rsr_cryptex *cx) { return cx->root_hash_hex; }
-void rsr_cryptex_root_hash(const struct rsr_cryptex *cx, uint8_t ret[32]) { memcpy(ret, cx->root_hash, 32); }
-const char *rsr_cryptex_salt_hex(const struct rsr_cryptex *cx) { return cx->salt_hex; }
-const char *rsr_cryptex_key_id_hex(const struct rsr_cryptex *cx) { return cx->key_id_hex; }
-uint64_t rsr_cryptex_timestamp(const struct rsr_cryptex *cx) { return cx->timestamp; }
-uint64_t rsr_cryptex_file_count(const struct rsr_cryptex *cx) { return cx->files; }
-uint64_t rsr_cryptex_directory_count(const struct rsr_cryptex *cx) { return cx->directories; }
-uint64_t rsr_cryptex_file_size(const struct rsr_cryptex *cx) { return cx->file_size; }
-uint64_t rsr_cryptex_image_offset(const struct rsr_cryptex *cx) { return cx->image_offset; }
-uint64_t rsr_cryptex_image_size(const struct rsr_cryptex *cx) { return cx->image_size; }
-uint64_t rsr_cryptex_tree_offset(const struct rsr_cryptex *cx) { return cx->tree_offset; }
-uint64_t rsr_cryptex_tree_size(const struct rsr_cryptex *cx) { return cx->tree_size; }
-uint64_t rsr_cryptex_data_blocks(const struct rsr_cryptex *cx) { return cx->data_blocks; }
+const char *rsr_cryptex_root_hash_hex(const struct rsr_cryptex *cx)
+{
+	return cx->root_hash_hex;
+}
+void rsr_cryptex_root_hash(const struct rsr_cryptex *cx, uint8_t ret[32])
+{
+	memcpy(ret, cx->root_hash, 32);
+}
+const char *rsr_cryptex_salt_hex(const struct rsr_cryptex *cx)
+{
+	return cx->salt_hex;
+}
+const char *rsr_cryptex_key_id_hex(const struct rsr_cryptex *cx)
+{
+	return cx->key_id_hex;
+}
+uint64_t rsr_cryptex_timestamp(const struct rsr_cryptex *cx)
+{
+	return cx->timestamp;
+}
+uint64_t rsr_cryptex_file_count(const struct rsr_cryptex *cx)
+{
+	return cx->files;
+}
+uint64_t rsr_cryptex_directory_count(const struct rsr_cryptex *cx)
+{
+	return cx->directories;
+}
+uint64_t rsr_cryptex_file_size(const struct rsr_cryptex *cx)
+{
+	return cx->file_size;
+}
+uint64_t rsr_cryptex_image_offset(const struct rsr_cryptex *cx)
+{
+	return cx->image_offset;
+}
+uint64_t rsr_cryptex_image_size(const struct rsr_cryptex *cx)
+{
+	return cx->image_size;
+}
+uint64_t rsr_cryptex_tree_offset(const struct rsr_cryptex *cx)
+{
+	return cx->tree_offset;
+}
+uint64_t rsr_cryptex_tree_size(const struct rsr_cryptex *cx)
+{
+	return cx->tree_size;
+}
+uint64_t rsr_cryptex_data_blocks(const struct rsr_cryptex *cx)
+{
+	return cx->data_blocks;
+}
 const char *rsr_cryptex_manifest(const struct rsr_cryptex *cx, size_t *ret_len)
 {
 	if (ret_len)

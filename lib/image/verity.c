@@ -13,7 +13,7 @@
 #include "verity.h"
 
 #define HASHES_PER_BLOCK (RSR_VERITY_BLOCK / RSR_VERITY_DIGEST)
-#define HASH_SHIFT 7 /* log2(HASHES_PER_BLOCK) */
+#define HASH_SHIFT 7	  /* log2(HASHES_PER_BLOCK) */
 #define BATCH_BLOCKS 256u /* data blocks per work item: 1 MiB */
 
 int rsr_verity_layout(uint64_t data_blocks, struct rsr_verity_layout *ret)
@@ -110,7 +110,7 @@ static int pass_item(void *arg, size_t index, unsigned worker)
 		pthread_mutex_lock(&p->lock);
 		if (!p->err)
 			p->err = r == -ENODATA ? rsr_error(p->ctx, RSR_E_FORMAT, "%s: image ends before block %llu",
-							  p->what, (unsigned long long)(first + n))
+							   p->what, (unsigned long long)(first + n))
 					       : rsr_error_errno(p->ctx, r, "%s: read", p->what);
 		pthread_mutex_unlock(&p->lock);
 		return r;
@@ -165,7 +165,8 @@ static int run_pass(struct pass *p)
 	 * refused), fall back to pread.
 	 */
 	if (p->data_off % (uint64_t)sysconf(_SC_PAGESIZE) == 0) {
-		void *m = mmap(NULL, p->data_blocks * RSR_VERITY_BLOCK, PROT_READ, MAP_SHARED, p->fd, (off_t)p->data_off);
+		void *m =
+		    mmap(NULL, p->data_blocks * RSR_VERITY_BLOCK, PROT_READ, MAP_SHARED, p->fd, (off_t)p->data_off);
 		if (m != MAP_FAILED) {
 			madvise(m, p->data_blocks * RSR_VERITY_BLOCK, MADV_SEQUENTIAL);
 			p->map = m;
@@ -177,8 +178,9 @@ static int run_pass(struct pass *p)
 	if (p->err)
 		r = p->err;
 	else if (p->bad_block != UINT64_MAX)
-		r = rsr_error(p->ctx, RSR_E_DIGEST, "%s: data block %llu of %llu (image offset %llu) does not match the hash tree",
-			      p->what, (unsigned long long)p->bad_block, (unsigned long long)p->data_blocks,
+		r = rsr_error(p->ctx, RSR_E_DIGEST,
+			      "%s: data block %llu of %llu (image offset %llu) does not match the hash tree", p->what,
+			      (unsigned long long)p->bad_block, (unsigned long long)p->data_blocks,
 			      (unsigned long long)(p->bad_block * RSR_VERITY_BLOCK));
 out:
 	if (p->hashers)
@@ -207,14 +209,20 @@ int rsr_verity_build(struct rsr_ctx *ctx, int fd, uint64_t data_off, uint64_t da
 		     size_t salt_len, uint8_t **ret_tree, uint8_t ret_root[32])
 {
 	struct rsr_verity_layout l;
-	struct pass p = {.ctx = ctx, .fd = fd, .data_off = data_off, .data_blocks = data_blocks,
-			 .salt = salt, .salt_len = salt_len, .what = "hashing"};
+	struct pass p = {.ctx = ctx,
+			 .fd = fd,
+			 .data_off = data_off,
+			 .data_blocks = data_blocks,
+			 .salt = salt,
+			 .salt_len = salt_len,
+			 .what = "hashing"};
 	struct hasher h = {0};
 	_cleanup_free_ uint8_t *tree = NULL;
 	int r;
 
 	if (rsr_verity_layout(data_blocks, &l) < 0)
-		return rsr_error(ctx, -EINVAL, "hash tree: unsupported size of %llu blocks", (unsigned long long)data_blocks);
+		return rsr_error(ctx, -EINVAL, "hash tree: unsupported size of %llu blocks",
+				 (unsigned long long)data_blocks);
 	tree = calloc(RSR_MAX(l.tree_blocks, 1), RSR_VERITY_BLOCK);
 	if (!tree)
 		return rsr_error(ctx, -ENOMEM, "hash tree: out of memory");
@@ -251,8 +259,14 @@ int rsr_verity_verify(struct rsr_ctx *ctx, int fd, uint64_t data_off, uint64_t d
 		      const uint8_t *salt, size_t salt_len, const uint8_t root[32], const char *what)
 {
 	struct rsr_verity_layout l;
-	struct pass p = {.ctx = ctx, .fd = fd, .data_off = data_off, .data_blocks = data_blocks,
-			 .salt = salt, .salt_len = salt_len, .verify = true, .what = what};
+	struct pass p = {.ctx = ctx,
+			 .fd = fd,
+			 .data_off = data_off,
+			 .data_blocks = data_blocks,
+			 .salt = salt,
+			 .salt_len = salt_len,
+			 .verify = true,
+			 .what = what};
 	struct hasher h = {0};
 	_cleanup_free_ uint8_t *tree = NULL;
 	uint8_t digest[32];
@@ -274,7 +288,8 @@ int rsr_verity_verify(struct rsr_ctx *ctx, int fd, uint64_t data_off, uint64_t d
 		}
 		hash_block(&h, block, digest);
 		if (memcmp(digest, root, 32) != 0)
-			r = rsr_error(ctx, RSR_E_DIGEST, "%s: data block 0 of 1 does not match the signed root hash", what);
+			r = rsr_error(ctx, RSR_E_DIGEST, "%s: data block 0 of 1 does not match the signed root hash",
+				      what);
 		goto out;
 	}
 	/* The tree is ~1/128 of the data: read it whole and check it top-down. */
@@ -303,15 +318,17 @@ int rsr_verity_verify(struct rsr_ctx *ctx, int fd, uint64_t data_off, uint64_t d
 		for (uint64_t b = 0; b < n; b++) {
 			hash_block(&h, child + b * RSR_VERITY_BLOCK, digest);
 			if (memcmp(digest, parent + b * RSR_VERITY_DIGEST, 32) != 0) {
-				r = rsr_error(ctx, RSR_E_DIGEST, "%s: hash tree level %u block %llu does not match its parent",
-					      what, lvl - 1, (unsigned long long)b);
+				r = rsr_error(ctx, RSR_E_DIGEST,
+					      "%s: hash tree level %u block %llu does not match its parent", what,
+					      lvl - 1, (unsigned long long)b);
 				goto out;
 			}
 		}
 		/* Unused slots of the last parent block must be zero, as veritysetup writes them. */
 		for (uint64_t s = n * RSR_VERITY_DIGEST; s < l.level_blocks[lvl] * RSR_VERITY_BLOCK; s++)
 			if (parent[s]) {
-				r = rsr_error(ctx, RSR_E_DIGEST, "%s: hash tree level %u has non-zero padding", what, lvl);
+				r = rsr_error(ctx, RSR_E_DIGEST, "%s: hash tree level %u has non-zero padding", what,
+					      lvl);
 				goto out;
 			}
 	}

@@ -198,27 +198,69 @@ static int resigned(struct fixture *f, void (*edit)(json_t *m), struct rsr_crypt
 	return r;
 }
 
-static void edit_none(json_t *m) { (void)m; }
-static void edit_image_size(json_t *m) { json_object_set_new(json_object_get(m, "image"), "size", json_integer(8192)); }
-static void edit_tree_off(json_t *m) { json_object_set_new(json_object_get(m, "verity"), "offset", json_integer(4096)); }
-static void edit_type(json_t *m) { json_object_set_new(m, "type", json_string("rsr-response")); }
-static void edit_name(json_t *m) { json_object_set_new(m, "name", json_string("../etc")); }
-static void edit_path(json_t *m) { json_array_append_new(json_object_get(m, "paths"), json_string("..")); }
-static void edit_no_bases(json_t *m) { json_object_set_new(m, "base_builds", json_array()); }
-static void edit_root(json_t *m) { json_object_set_new(json_object_get(m, "verity"), "root_hash", json_string("abc")); }
-static void edit_salt(json_t *m) { json_object_set_new(json_object_get(m, "verity"), "salt", json_string("0g")); }
-static void edit_format(json_t *m) { json_object_set_new(m, "format", json_integer(2)); }
-static void edit_files(json_t *m) { json_object_set_new(m, "files", json_integer(-1)); }
-static void edit_blocks(json_t *m) { json_object_set_new(json_object_get(m, "verity"), "data_blocks", json_integer(1)); }
-static void edit_hash(json_t *m) { json_object_set_new(json_object_get(m, "verity"), "hash", json_string("sha1")); }
-static void edit_array(json_t *m) { json_object_set_new(m, "paths", json_string("usr")); }
+static void edit_none(json_t *m)
+{
+	(void)m;
+}
+static void edit_image_size(json_t *m)
+{
+	json_object_set_new(json_object_get(m, "image"), "size", json_integer(8192));
+}
+static void edit_tree_off(json_t *m)
+{
+	json_object_set_new(json_object_get(m, "verity"), "offset", json_integer(4096));
+}
+static void edit_type(json_t *m)
+{
+	json_object_set_new(m, "type", json_string("rsr-response"));
+}
+static void edit_name(json_t *m)
+{
+	json_object_set_new(m, "name", json_string("../etc"));
+}
+static void edit_path(json_t *m)
+{
+	json_array_append_new(json_object_get(m, "paths"), json_string(".."));
+}
+static void edit_no_bases(json_t *m)
+{
+	json_object_set_new(m, "base_builds", json_array());
+}
+static void edit_root(json_t *m)
+{
+	json_object_set_new(json_object_get(m, "verity"), "root_hash", json_string("abc"));
+}
+static void edit_salt(json_t *m)
+{
+	json_object_set_new(json_object_get(m, "verity"), "salt", json_string("0g"));
+}
+static void edit_format(json_t *m)
+{
+	json_object_set_new(m, "format", json_integer(2));
+}
+static void edit_files(json_t *m)
+{
+	json_object_set_new(m, "files", json_integer(-1));
+}
+static void edit_blocks(json_t *m)
+{
+	json_object_set_new(json_object_get(m, "verity"), "data_blocks", json_integer(1));
+}
+static void edit_hash(json_t *m)
+{
+	json_object_set_new(json_object_get(m, "verity"), "hash", json_string("sha1"));
+}
+static void edit_array(json_t *m)
+{
+	json_object_set_new(m, "paths", json_string("usr"));
+}
 
 static void test_signed_but_inconsistent(void **state)
 {
 	struct fixture *f = *state;
-	void (*bad[])(json_t *) = {edit_image_size, edit_tree_off, edit_type, edit_name, edit_path,
-				   edit_no_bases, edit_root, edit_salt, edit_format, edit_files,
-				   edit_blocks, edit_hash, edit_array};
+	void (*bad[])(json_t *) = {edit_image_size, edit_tree_off, edit_type, edit_name,   edit_path,
+				   edit_no_bases,   edit_root,	   edit_salt, edit_format, edit_files,
+				   edit_blocks,	    edit_hash,	   edit_array};
 	struct rsr_cryptex *cx;
 
 	/* The re-signing itself is sound: an unchanged manifest parses. */
@@ -263,8 +305,8 @@ static void test_build_refusals(void **state)
 {
 	struct fixture *f = *state;
 	const char *bases[] = {"debian-12"}, *badbases[] = {"has space"};
-	struct rsr_cryptex_build_opts o = {.name = "x", .version = "1", .base_builds = bases, .n_base_builds = 1,
-					   .key = f->key};
+	struct rsr_cryptex_build_opts o = {
+	    .name = "x", .version = "1", .base_builds = bases, .n_base_builds = 1, .key = f->key};
 	char src[128], out[128], p[192];
 
 	snprintf(src, sizeof(src), "%s/src", f->dir);
@@ -298,12 +340,12 @@ static void test_build_refusals(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_good),
-		cmocka_unit_test(test_every_truncation),
-		cmocka_unit_test(test_every_metadata_bit),
-		cmocka_unit_test(test_signed_but_inconsistent),
-		cmocka_unit_test(test_untrusted_and_damaged_file),
-		cmocka_unit_test(test_build_refusals),
+	    cmocka_unit_test(test_good),
+	    cmocka_unit_test(test_every_truncation),
+	    cmocka_unit_test(test_every_metadata_bit),
+	    cmocka_unit_test(test_signed_but_inconsistent),
+	    cmocka_unit_test(test_untrusted_and_damaged_file),
+	    cmocka_unit_test(test_build_refusals),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }

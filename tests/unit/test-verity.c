@@ -14,7 +14,7 @@
 #include "internal.h"
 #include "verity.h"
 
-static const uint8_t salt[32] = {0,  1,  2,  3,  4,  5,  6,  7,  8,  9,  10, 11, 12, 13, 14, 15,
+static const uint8_t salt[32] = {0,  1,	 2,  3,	 4,  5,	 6,  7,	 8,  9,	 10, 11, 12, 13, 14, 15,
 				 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31};
 
 /* Root hashes printed by: veritysetup format --no-superblock --salt=0001..1f
@@ -23,12 +23,12 @@ static const struct {
 	uint64_t blocks;
 	const char *root;
 } vectors[] = {
-	{1, "d57dc029892030486781c8a6155a53e6e6662940cc95886a9a378f49f5301345"},
-	{2, "945090169dc9ece20c3d4d6d96829be3243d37cffe47bef8192affb228cdc9cc"},
-	{127, "5a88ca94865deb43c34efd01650d91d86d0543e79afb5173f3d696c1e88cebef"},
-	{128, "3f8d0c5d3604fcb3fec5cd7a50b6a0ebd4212763a6c1af16fcdd3d9c97256b76"},
-	{129, "43136847ee1db3fda4a54b0418b4eb9d4c756132760a8aad9109dd60ad1ff7ef"},
-	{16385, "dde834fe5929cd06dd7b8b26808932dd6304c963c85e8ec87f5bdfcbcea84218"},
+    {1, "d57dc029892030486781c8a6155a53e6e6662940cc95886a9a378f49f5301345"},
+    {2, "945090169dc9ece20c3d4d6d96829be3243d37cffe47bef8192affb228cdc9cc"},
+    {127, "5a88ca94865deb43c34efd01650d91d86d0543e79afb5173f3d696c1e88cebef"},
+    {128, "3f8d0c5d3604fcb3fec5cd7a50b6a0ebd4212763a6c1af16fcdd3d9c97256b76"},
+    {129, "43136847ee1db3fda4a54b0418b4eb9d4c756132760a8aad9109dd60ad1ff7ef"},
+    {16385, "dde834fe5929cd06dd7b8b26808932dd6304c963c85e8ec87f5bdfcbcea84218"},
 };
 
 /* The same data the vectors were made from. */
@@ -188,10 +188,10 @@ static void test_cancel(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_layout),
-		cmocka_unit_test(test_vectors),
-		cmocka_unit_test(test_detects_damage),
-		cmocka_unit_test(test_cancel),
+	    cmocka_unit_test(test_layout),
+	    cmocka_unit_test(test_vectors),
+	    cmocka_unit_test(test_detects_damage),
+	    cmocka_unit_test(test_cancel),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

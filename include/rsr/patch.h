@@ -1,0 +1,95 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * Image patches: a raw-image binary diff that turns one of a list of accepted
+ * input images into one output image, cut into independently compressed
+ * chunks so that it is made and applied on several threads. Format:
+ * docs/formats/patch.md.
+ */
+#ifndef RSR_PATCH_H
+#define RSR_PATCH_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "rsr/common.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define RSR_PATCH_DIGEST_SIZE 32
+
+struct rsr_patch_create_opts {
+	unsigned level;	     /* zstd level 1..22; 0: 19 */
+	uint32_t chunk_size; /* nominal output bytes per chunk; 0: 8 MiB */
+	bool no_deflate;     /* do not re-encode embedded deflate (gzip) streams */
+};
+
+/*
+ * Writes a patch from each of `olds` (n_olds of them; 0 makes a full
+ * replacement) to `new_path` into `patch_path` (temp, fsync, rename). If
+ * `reverse_path` is not NULL (and n_olds is 1) also writes the patch from
+ * `new_path` back to olds[0] there. `opts` may be NULL. Returns 0 or a
+ * negative error with the message recorded on ctx.
+ */
+int rsr_patch_create(struct rsr_ctx *ctx, const char *const *olds, size_t n_olds, const char *new_path,
+		     const char *patch_path, const char *reverse_path, const struct rsr_patch_create_opts *opts);
+
+enum {
+	RSR_PATCH_APPLIED = 0,	  /* the output was written */
+	RSR_PATCH_UP_TO_DATE = 1, /* the output already had the right content and was left alone */
+};
+
+/*
+ * Applies the patch at `patch_path` to `old_path` (NULL for a full
+ * replacement) and writes the result to `out_path`. The input's digest is
+ * checked before anything is written; the output goes through a temporary
+ * file whose digest is checked before it is renamed into place. Returns
+ * RSR_PATCH_APPLIED, RSR_PATCH_UP_TO_DATE, or a negative error
+ * (RSR_E_MISMATCH for a wrong input, RSR_E_FORMAT for a malformed patch,
+ * RSR_E_DIGEST for a wrong output, RSR_E_CANCELED); on error no output file
+ * is left behind.
+ */
+int rsr_patch_apply(struct rsr_ctx *ctx, const char *old_path, const char *patch_path, const char *out_path);
+
+/* A parsed patch, for inspection. */
+struct rsr_patch;
+
+/* Maps and validates a patch file; the caller owns the result. */
+int rsr_patch_open(struct rsr_ctx *ctx, const char *path, struct rsr_patch **ret_patch);
+/* Validates a patch in memory; `buf` is borrowed and must outlive the result. */
+int rsr_patch_load(struct rsr_ctx *ctx, const void *buf, size_t len, struct rsr_patch **ret_patch);
+void rsr_patch_free(struct rsr_patch *patch);
+
+uint32_t rsr_patch_version(const struct rsr_patch *patch);
+uint64_t rsr_patch_output_size(const struct rsr_patch *patch);
+/* The output's SHA-256; borrowed from the patch. */
+const uint8_t *rsr_patch_output_digest(const struct rsr_patch *patch);
+size_t rsr_patch_input_count(const struct rsr_patch *patch);
+/* Digest (borrowed) and size of accepted input `i`. */
+const uint8_t *rsr_patch_input_digest(const struct rsr_patch *patch, size_t i);
+uint64_t rsr_patch_input_size(const struct rsr_patch *patch, size_t i);
+size_t rsr_patch_chunk_count(const struct rsr_patch *patch);
+uint32_t rsr_patch_chunk_size(const struct rsr_patch *patch);
+
+/* Operation counts of the operations for one input. */
+struct rsr_patch_stats {
+	uint64_t compressed_bytes; /* zstd frames */
+	uint64_t payload_bytes;	   /* decompressed operations */
+	uint64_t copy_ops, copy_bytes;
+	uint64_t add_ops, add_bytes;
+	uint64_t literal_ops, literal_bytes;
+	uint64_t deflate_ops, deflate_bytes; /* re-encoded deflate streams, output bytes */
+};
+
+/*
+ * Decodes every chunk of the operations for input `i` (0 for a full
+ * replacement) without applying them and counts them into *ret_stats.
+ */
+int rsr_patch_stats(struct rsr_ctx *ctx, const struct rsr_patch *patch, size_t i, struct rsr_patch_stats *ret_stats);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

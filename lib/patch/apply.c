@@ -1,0 +1,260 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * The patcher: checks the input's digest, runs the chunks on several threads
+ * into a temporary file while hashing the output in order, and renames the
+ * result into place only when the output digest matches. Memory is bounded
+ * by the threads times the chunk size, plus the mapped input.
+ */
+#include <fcntl.h>
+#include <openssl/evp.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+
+#include "format.h"
+
+struct apply {
+	struct rsr_ctx *ctx;
+	const struct rsr_patch *p;
+	uint32_t set;
+	const uint8_t *in;
+	uint64_t in_size;
+	int out_fd;
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	uint32_t next_hash; /* chunks are hashed in order */
+	bool failed;
+	EVP_MD_CTX *md;
+	uint64_t done;
+	uint32_t fail_chunk;
+	const char *why;
+	int err;
+};
+
+static int fail(struct apply *a, uint32_t chunk, int err, const char *why)
+{
+	pthread_mutex_lock(&a->lock);
+	if (!a->failed || chunk < a->fail_chunk) {
+		a->fail_chunk = chunk;
+		a->why = why;
+		a->err = err;
+	}
+	a->failed = true;
+	pthread_cond_broadcast(&a->cond);
+	pthread_mutex_unlock(&a->lock);
+	return err;
+}
+
+static int apply_chunk(void *arg, size_t index, unsigned worker)
+{
+	struct apply *a = arg;
+	uint32_t c = (uint32_t)index;
+	struct patch_chunk_view v;
+	const char *why = NULL;
+	uint8_t *out;
+	int r;
+
+	patch_chunk_get(a->p, a->set, c, &v);
+	out = malloc(v.out_size);
+	if (!out)
+		return fail(a, c, -ENOMEM, "out of memory");
+	r = patch_run_chunk(a->p, a->set, c, a->in, a->in_size, out, NULL, &why);
+	if (r < 0) {
+		free(out);
+		return fail(a, c, r, r == RSR_E_FORMAT ? why : "out of memory");
+	}
+	r = rsr_pwrite_all(a->out_fd, out, v.out_size, v.out_offset);
+	if (r < 0) {
+		free(out);
+		return fail(a, c, r, "write");
+	}
+	pthread_mutex_lock(&a->lock);
+	while (a->next_hash != c && !a->failed)
+		pthread_cond_wait(&a->cond, &a->lock);
+	if (a->failed) {
+		pthread_mutex_unlock(&a->lock);
+		free(out);
+		return RSR_E_CANCELED;
+	}
+	pthread_mutex_unlock(&a->lock);
+	/* Only the owner of next_hash gets here, so hashing needs no lock. */
+	EVP_DigestUpdate(a->md, out, v.out_size);
+	free(out);
+	pthread_mutex_lock(&a->lock);
+	a->done += v.out_size;
+	a->next_hash++;
+	r = rsr_progress(a->ctx, "applying patch", a->done, a->p->output_size);
+	if (r < 0) {
+		a->failed = true;
+		a->err = r;
+		a->why = "canceled";
+		a->fail_chunk = c;
+	}
+	pthread_cond_broadcast(&a->cond);
+	pthread_mutex_unlock(&a->lock);
+	return r;
+}
+
+static void hex(const uint8_t *d, char out[65])
+{
+	rsr_hex_encode(d, 32, out);
+}
+
+/* The index of the accepted input `fd` is, by size and digest. */
+static int find_input(struct rsr_ctx *ctx, const struct rsr_patch *p, const char *patch_path, const char *old_path,
+		      int fd, uint64_t size, uint32_t *ret_set)
+{
+	uint8_t d[32];
+	char have[65], want[65];
+	int r;
+
+	r = rsr_sha256_fd(ctx, fd, 0, size, "checking input", d);
+	if (r < 0)
+		return rsr_error_prefix(ctx, r, "input '%s'", old_path);
+	for (uint32_t i = 0; i < p->n_inputs; i++)
+		if (rsr_patch_input_size(p, i) == size && !memcmp(rsr_patch_input_digest(p, i), d, 32)) {
+			*ret_set = i;
+			return 0;
+		}
+	hex(d, have);
+	hex(rsr_patch_input_digest(p, 0), want);
+	if (p->n_inputs == 1)
+		return rsr_error(
+		    ctx, RSR_E_MISMATCH,
+		    "patch '%s': input '%s' has digest %s (%llu bytes), the patch accepts only %s (%llu bytes)",
+		    patch_path, old_path, have, (unsigned long long)size, want,
+		    (unsigned long long)rsr_patch_input_size(p, 0));
+	{
+		char list[RSR_ERRMSG_MAX / 2] = "";
+		size_t n = 0;
+		for (uint32_t i = 0; i < p->n_inputs && n < sizeof(list); i++) {
+			hex(rsr_patch_input_digest(p, i), want);
+			n += (size_t)snprintf(list + n, sizeof(list) - n, "%s%s", i ? ", " : "", want);
+		}
+		return rsr_error(
+		    ctx, RSR_E_MISMATCH,
+		    "patch '%s': input '%s' has digest %s, which matches none of the %u accepted inputs (%s)",
+		    patch_path, old_path, have, p->n_inputs, list);
+	}
+}
+
+/* True if `path` already holds exactly the output. */
+static int already_done(struct rsr_ctx *ctx, const struct rsr_patch *p, const char *path)
+{
+	_cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
+	struct stat st;
+	uint8_t d[32];
+
+	if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || (uint64_t)st.st_size != p->output_size)
+		return 0;
+	if (rsr_sha256_fd(ctx, fd, 0, p->output_size, "checking output", d) < 0) {
+		rsr_ctx_clear_error(ctx);
+		return 0;
+	}
+	return memcmp(d, p->output_sha256, 32) == 0;
+}
+
+int rsr_patch_apply(struct rsr_ctx *ctx, const char *old_path, const char *patch_path, const char *out_path)
+{
+	struct rsr_patch *p = NULL;
+	struct apply a = {.ctx = ctx};
+	_cleanup_close_ int in_fd = -1;
+	struct rsr_atomic_file *af = NULL;
+	void *map = NULL;
+	uint64_t in_size = 0;
+	uint8_t d[32];
+	unsigned int dlen = 32;
+	char have[65], want[65];
+	int r;
+
+	r = rsr_patch_open(ctx, patch_path, &p);
+	if (r < 0)
+		return r;
+	a.p = p;
+	if (p->n_inputs == 0 && old_path) {
+		r = rsr_error(ctx, -EINVAL, "patch '%s' is a full replacement and takes no input", patch_path);
+		goto out;
+	}
+	if (p->n_inputs > 0 && !old_path) {
+		r = rsr_error(ctx, RSR_E_MISMATCH, "patch '%s' needs an input image (it accepts %u)", patch_path,
+			      p->n_inputs);
+		goto out;
+	}
+	if (old_path) {
+		struct stat st;
+		in_fd = open(old_path, O_RDONLY | O_CLOEXEC);
+		if (in_fd < 0 || fstat(in_fd, &st) < 0) {
+			r = rsr_error_errno(ctx, -errno, "input '%s'", old_path);
+			goto out;
+		}
+		in_size = (uint64_t)st.st_size;
+		r = find_input(ctx, p, patch_path, old_path, in_fd, in_size, &a.set);
+		if (r < 0)
+			goto out;
+		if (in_size > 0) {
+			map = mmap(NULL, (size_t)in_size, PROT_READ, MAP_PRIVATE, in_fd, 0);
+			if (map == MAP_FAILED) {
+				map = NULL;
+				r = rsr_error_errno(ctx, -errno, "input '%s': mmap", old_path);
+				goto out;
+			}
+		}
+		a.in = map;
+		a.in_size = in_size;
+	}
+	if (already_done(ctx, p, out_path)) {
+		r = RSR_PATCH_UP_TO_DATE;
+		goto out;
+	}
+	r = rsr_atomic_open(ctx, out_path, 0644, &af);
+	if (r < 0)
+		goto out;
+	if (ftruncate(af->fd, (off_t)p->output_size) < 0) {
+		r = rsr_error_errno(ctx, -errno, "%s: cannot size the output", out_path);
+		goto out;
+	}
+	a.out_fd = af->fd;
+	a.md = EVP_MD_CTX_new();
+	if (!a.md || EVP_DigestInit_ex(a.md, EVP_sha256(), NULL) != 1) {
+		r = rsr_error(ctx, -ENOMEM, "out of memory");
+		goto out;
+	}
+	pthread_mutex_init(&a.lock, NULL);
+	pthread_cond_init(&a.cond, NULL);
+	r = rsr_parallel_for(rsr_threads_for(ctx, p->n_chunks), p->n_chunks, apply_chunk, &a);
+	pthread_cond_destroy(&a.cond);
+	pthread_mutex_destroy(&a.lock);
+	if (a.failed) {
+		if (a.err == RSR_E_CANCELED)
+			r = RSR_E_CANCELED; /* the message is already recorded */
+		else if (a.err == RSR_E_FORMAT)
+			r = rsr_error(ctx, a.err, "patch '%s': not a valid rsr patch: chunk %u: %s", patch_path,
+				      a.fail_chunk, a.why);
+		else
+			r = rsr_error_errno(ctx, a.err, "%s: chunk %u: %s", out_path, a.fail_chunk, a.why);
+		goto out;
+	}
+	if (r < 0)
+		goto out;
+	EVP_DigestFinal_ex(a.md, d, &dlen);
+	if (memcmp(d, p->output_sha256, 32) != 0) {
+		hex(d, have);
+		hex(p->output_sha256, want);
+		r = rsr_error(ctx, RSR_E_DIGEST, "patch '%s': output digest %s does not match the expected %s",
+			      patch_path, have, want);
+		goto out;
+	}
+	r = rsr_atomic_commit(ctx, af);
+	af = NULL;
+	if (r >= 0)
+		r = RSR_PATCH_APPLIED;
+out:
+	if (af)
+		rsr_atomic_abort(af);
+	EVP_MD_CTX_free(a.md);
+	if (map)
+		munmap(map, (size_t)in_size);
+	rsr_patch_free(p);
+	return r;
+}

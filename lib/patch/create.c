@@ -1,0 +1,1076 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * The differ. Per input image: identical 4 KiB blocks are matched through a
+ * hash table first, so that only content that really differs reaches the
+ * expensive matcher (bsdiff-style approximate matching over a suffix array
+ * of the old blocks no identical block used); deflate streams (gzip members)
+ * are diffed in their decoded token form and re-encoded bit for bit. The
+ * operations of each output chunk are compressed with zstd on their own, on
+ * several threads.
+ */
+#include <divsufsort.h>
+#include <stddef.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <zstd.h>
+
+#include "format.h"
+
+static double now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+#define BLOCK 4096u
+#define DEFAULT_CHUNK (8u << 20)
+#define DEFAULT_LEVEL 19
+#define MIN_COPY_RUN 1024
+
+struct image {
+	const char *path;
+	const uint8_t *p;
+	uint64_t size;
+	void *map;
+	uint8_t sha256[32];
+};
+
+/* A deflate stream found in an image. */
+struct member {
+	uint64_t off, len; /* the raw deflate stream */
+	struct buf tokens;
+	uint64_t *anchors; /* sorted content-defined hashes of the tokens */
+	size_t n_anchors;
+	uint64_t hash; /* of the compressed bytes */
+};
+
+struct members {
+	struct member *m;
+	size_t n;
+};
+
+/* Finds suffixes of the old image: over `r`, the blocks no identical block used, mapped back by rmap. */
+struct matcher {
+	const uint8_t *old;
+	uint64_t old_size;
+	const uint8_t *r;
+	uint64_t r_len;
+	const uint64_t *rmap; /* old offset of each BLOCK of r; NULL if r is old */
+	int32_t *sa;
+};
+
+enum { REC_COPY, REC_ADD, REC_LIT, REC_DEFLATE };
+struct rec {
+	uint8_t type;
+	uint64_t new_off, len, old_off;
+	size_t member; /* REC_DEFLATE: index into new members */
+	size_t ref;    /* REC_DEFLATE: index into old members, or SIZE_MAX */
+};
+struct recs {
+	struct rec *r;
+	size_t n, cap;
+	bool oom;
+};
+
+static void rec_add(struct recs *rs, uint8_t type, uint64_t new_off, uint64_t len, uint64_t old_off)
+{
+	if (len == 0 || rs->oom)
+		return;
+	if (rs->n && type == REC_LIT && rs->r[rs->n - 1].type == REC_LIT &&
+	    rs->r[rs->n - 1].new_off + rs->r[rs->n - 1].len == new_off) {
+		rs->r[rs->n - 1].len += len;
+		return;
+	}
+	if (rs->n == rs->cap) {
+		size_t cap = rs->cap ? rs->cap * 2 : 64;
+		struct rec *n = realloc(rs->r, cap * sizeof(*n));
+		if (!n) {
+			rs->oom = true;
+			return;
+		}
+		rs->r = n;
+		rs->cap = cap;
+	}
+	rs->r[rs->n++] = (struct rec){.type = type, .new_off = new_off, .len = len, .old_off = old_off};
+}
+
+static uint64_t hash64(const uint8_t *p, size_t n)
+{
+	uint64_t h = 0x9e3779b97f4a7c15ull ^ n;
+	size_t i = 0;
+
+	for (; i + 8 <= n; i += 8) {
+		uint64_t v;
+		memcpy(&v, p + i, 8);
+		h = (h ^ v) * 0xff51afd7ed558ccdull;
+		h ^= h >> 32;
+	}
+	for (; i < n; i++)
+		h = (h ^ p[i]) * 0x100000001b3ull;
+	h ^= h >> 29;
+	h *= 0xc4ceb9fe1a85ec53ull;
+	return h ^ (h >> 32);
+}
+
+/* ---- images ---- */
+
+static int image_open(struct rsr_ctx *ctx, const char *path, struct image *img)
+{
+	_cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
+	struct stat st;
+
+	img->path = path;
+	if (fd < 0)
+		return rsr_error_errno(ctx, -errno, "%s", path);
+	if (fstat(fd, &st) < 0)
+		return rsr_error_errno(ctx, -errno, "%s", path);
+	if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
+		return rsr_error(ctx, -EINVAL, "%s: not a regular file", path);
+	img->size = (uint64_t)st.st_size;
+	if (img->size > 0) {
+		img->map = mmap(NULL, (size_t)img->size, PROT_READ, MAP_PRIVATE, fd, 0);
+		if (img->map == MAP_FAILED) {
+			img->map = NULL;
+			return rsr_error_errno(ctx, -errno, "%s: mmap", path);
+		}
+		img->p = img->map;
+	}
+	rsr_sha256(img->p, (size_t)img->size, img->sha256);
+	return 0;
+}
+
+static void image_close(struct image *img)
+{
+	if (img->map)
+		munmap(img->map, (size_t)img->size);
+	img->map = NULL;
+}
+
+/* ---- deflate members ---- */
+
+static int cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+	return x < y ? -1 : x > y;
+}
+
+static int member_anchors(struct member *m)
+{
+	const uint8_t *t = m->tokens.p;
+	size_t n = m->tokens.len, cap = n / 16 + 1, k = 0;
+
+	m->anchors = malloc(cap * sizeof(uint64_t));
+	if (!m->anchors)
+		return -ENOMEM;
+	for (size_t i = 0; i + 24 <= n && k < cap; i++) {
+		uint32_t w;
+		memcpy(&w, t + i, 4);
+		if ((w * 2654435761u) >> 27 != 0) /* about one position in 32 */
+			continue;
+		m->anchors[k++] = hash64(t + i, 24);
+	}
+	qsort(m->anchors, k, sizeof(uint64_t), cmp_u64);
+	m->n_anchors = k;
+	return 0;
+}
+
+static void members_free(struct members *ms)
+{
+	for (size_t i = 0; i < ms->n; i++) {
+		buf_free(&ms->m[i].tokens);
+		free(ms->m[i].anchors);
+	}
+	free(ms->m);
+	*ms = (struct members){0};
+}
+
+/* Finds the gzip members of an image whose deflate stream re-encodes exactly. */
+static int find_members(const struct image *img, struct members *ms)
+{
+	const uint8_t *p = img->p;
+	uint64_t i = 0, size = img->size;
+	size_t cap = 0;
+
+	while (i + 18 <= size) {
+		const uint8_t *hit = memchr(p + i, 0x1f, (size_t)(size - i - 17));
+		size_t hl, used;
+		struct buf tok = {0};
+		uint8_t *check;
+		int r;
+
+		if (!hit)
+			break;
+		i = (uint64_t)(hit - p);
+		hl = gzip_header_len(p + i, (size_t)RSR_MIN(size - i, 65536 + 1024));
+		if (!hl) {
+			i++;
+			continue;
+		}
+		r = deflate_decode(p + i + hl, (size_t)(size - i - hl), PATCH_MAX_DEFLATE_RAW, &tok, &used);
+		if (r == -ENOMEM)
+			return r;
+		if (r < 0 || used < 64) {
+			buf_free(&tok);
+			i++;
+			continue;
+		}
+		check = malloc(used);
+		if (!check) {
+			buf_free(&tok);
+			return -ENOMEM;
+		}
+		r = deflate_encode(tok.p, tok.len, check, used);
+		if (r == 0 && memcmp(check, p + i + hl, used) == 0) {
+			struct member *m;
+			if (ms->n == cap) {
+				size_t ncap = cap ? cap * 2 : 16;
+				struct member *nm = realloc(ms->m, ncap * sizeof(*nm));
+				if (!nm) {
+					free(check);
+					buf_free(&tok);
+					return -ENOMEM;
+				}
+				ms->m = nm;
+				cap = ncap;
+			}
+			m = &ms->m[ms->n++];
+			*m = (struct member){
+			    .off = i + hl, .len = used, .tokens = tok, .hash = hash64(p + i + hl, used)};
+			if (member_anchors(m) < 0) {
+				free(check);
+				return -ENOMEM;
+			}
+			i += hl + used;
+		} else {
+			buf_free(&tok);
+			i++;
+		}
+		free(check);
+	}
+	return 0;
+}
+
+static size_t anchor_overlap(const struct member *a, const struct member *b)
+{
+	size_t i = 0, j = 0, n = 0;
+
+	while (i < a->n_anchors && j < b->n_anchors) {
+		if (a->anchors[i] < b->anchors[j])
+			i++;
+		else if (a->anchors[i] > b->anchors[j])
+			j++;
+		else
+			n++, i++, j++;
+	}
+	return n;
+}
+
+/* The old member a new one is best diffed against, or SIZE_MAX (also when an identical one exists). */
+static size_t pick_reference(const struct members *olds, const struct member *m)
+{
+	size_t best = SIZE_MAX, best_n = 0;
+
+	for (size_t i = 0; i < olds->n; i++) {
+		size_t n;
+		if (olds->m[i].hash == m->hash && olds->m[i].len == m->len)
+			return SIZE_MAX;
+		n = anchor_overlap(&olds->m[i], m);
+		if (n > best_n) {
+			best_n = n;
+			best = i;
+		}
+	}
+	/* Worth it only if a fair part of the content is shared. */
+	if (best_n * 8 < m->n_anchors || best_n < 4)
+		return SIZE_MAX;
+	return best;
+}
+
+/* ---- matching ---- */
+
+static uint64_t common_len(const uint8_t *a, const uint8_t *b, uint64_t max)
+{
+	uint64_t n = 0;
+
+	while (n + 8 <= max) {
+		uint64_t x, y;
+		memcpy(&x, a + n, 8);
+		memcpy(&y, b + n, 8);
+		if (x != y)
+			return n + (uint64_t)(__builtin_ctzll(x ^ y) >> 3);
+		n += 8;
+	}
+	while (n < max && a[n] == b[n])
+		n++;
+	return n;
+}
+
+/* Longest match of nw[0..n) in the old image; returns its length, its old offset in *pos. */
+static uint64_t search(const struct matcher *m, const uint8_t *nw, uint64_t n, uint64_t *pos)
+{
+	int64_t lo = 0, hi;
+	uint64_t best = 0;
+
+	*pos = 0;
+	if (!m->sa || m->r_len == 0 || n == 0)
+		return 0;
+	hi = (int64_t)m->r_len - 1;
+	while (hi - lo > 1) {
+		int64_t mid = lo + (hi - lo) / 2;
+		uint64_t s = (uint64_t)m->sa[mid], l = RSR_MIN(m->r_len - s, n);
+		int c = memcmp(m->r + s, nw, (size_t)RSR_MIN(l, 4096));
+		if (c < 0 || (c == 0 && l < n && l <= 4096))
+			lo = mid;
+		else
+			hi = mid;
+	}
+	for (int k = 0; k < 2; k++) {
+		uint64_t s = (uint64_t)m->sa[k ? hi : lo], o, l;
+		o = m->rmap ? m->rmap[s / BLOCK] + s % BLOCK : s;
+		l = common_len(m->old + o, nw, RSR_MIN(m->old_size - o, n));
+		if (l > best) {
+			best = l;
+			*pos = o;
+		}
+	}
+	return best;
+}
+
+static inline bool same_at(const struct matcher *m, const uint8_t *nw, int64_t ni, int64_t oi)
+{
+	return oi >= 0 && (uint64_t)oi < m->old_size && m->old[oi] == nw[ni];
+}
+
+/*
+ * bsdiff's approximate matching over nw[gs..ge): emits adds (approximate
+ * matches, extended forward and backward while at least half the bytes
+ * agree) and literals. `lastpos` is where the old side is expected to
+ * continue (the end of the preceding match).
+ */
+static void approx_diff(const struct matcher *m, const uint8_t *nw, uint64_t gs, uint64_t ge, uint64_t lastpos_in,
+			struct recs *out)
+{
+	int64_t scan = (int64_t)gs, lastscan = (int64_t)gs, lastpos = (int64_t)lastpos_in, end = (int64_t)ge;
+	int64_t lastoffset = lastpos - lastscan, len = 0;
+	uint64_t pos = 0;
+	int64_t osz = (int64_t)m->old_size;
+
+	while (scan < end) {
+		int64_t oldscore = 0, scsc;
+
+		for (scsc = scan += len; scan < end; scan++) {
+			len = (int64_t)search(m, nw + scan, (uint64_t)(end - scan), &pos);
+			for (; scsc < scan + len; scsc++)
+				if (same_at(m, nw, scsc, scsc + lastoffset))
+					oldscore++;
+			if ((len == oldscore && len != 0) || len > oldscore + 8)
+				break;
+			if (same_at(m, nw, scan, scan + lastoffset))
+				oldscore--;
+		}
+		if (len != oldscore || scan == end) {
+			int64_t s = 0, sf = 0, lenf = 0, lenb = 0;
+
+			for (int64_t i = 0; lastscan + i < scan && lastpos + i < osz;) {
+				if (lastpos + i >= 0 && m->old[lastpos + i] == nw[lastscan + i])
+					s++;
+				i++;
+				if (s * 2 - i > sf * 2 - lenf) {
+					sf = s;
+					lenf = i;
+				}
+			}
+			if (scan < end) {
+				int64_t sb = 0;
+				s = 0;
+				for (int64_t i = 1; scan >= lastscan + i && (int64_t)pos >= i; i++) {
+					if (m->old[(int64_t)pos - i] == nw[scan - i])
+						s++;
+					if (s * 2 - i > sb * 2 - lenb) {
+						sb = s;
+						lenb = i;
+					}
+				}
+			}
+			if (lastscan + lenf > scan - lenb) {
+				int64_t overlap = (lastscan + lenf) - (scan - lenb), ss = 0, lens = 0;
+				s = 0;
+				for (int64_t i = 0; i < overlap; i++) {
+					if (same_at(m, nw, lastscan + lenf - overlap + i, lastpos + lenf - overlap + i))
+						s++;
+					if (nw[scan - lenb + i] == m->old[(int64_t)pos - lenb + i])
+						s--;
+					if (s > ss) {
+						ss = s;
+						lens = i + 1;
+					}
+				}
+				lenf += lens - overlap;
+				lenb -= lens;
+			}
+			if (lenf > 0 && lastpos >= 0)
+				rec_add(out, REC_ADD, (uint64_t)lastscan, (uint64_t)lenf, (uint64_t)lastpos);
+			else
+				lenf = 0;
+			rec_add(out, REC_LIT, (uint64_t)(lastscan + lenf),
+				(uint64_t)((scan - lenb) - (lastscan + lenf)), 0);
+			lastscan = scan - lenb;
+			lastpos = (int64_t)pos - lenb;
+			lastoffset = (int64_t)pos - scan;
+		}
+	}
+}
+
+static int build_sa(struct matcher *m)
+{
+	if (m->r_len < 2 || m->r_len > INT32_MAX)
+		return 0;
+	m->sa = malloc((size_t)m->r_len * sizeof(int32_t));
+	if (!m->sa)
+		return -ENOMEM;
+	if (divsufsort(m->r, m->sa, (int32_t)m->r_len) != 0) {
+		free(m->sa);
+		m->sa = NULL;
+		return -ENOMEM;
+	}
+	return 0;
+}
+
+/* ---- per-input plan ---- */
+
+struct set {
+	struct image *old; /* NULL: full replacement */
+	struct members old_members;
+	size_t *ref_of; /* per new member: old member index or SIZE_MAX */
+	int64_t *blk;	/* per new block: old offset of an identical block, or -1 */
+	struct matcher m;
+	uint8_t *r_buf;
+	uint64_t *rmap;
+};
+
+struct job {
+	struct rsr_ctx *ctx;
+	const struct rsr_patch_create_opts *opts;
+	struct image *nw;
+	struct members *new_members;
+	struct set *sets;
+	size_t n_sets;
+	uint64_t *bounds; /* n_chunks + 1 */
+	uint32_t n_chunks;
+	struct buf *frames;	 /* n_sets * n_chunks */
+	uint32_t *payload_sizes; /* n_sets * n_chunks */
+	pthread_mutex_t lock;
+	uint64_t done;
+	int err;
+	char errmsg[256];
+};
+
+struct hslot {
+	uint64_t h;
+	int64_t off;
+};
+
+/* Matches identical blocks of the new image to blocks of the old one. */
+static int match_blocks(struct set *s, const struct image *nw, const bool *in_member)
+{
+	const struct image *old = s->old;
+	uint64_t nob = old->size / BLOCK, nnb = (nw->size + BLOCK - 1) / BLOCK, cap = 1;
+	struct hslot *tab;
+	bool *used;
+	uint64_t r_blocks = 0;
+
+	s->blk = malloc((nnb ? nnb : 1) * sizeof(int64_t));
+	if (!s->blk)
+		return -ENOMEM;
+	while (cap < nob * 2 + 2)
+		cap <<= 1;
+	tab = calloc(cap, sizeof(*tab));
+	used = calloc((size_t)(old->size + BLOCK - 1) / BLOCK + 1, 1);
+	if (!tab || !used) {
+		free(tab);
+		free(used);
+		return -ENOMEM;
+	}
+	for (uint64_t b = 0; b < nob; b++) {
+		uint64_t h = hash64(old->p + b * BLOCK, BLOCK) | 1, k = h & (cap - 1);
+		while (tab[k].h && tab[k].h != h)
+			k = (k + 1) & (cap - 1);
+		if (!tab[k].h)
+			tab[k] = (struct hslot){.h = h, .off = (int64_t)(b * BLOCK)};
+	}
+	for (uint64_t b = 0; b < nnb; b++) {
+		uint64_t h, k, off = b * BLOCK;
+		int64_t prev = b ? s->blk[b - 1] : -1;
+		s->blk[b] = -1;
+		if (off + BLOCK > nw->size || in_member[b])
+			continue;
+		/* Prefer continuing the previous run: the same content is often at more than one place. */
+		if (prev >= 0 && (uint64_t)prev + 2 * BLOCK <= old->size &&
+		    memcmp(old->p + prev + BLOCK, nw->p + off, BLOCK) == 0) {
+			s->blk[b] = prev + BLOCK;
+		} else {
+			h = hash64(nw->p + off, BLOCK) | 1;
+			k = h & (cap - 1);
+			while (tab[k].h && tab[k].h != h)
+				k = (k + 1) & (cap - 1);
+			if (tab[k].h && memcmp(old->p + tab[k].off, nw->p + off, BLOCK) == 0)
+				s->blk[b] = tab[k].off;
+		}
+		if (s->blk[b] >= 0)
+			used[s->blk[b] / BLOCK] = true;
+	}
+	free(tab);
+
+	/* The old blocks nothing matched are where changed content comes from. */
+	for (uint64_t b = 0; b * BLOCK < old->size; b++)
+		if (!used[b])
+			r_blocks++;
+	s->rmap = malloc((r_blocks ? r_blocks : 1) * sizeof(uint64_t));
+	s->r_buf = malloc(r_blocks ? r_blocks * BLOCK : 1);
+	if (!s->rmap || !s->r_buf) {
+		free(used);
+		return -ENOMEM;
+	}
+	s->m = (struct matcher){.old = old->p, .old_size = old->size, .r = s->r_buf, .rmap = s->rmap};
+	for (uint64_t b = 0; b * BLOCK < old->size; b++) {
+		uint64_t n;
+		if (used[b])
+			continue;
+		n = RSR_MIN(BLOCK, old->size - b * BLOCK);
+		s->rmap[s->m.r_len / BLOCK] = b * BLOCK;
+		memcpy(s->r_buf + s->m.r_len, old->p + b * BLOCK, n);
+		s->m.r_len += n;
+		if (n < BLOCK) /* only the last block can be partial */
+			break;
+	}
+	free(used);
+	return build_sa(&s->m);
+}
+
+static void set_free(struct set *s)
+{
+	members_free(&s->old_members);
+	free(s->ref_of);
+	free(s->blk);
+	free(s->m.sa);
+	free(s->r_buf);
+	free(s->rmap);
+}
+
+/* Emits the operations of one record range [a, b) of the new image. */
+static void emit_add(struct buf *ctrl, struct buf *diff, const uint8_t *old, const uint8_t *nw, uint64_t a,
+		     uint64_t len, uint64_t o, int64_t *pos)
+{
+	uint64_t i = 0;
+
+	while (i < len) {
+		/* A run of equal bytes long enough is a copy; the rest is an add. */
+		uint64_t j = i, run = 0, add_end;
+		while (j < len) {
+			if (old[o + j] == nw[a + j]) {
+				run++;
+				if (run >= MIN_COPY_RUN)
+					break;
+			} else {
+				run = 0;
+			}
+			j++;
+		}
+		if (j >= len) {
+			add_end = len;
+		} else {
+			add_end = j + 1 - run;
+		}
+		if (add_end > i) {
+			buf_byte(ctrl, OP_ADD);
+			buf_svarint(ctrl, (int64_t)(o + i) - *pos);
+			buf_varint(ctrl, add_end - i);
+			for (uint64_t k = i; k < add_end; k++)
+				buf_byte(diff, (uint8_t)(nw[a + k] - old[o + k]));
+			*pos = (int64_t)(o + add_end);
+			i = add_end;
+		}
+		if (i < len) {
+			uint64_t e = i;
+			while (e < len && old[o + e] == nw[a + e])
+				e++;
+			buf_byte(ctrl, OP_COPY);
+			buf_svarint(ctrl, (int64_t)(o + i) - *pos);
+			buf_varint(ctrl, e - i);
+			*pos = (int64_t)(o + e);
+			i = e;
+		}
+	}
+}
+
+/* Serializes the records clipped to [cs, ce); returns the input position after them. */
+static int64_t emit_recs(const struct recs *rs, const uint8_t *old, const uint8_t *nw, uint64_t cs, uint64_t ce,
+			 int64_t pos, struct buf *ctrl, struct buf *diff, struct buf *lit)
+{
+	for (size_t i = 0; i < rs->n; i++) {
+		const struct rec *r = &rs->r[i];
+		uint64_t a = RSR_MAX(r->new_off, cs), b = RSR_MIN(r->new_off + r->len, ce), o;
+		if (a >= b)
+			continue;
+		o = r->old_off + (a - r->new_off);
+		switch (r->type) {
+		case REC_COPY:
+			buf_byte(ctrl, OP_COPY);
+			buf_svarint(ctrl, (int64_t)o - pos);
+			buf_varint(ctrl, b - a);
+			pos = (int64_t)(o + (b - a));
+			break;
+		case REC_ADD:
+			emit_add(ctrl, diff, old, nw, a, b - a, o, &pos);
+			break;
+		case REC_LIT:
+			buf_byte(ctrl, OP_LITERAL);
+			buf_varint(ctrl, b - a);
+			buf_put(lit, nw + a, b - a);
+			break;
+		}
+	}
+	return pos;
+}
+
+/* Plans one chunk of one input: records for the chunk's range of the new image. */
+static int plan_chunk(struct job *j, struct set *s, uint64_t cs, uint64_t ce, struct buf *ctrl, struct buf *diff,
+		      struct buf *lit)
+{
+	const struct image *nw = j->nw;
+	struct recs rs = {0};
+	uint64_t x = cs, lastpos = s->old ? RSR_MIN(cs, s->old->size) : 0;
+	int64_t pos = (int64_t)lastpos;
+	size_t mi = 0;
+
+	/* Deflate members that start in this chunk (chunks never cut one). */
+	while (x < ce) {
+		uint64_t gap_end = ce, next_x;
+		const struct member *dm = NULL;
+		size_t dmi = 0;
+
+		/* The next deflate member handled in token form, if any, ends the gap. */
+		for (; s->old && mi < j->new_members->n; mi++) {
+			const struct member *m = &j->new_members->m[mi];
+			if (m->off < x || s->ref_of[mi] == SIZE_MAX)
+				continue;
+			if (m->off < ce) {
+				dm = m;
+				dmi = mi;
+				gap_end = m->off;
+			}
+			break;
+		}
+		if (!s->old) {
+			rec_add(&rs, REC_LIT, x, gap_end - x, 0);
+		} else {
+			/* Within the gap: runs of identical blocks are copies, the rest goes to the matcher. */
+			uint64_t y = x;
+			while (y < gap_end) {
+				uint64_t b = y / BLOCK, run_end, o;
+				if (y % BLOCK == 0 && s->blk[b] >= 0 && (b + 1) * BLOCK <= gap_end) {
+					o = (uint64_t)s->blk[b];
+					run_end = (b + 1) * BLOCK;
+					while (run_end + BLOCK <= gap_end &&
+					       s->blk[run_end / BLOCK] == (int64_t)(o + run_end - y))
+						run_end += BLOCK;
+					rec_add(&rs, REC_COPY, y, run_end - y, o);
+					lastpos = o + (run_end - y);
+					y = run_end;
+				} else {
+					uint64_t ge = (y / BLOCK + 1) * BLOCK;
+					while (ge < gap_end && !(s->blk[ge / BLOCK] >= 0 && ge + BLOCK <= gap_end))
+						ge += BLOCK;
+					ge = RSR_MIN(ge, gap_end);
+					approx_diff(&s->m, nw->p, y, ge, lastpos, &rs);
+					if (rs.n && rs.r[rs.n - 1].type == REC_ADD)
+						lastpos = rs.r[rs.n - 1].old_off + rs.r[rs.n - 1].len;
+					y = ge;
+				}
+			}
+		}
+		pos = emit_recs(&rs, s->old ? s->old->p : NULL, nw->p, x, gap_end, pos, ctrl, diff, lit);
+		if (rs.oom) {
+			free(rs.r);
+			return -ENOMEM;
+		}
+		rs.n = 0;
+		next_x = gap_end;
+		if (dm) {
+			/* The member's deflate stream, diffed in token form against the old member's. */
+			const struct member *ref = &s->old_members.m[s->ref_of[dmi]];
+			struct matcher tm = {.old = ref->tokens.p,
+					     .old_size = ref->tokens.len,
+					     .r = ref->tokens.p,
+					     .r_len = ref->tokens.len};
+			int r = build_sa(&tm);
+			if (r < 0) {
+				free(rs.r);
+				return r;
+			}
+			approx_diff(&tm, dm->tokens.p, 0, dm->tokens.len, 0, &rs);
+			buf_byte(ctrl, OP_DEFLATE);
+			buf_varint(ctrl, ref->off);
+			buf_varint(ctrl, ref->len);
+			buf_varint(ctrl, dm->len);
+			buf_varint(ctrl, dm->tokens.len);
+			emit_recs(&rs, ref->tokens.p, dm->tokens.p, 0, dm->tokens.len, 0, ctrl, diff, lit);
+			buf_byte(ctrl, OP_END);
+			free(tm.sa);
+			rs.n = 0;
+			next_x = dm->off + dm->len;
+			mi++;
+		}
+		x = next_x;
+	}
+	free(rs.r);
+	return 0;
+}
+
+/*
+ * Run-length codes the differences: (zeros, explicit) pairs into runs, the
+ * explicit bytes into nz. A lone zero between differences stays explicit.
+ */
+static void rle_diff(const struct buf *diff, struct buf *runs, struct buf *nz)
+{
+	const uint8_t *d = diff->p;
+	size_t n = diff->len, j = 0;
+
+	while (j < n) {
+		size_t z = j, s;
+		while (j < n && d[j] == 0)
+			j++;
+		s = j;
+		while (j < n && (d[j] != 0 || (j + 1 < n && d[j + 1] != 0)))
+			j++;
+		buf_varint(runs, s - z);
+		buf_varint(runs, j - s);
+		buf_put(nz, d + s, j - s);
+	}
+}
+
+static int chunk_job(void *arg, size_t index, unsigned worker)
+{
+	struct job *j = arg;
+	size_t si = index / j->n_chunks;
+	uint32_t c = (uint32_t)(index % j->n_chunks);
+	struct set *s = &j->sets[si];
+	struct buf ctrl = {0}, diff = {0}, lit = {0}, runs = {0}, nz = {0}, payload = {0}, *frame = &j->frames[index];
+	ZSTD_CCtx *cctx = NULL;
+	size_t bound, n;
+	int r;
+
+	r = plan_chunk(j, s, j->bounds[c], j->bounds[c + 1], &ctrl, &diff, &lit);
+	if (r < 0)
+		goto out;
+	rle_diff(&diff, &runs, &nz);
+	buf_varint(&payload, ctrl.len);
+	buf_varint(&payload, runs.len);
+	buf_varint(&payload, nz.len);
+	buf_varint(&payload, lit.len);
+	buf_put(&payload, ctrl.p, ctrl.len);
+	buf_put(&payload, runs.p, runs.len);
+	buf_put(&payload, nz.p, nz.len);
+	buf_put(&payload, lit.p, lit.len);
+	if (ctrl.oom || diff.oom || lit.oom || runs.oom || nz.oom || payload.oom) {
+		r = -ENOMEM;
+		goto out;
+	}
+	if (payload.len > PATCH_MAX_CHUNK_PAYLOAD) {
+		r = RSR_E_LIMIT;
+		goto out;
+	}
+	bound = ZSTD_compressBound(payload.len);
+	frame->p = malloc(bound);
+	cctx = ZSTD_createCCtx();
+	if (!frame->p || !cctx) {
+		r = -ENOMEM;
+		goto out;
+	}
+	frame->cap = bound;
+	ZSTD_CCtx_setParameter(cctx, ZSTD_c_compressionLevel, (int)j->opts->level);
+	ZSTD_CCtx_setParameter(cctx, ZSTD_c_checksumFlag, 1);
+	ZSTD_CCtx_setParameter(cctx, ZSTD_c_contentSizeFlag, 1);
+	n = ZSTD_compress2(cctx, frame->p, bound, payload.p, payload.len);
+	if (ZSTD_isError(n)) {
+		r = -ENOMEM;
+		goto out;
+	}
+	frame->len = n;
+	j->payload_sizes[index] = (uint32_t)payload.len;
+	pthread_mutex_lock(&j->lock);
+	j->done += j->bounds[c + 1] - j->bounds[c];
+	if (rsr_progress(j->ctx, "creating patch", j->done, (uint64_t)j->n_sets * j->nw->size) < 0)
+		r = RSR_E_CANCELED;
+	pthread_mutex_unlock(&j->lock);
+out:
+	ZSTD_freeCCtx(cctx);
+	buf_free(&ctrl);
+	buf_free(&diff);
+	buf_free(&lit);
+	buf_free(&runs);
+	buf_free(&nz);
+	buf_free(&payload);
+	return r;
+}
+
+/* Cuts the output into chunks of about chunk_size bytes, never inside a deflate member in token form. */
+static int make_bounds(const struct image *nw, const struct members *nm, const bool *handled, uint32_t chunk_size,
+		       uint64_t **ret, uint32_t *ret_n)
+{
+	uint64_t cap = nw->size / chunk_size + 2, *b = malloc(cap * sizeof(uint64_t)), x = 0;
+	size_t n = 0, mi = 0;
+
+	if (!b)
+		return -ENOMEM;
+	b[n++] = 0;
+	while (x < nw->size) {
+		uint64_t e = RSR_MIN(x + chunk_size, nw->size);
+		for (; mi < nm->n && nm->m[mi].off + nm->m[mi].len <= e; mi++)
+			;
+		if (mi < nm->n && handled[mi] && nm->m[mi].off < e)
+			e = nm->m[mi].off + nm->m[mi].len;
+		if (n == cap) {
+			uint64_t *nb = realloc(b, (cap *= 2) * sizeof(uint64_t));
+			if (!nb) {
+				free(b);
+				return -ENOMEM;
+			}
+			b = nb;
+		}
+		b[n++] = e;
+		x = e;
+	}
+	*ret = b;
+	*ret_n = (uint32_t)(n - 1);
+	return 0;
+}
+
+static int write_patch(struct rsr_ctx *ctx, struct job *j, const char *path)
+{
+	struct buf h = {0};
+	struct patch_header hdr = {0};
+	uint8_t digest[32];
+	uint64_t data_off = 0;
+	struct rsr_atomic_file *af;
+	int r;
+
+	memcpy(hdr.magic, PATCH_MAGIC, 8);
+	rsr_put_le32(hdr.version, PATCH_VERSION);
+	rsr_put_le32(hdr.header_size, sizeof(hdr));
+	rsr_put_le64(hdr.output_size, j->nw->size);
+	memcpy(hdr.output_sha256, j->nw->sha256, 32);
+	rsr_put_le32(hdr.n_inputs, j->sets[0].old ? (uint32_t)j->n_sets : 0);
+	rsr_put_le32(hdr.n_chunks, j->n_chunks);
+	rsr_put_le32(hdr.chunk_size, j->opts->chunk_size);
+	buf_put(&h, &hdr, sizeof(hdr));
+	for (size_t s = 0; s < j->n_sets && j->sets[0].old; s++) {
+		struct patch_input in = {0};
+		memcpy(in.sha256, j->sets[s].old->sha256, 32);
+		rsr_put_le64(in.size, j->sets[s].old->size);
+		buf_put(&h, &in, sizeof(in));
+	}
+	for (uint32_t c = 0; c < j->n_chunks; c++) {
+		struct patch_extent e = {0};
+		rsr_put_le64(e.out_offset, j->bounds[c]);
+		rsr_put_le32(e.out_size, (uint32_t)(j->bounds[c + 1] - j->bounds[c]));
+		buf_put(&h, &e, sizeof(e));
+	}
+	for (size_t i = 0; i < j->n_sets * j->n_chunks; i++) {
+		struct patch_chunk pc = {0};
+		rsr_put_le64(pc.data_offset, data_off);
+		rsr_put_le32(pc.comp_size, (uint32_t)j->frames[i].len);
+		rsr_put_le32(pc.payload_size, j->payload_sizes[i]);
+		buf_put(&h, &pc, sizeof(pc));
+		data_off += j->frames[i].len;
+	}
+	if (h.oom) {
+		buf_free(&h);
+		return rsr_error(ctx, -ENOMEM, "out of memory");
+	}
+	rsr_sha256(h.p, h.len, digest);
+	memcpy(h.p + offsetof(struct patch_header, meta_sha256), digest, 32);
+
+	r = rsr_atomic_open(ctx, path, 0644, &af);
+	if (r < 0) {
+		buf_free(&h);
+		return r;
+	}
+	r = rsr_write_all(af->fd, h.p, h.len);
+	for (size_t i = 0; r == 0 && i < j->n_sets * j->n_chunks; i++)
+		r = rsr_write_all(af->fd, j->frames[i].p, j->frames[i].len);
+	buf_free(&h);
+	if (r < 0) {
+		rsr_atomic_abort(af);
+		return rsr_error_errno(ctx, r, "%s: write", path);
+	}
+	return rsr_atomic_commit(ctx, af);
+}
+
+/* One patch: from each of olds (none: full replacement) to nw. */
+static int create_one(struct rsr_ctx *ctx, struct image *olds, size_t n_olds, struct image *nw, const char *path,
+		      const struct rsr_patch_create_opts *opts)
+{
+	struct members nm = {0};
+	struct job j = {.ctx = ctx, .opts = opts, .nw = nw, .new_members = &nm};
+	bool *handled = NULL, *in_member = NULL;
+	uint64_t nnb = (nw->size + BLOCK - 1) / BLOCK;
+	int r;
+
+	double t0 = now_ms();
+
+	j.n_sets = n_olds ? n_olds : 1;
+	j.sets = calloc(j.n_sets, sizeof(*j.sets));
+	in_member = calloc((size_t)nnb + 1, 1);
+	if (!j.sets || !in_member) {
+		r = rsr_error(ctx, -ENOMEM, "out of memory");
+		goto out;
+	}
+	if (n_olds && !opts->no_deflate) {
+		r = find_members(nw, &nm);
+		if (r < 0) {
+			r = rsr_error(ctx, r, "%s: out of memory", nw->path);
+			goto out;
+		}
+	}
+	rsr_debug(ctx, "%s: %zu deflate streams, %.0f ms", nw->path, nm.n, now_ms() - t0);
+	handled = calloc(nm.n + 1, 1);
+	if (!handled) {
+		r = rsr_error(ctx, -ENOMEM, "out of memory");
+		goto out;
+	}
+	for (size_t s = 0; s < n_olds; s++) {
+		struct set *st = &j.sets[s];
+		st->old = &olds[s];
+		st->ref_of = malloc((nm.n + 1) * sizeof(size_t));
+		if (!st->ref_of) {
+			r = rsr_error(ctx, -ENOMEM, "out of memory");
+			goto out;
+		}
+		if (nm.n) {
+			r = find_members(st->old, &st->old_members);
+			if (r < 0) {
+				r = rsr_error(ctx, r, "%s: out of memory", st->old->path);
+				goto out;
+			}
+		}
+		for (size_t i = 0; i < nm.n; i++) {
+			st->ref_of[i] = pick_reference(&st->old_members, &nm.m[i]);
+			if (st->ref_of[i] != SIZE_MAX && nm.m[i].len <= PATCH_MAX_CHUNK_OUT / 2)
+				handled[i] = true;
+			else
+				st->ref_of[i] = SIZE_MAX;
+		}
+	}
+	/* A member some input diffs in token form is one for every input (chunk bounds are shared). */
+	for (size_t i = 0; i < nm.n; i++) {
+		if (!handled[i])
+			continue;
+		for (uint64_t b = nm.m[i].off / BLOCK; b * BLOCK < nm.m[i].off + nm.m[i].len; b++)
+			in_member[b] = true;
+	}
+	for (size_t s = 0; s < n_olds; s++) {
+		r = match_blocks(&j.sets[s], nw, in_member);
+		if (r < 0) {
+			r = rsr_error(ctx, r, "%s: out of memory while matching", olds[s].path);
+			goto out;
+		}
+	}
+	rsr_debug(ctx, "block matching and suffix array done at %.0f ms", now_ms() - t0);
+	r = make_bounds(nw, &nm, handled, opts->chunk_size, &j.bounds, &j.n_chunks);
+	if (r < 0) {
+		r = rsr_error(ctx, r, "out of memory");
+		goto out;
+	}
+	j.frames = calloc(j.n_sets * j.n_chunks + 1, sizeof(*j.frames));
+	j.payload_sizes = calloc(j.n_sets * j.n_chunks + 1, sizeof(uint32_t));
+	if (!j.frames || !j.payload_sizes) {
+		r = rsr_error(ctx, -ENOMEM, "out of memory");
+		goto out;
+	}
+	pthread_mutex_init(&j.lock, NULL);
+	r = rsr_parallel_for(rsr_threads_for(ctx, j.n_sets * j.n_chunks), j.n_sets * j.n_chunks, chunk_job, &j);
+	pthread_mutex_destroy(&j.lock);
+	if (r == RSR_E_CANCELED)
+		goto out;
+	if (r == RSR_E_LIMIT) {
+		r = rsr_error(ctx, r, "%s: a chunk's operations exceed %u bytes", path, PATCH_MAX_CHUNK_PAYLOAD);
+		goto out;
+	}
+	if (r < 0) {
+		r = rsr_error(ctx, r, "%s: out of memory while making the patch", path);
+		goto out;
+	}
+	rsr_debug(ctx, "chunks done at %.0f ms", now_ms() - t0);
+	r = write_patch(ctx, &j, path);
+out:
+	for (size_t s = 0; j.sets && s < j.n_sets; s++)
+		set_free(&j.sets[s]);
+	for (size_t i = 0; j.frames && i < j.n_sets * j.n_chunks; i++)
+		buf_free(&j.frames[i]);
+	free(j.frames);
+	free(j.payload_sizes);
+	free(j.bounds);
+	free(j.sets);
+	free(handled);
+	free(in_member);
+	members_free(&nm);
+	return r;
+}
+
+int rsr_patch_create(struct rsr_ctx *ctx, const char *const *olds, size_t n_olds, const char *new_path,
+		     const char *patch_path, const char *reverse_path, const struct rsr_patch_create_opts *opts_in)
+{
+	struct rsr_patch_create_opts opts = {0};
+	struct image nw = {0}, *imgs = NULL;
+	int r;
+
+	if (opts_in)
+		opts = *opts_in;
+	if (opts.level == 0)
+		opts.level = DEFAULT_LEVEL;
+	if (opts.chunk_size == 0)
+		opts.chunk_size = DEFAULT_CHUNK;
+	if (opts.level > (unsigned)ZSTD_maxCLevel())
+		return rsr_error(ctx, -EINVAL, "compression level %u is out of range 1..%d", opts.level,
+				 ZSTD_maxCLevel());
+	if (opts.chunk_size < BLOCK || opts.chunk_size > PATCH_MAX_CHUNK_OUT / 2)
+		return rsr_error(ctx, -EINVAL, "chunk size %u is out of range %u..%u", opts.chunk_size, BLOCK,
+				 PATCH_MAX_CHUNK_OUT / 2);
+	if (n_olds > PATCH_MAX_INPUTS)
+		return rsr_error(ctx, RSR_E_LIMIT, "%zu inputs, more than the %u a patch may accept", n_olds,
+				 PATCH_MAX_INPUTS);
+	if (reverse_path && n_olds != 1)
+		return rsr_error(ctx, -EINVAL, "a reverse patch needs exactly one input");
+	imgs = calloc(n_olds + 1, sizeof(*imgs));
+	if (!imgs)
+		return rsr_error(ctx, -ENOMEM, "out of memory");
+	r = image_open(ctx, new_path, &nw);
+	for (size_t i = 0; r >= 0 && i < n_olds; i++)
+		r = image_open(ctx, olds[i], &imgs[i]);
+	if (r < 0)
+		goto out;
+	if (nw.size > (uint64_t)PATCH_MAX_CHUNKS * opts.chunk_size) {
+		r = rsr_error(ctx, RSR_E_LIMIT, "%s: too large for chunks of %u bytes", new_path, opts.chunk_size);
+		goto out;
+	}
+	for (size_t i = 0; i < n_olds; i++)
+		for (size_t k = 0; k < i; k++)
+			if (!memcmp(imgs[i].sha256, imgs[k].sha256, 32)) {
+				r = rsr_error(ctx, -EINVAL, "%s and %s are the same image", olds[k], olds[i]);
+				goto out;
+			}
+	r = create_one(ctx, imgs, n_olds, &nw, patch_path, &opts);
+	if (r >= 0 && reverse_path)
+		r = create_one(ctx, &nw, 1, &imgs[0], reverse_path, &opts);
+out:
+	image_close(&nw);
+	for (size_t i = 0; i < n_olds; i++)
+		image_close(&imgs[i]);
+	free(imgs);
+	return r;
+}

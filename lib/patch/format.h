@@ -1,0 +1,174 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * The on-disk layout of rsr image patches (docs/formats/patch.md), shared by
+ * the parser, the patcher and the differ. Every field is little-endian.
+ */
+#ifndef RSR_PATCH_FORMAT_H
+#define RSR_PATCH_FORMAT_H
+
+#include <assert.h>
+#include <stdint.h>
+
+#include "internal.h"
+#include "rsr/patch.h"
+
+#define PATCH_MAGIC "RSRPATCH"
+#define PATCH_VERSION 1
+
+/* Limits every reader enforces; a patch beyond them is refused as RSR_E_LIMIT. */
+#define PATCH_MAX_INPUTS 16
+#define PATCH_MAX_CHUNK_OUT (64u << 20)	     /* output bytes of one chunk */
+#define PATCH_MAX_CHUNK_PAYLOAD (256u << 20) /* decompressed operations of one chunk */
+#define PATCH_MAX_CHUNKS (1u << 22)
+#define PATCH_MAX_DEFLATE_RAW (64u << 20) /* a decoded deflate stream (tokens) */
+
+struct patch_header {
+	uint8_t magic[8];	   /* "RSRPATCH" */
+	uint8_t version[4];	   /* 1 */
+	uint8_t header_size[4];	   /* sizeof(struct patch_header) */
+	uint8_t output_size[8];	   /* bytes */
+	uint8_t output_sha256[32]; /* SHA-256 of the whole output */
+	uint8_t n_inputs[4];	   /* accepted inputs; 0: full replacement */
+	uint8_t n_chunks[4];	   /* output chunks */
+	uint8_t chunk_size[4];	   /* nominal output bytes per chunk (informational) */
+	uint8_t flags[4];	   /* 0 */
+	uint8_t meta_sha256[32];   /* SHA-256 of header (this field zero) and tables */
+};
+static_assert(sizeof(struct patch_header) == 104, "patch header layout");
+
+struct patch_input {
+	uint8_t sha256[32]; /* SHA-256 of the whole input */
+	uint8_t size[8];    /* bytes */
+	uint8_t flags[4];   /* 0 */
+	uint8_t reserved[4];
+};
+static_assert(sizeof(struct patch_input) == 48, "patch input layout");
+
+struct patch_extent {
+	uint8_t out_offset[8]; /* where the chunk's output starts */
+	uint8_t out_size[4];   /* output bytes of the chunk, 1..PATCH_MAX_CHUNK_OUT */
+	uint8_t reserved[4];
+};
+static_assert(sizeof(struct patch_extent) == 16, "patch extent layout");
+
+struct patch_chunk {
+	uint8_t data_offset[8];	 /* of the zstd frame, from the start of the data area */
+	uint8_t comp_size[4];	 /* bytes of the zstd frame */
+	uint8_t payload_size[4]; /* decompressed operation bytes */
+};
+static_assert(sizeof(struct patch_chunk) == 16, "patch chunk layout");
+
+/* Operation codes inside a chunk's command stream. */
+enum {
+	OP_COPY = 0,	/* svarint seek, varint len: copy input bytes */
+	OP_ADD = 1,	/* svarint seek, varint len: input bytes plus diff bytes */
+	OP_LITERAL = 2, /* varint len: bytes from the literal stream */
+	OP_DEFLATE = 3, /* a re-encoded deflate stream, see docs */
+	OP_END = 4,	/* ends the operations of an OP_DEFLATE */
+};
+
+/* Deflate parameters of an OP_DEFLATE. */
+struct patch_chunk_view {
+	uint64_t out_offset;
+	uint32_t out_size;
+	uint64_t data_offset; /* absolute, in the patch buffer */
+	uint32_t comp_size;
+	uint32_t payload_size;
+};
+
+/* A parsed, validated patch over a borrowed buffer. */
+struct rsr_patch {
+	const uint8_t *buf;
+	size_t len;
+	void *map; /* when opened from a file: the mapping to unmap */
+	size_t map_len;
+	uint32_t version;
+	uint64_t output_size;
+	uint8_t output_sha256[32];
+	uint32_t n_inputs;
+	uint32_t n_sets; /* max(1, n_inputs) */
+	uint32_t n_chunks;
+	uint32_t chunk_size;
+	const struct patch_input *inputs;
+	const struct patch_extent *extents;
+	const struct patch_chunk *chunks; /* n_sets * n_chunks, set-major */
+	uint64_t data_start;
+};
+
+void patch_chunk_get(const struct rsr_patch *p, uint32_t set, uint32_t chunk, struct patch_chunk_view *v);
+
+/* Decoded, bounds-checked stream cursor. */
+struct rd {
+	const uint8_t *p;
+	size_t len, pos;
+};
+static inline int rd_varint(struct rd *r, uint64_t *ret)
+{
+	uint64_t v = 0;
+	for (unsigned shift = 0; shift < 64; shift += 7) {
+		uint8_t b;
+		if (r->pos >= r->len)
+			return -1;
+		b = r->p[r->pos++];
+		if (shift == 63 && b > 1)
+			return -1;
+		v |= (uint64_t)(b & 0x7f) << shift;
+		if (!(b & 0x80)) {
+			*ret = v;
+			return 0;
+		}
+	}
+	return -1;
+}
+static inline int rd_svarint(struct rd *r, int64_t *ret)
+{
+	uint64_t u;
+	if (rd_varint(r, &u) < 0)
+		return -1;
+	*ret = (int64_t)(u >> 1) ^ -(int64_t)(u & 1);
+	return 0;
+}
+
+/* Growable byte buffer for writers. */
+struct buf {
+	uint8_t *p;
+	size_t len, cap;
+	bool oom;
+};
+void buf_put(struct buf *b, const void *data, size_t len);
+void buf_varint(struct buf *b, uint64_t v);
+void buf_svarint(struct buf *b, int64_t v);
+static inline void buf_byte(struct buf *b, uint8_t v)
+{
+	buf_put(b, &v, 1);
+}
+static inline void buf_free(struct buf *b)
+{
+	free(b->p);
+	*b = (struct buf){0};
+}
+
+/*
+ * Executes one chunk: decompresses its frame and runs its operations against
+ * `in` (NULL/0 for a full replacement) into `out` (exactly the chunk's output
+ * size). `stats` (may be NULL) gets operation counts. Returns 0 or
+ * RSR_E_FORMAT with the reason in `why`.
+ */
+int patch_run_chunk(const struct rsr_patch *p, uint32_t set, uint32_t chunk, const uint8_t *in, uint64_t in_size,
+		    uint8_t *out, struct rsr_patch_stats *stats, const char **why);
+
+/* Deflate re-encoding (deflate.c). */
+/*
+ * Decodes a raw deflate stream that starts at `in` into its token form, which
+ * records every choice of the encoder so that deflate_encode() reproduces the
+ * stream bit for bit. On success *ret_used is the stream's length in bytes.
+ * Returns 0, -ENOMEM, or RSR_E_FORMAT if the bytes are not a deflate stream
+ * (or its token form would exceed `max_tokens` bytes).
+ */
+int deflate_decode(const uint8_t *in, size_t in_len, size_t max_tokens, struct buf *tokens, size_t *ret_used);
+/* Encodes tokens into out[0..out_len); RSR_E_FORMAT if they are malformed or do not fill out exactly. */
+int deflate_encode(const uint8_t *tokens, size_t len, uint8_t *out, size_t out_len);
+/* Length of the gzip member header at p (10+ bytes), or 0 if p is not one. */
+size_t gzip_header_len(const uint8_t *p, size_t len);
+
+#endif
