@@ -20,7 +20,7 @@
 struct rsr_graft {
 	char *root;   /* absolute, no trailing slash except for "/" itself */
 	char *prefix; /* root with a trailing '/', to join relative paths */
-	int rootfd; /* also the lock: flock() while changing the root */
+	int rootfd;   /* also the lock: flock() while changing the root */
 	bool locked;
 	struct rsr_keyring *keys;
 };

@@ -335,8 +335,8 @@ static void state_retire(json_t *st, dev_t dev, const char *what, const char *di
 	char d[32];
 
 	graft_format_dev(dev, d);
-	json_array_append_new(ret,
-			      json_pack("{s:s, s:s, s:s, s:b}", "dev", d, "what", what, "dir", dir, "overlay", overlay));
+	json_array_append_new(
+	    ret, json_pack("{s:s, s:s, s:s, s:b}", "dev", d, "what", what, "dir", dir, "overlay", overlay));
 	while (json_array_size(ret) > RETIRED_MAX)
 		json_array_remove(ret, 0);
 }
@@ -356,7 +356,8 @@ static char *describe_graft(json_t *st, const char *dir, const char *how)
 			size_t l = strlen(buf);
 			if (!json_is_string(c) || strcmp(json_string_value(c), dir))
 				continue;
-			snprintf(buf + l, sizeof(buf) - l, "%s%s %s", l ? ", " : "", jstr(e, "slot"), jstr(e, "version"));
+			snprintf(buf + l, sizeof(buf) - l, "%s%s %s", l ? ", " : "", jstr(e, "slot"),
+				 jstr(e, "version"));
 		}
 	}
 	if (asprintf(&s, "the graft of /%s (%s%s%s)", dir, buf, buf[0] ? ", " : "", how) < 0)
@@ -536,7 +537,8 @@ static int check_image(struct rsr_ctx *ctx, struct rsr_graft *g, const char *pat
 		char allowed[512] = "";
 		for (size_t i = 0; i < rsr_cryptex_base_build_count(cx); i++) {
 			size_t l = strlen(allowed);
-			snprintf(allowed + l, sizeof(allowed) - l, "%s'%s'", i ? ", " : "", rsr_cryptex_base_build(cx, i));
+			snprintf(allowed + l, sizeof(allowed) - l, "%s'%s'", i ? ", " : "",
+				 rsr_cryptex_base_build(cx, i));
 		}
 		r = rsr_error(ctx, RSR_E_MISMATCH, "%s: refused: made for base build %s, this base is '%s'", path,
 			      allowed, base->build);
@@ -550,8 +552,9 @@ static int check_image(struct rsr_ctx *ctx, struct rsr_graft *g, const char *pat
 			goto fail;
 		}
 		if (fstatat(g->rootfd, p, &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISDIR(st.st_mode)) {
-			r = rsr_error(ctx, RSR_E_MISMATCH, "%s: refused: covers /%s, which is not a directory of the base %s",
-				      path, p, g->root);
+			r = rsr_error(ctx, RSR_E_MISMATCH,
+				      "%s: refused: covers /%s, which is not a directory of the base %s", path, p,
+				      g->root);
 			goto fail;
 		}
 	}
@@ -671,8 +674,8 @@ int rsr_graft_install(struct rsr_ctx *ctx, struct rsr_graft *g, const char *path
 		struct dirent *de;
 		while ((de = readdir(d))) {
 			size_t l = strlen(de->d_name);
-			if (de->d_name[0] == '.' || l < 6 || strcmp(de->d_name + l - 5, ".cptx") || !strcmp(de->d_name, name) ||
-			    (grafted && !strcmp(de->d_name, grafted)))
+			if (de->d_name[0] == '.' || l < 6 || strcmp(de->d_name + l - 5, ".cptx") ||
+			    !strcmp(de->d_name, name) || (grafted && !strcmp(de->d_name, grafted)))
 				continue;
 			if (unlinkat(dirfd, de->d_name, 0) == 0)
 				rsr_debug(ctx, "removed superseded image %s/%s", slot, de->d_name);
@@ -722,9 +725,9 @@ struct plan {
 	char *mount; /* absolute */
 	struct rsr_cryptex *cx;
 	int fd;
-	json_t *old;     /* live state entry of the slot, borrowed */
-	bool reuse;      /* the grafted image is the current one: keep its mount */
-	bool mounted;    /* mounted by this call */
+	json_t *old;  /* live state entry of the slot, borrowed */
+	bool reuse;   /* the grafted image is the current one: keep its mount */
+	bool mounted; /* mounted by this call */
 	struct image_mount im;
 	char **covers;
 	size_t n_covers;
@@ -921,8 +924,8 @@ static int switch_dir(struct rsr_ctx *ctx, const struct rsr_graft *g, const char
 		if (r < 0)
 			return r;
 	} else if (!graft_is_mount_point(base)) {
-		return rsr_error(ctx, RSR_E_STATE, "%s is grafted but its base bind %s is gone; run 'rsr ungraft' first",
-				 target, base);
+		return rsr_error(ctx, RSR_E_STATE,
+				 "%s is grafted but its base bind %s is gone; run 'rsr ungraft' first", target, base);
 	}
 	lv = calloc(json_array_size(layers), sizeof(*lv));
 	if (!lv)
@@ -962,8 +965,8 @@ static json_t *slot_entry(const struct plan *p)
 		json_array_append_new(covers, json_string(p->covers[i]));
 	graft_format_dev(p->im.dev, d);
 	return json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:b, s:b, s:o}", "slot", p->slot, "version", p->version,
-			 "root_hash", p->root_hash, "image", p->image, "mount", p->mount, "device", p->im.device, "dev", d,
-			 "verity", p->im.verity, "direct_io", p->im.direct_io, "covers", covers);
+			 "root_hash", p->root_hash, "image", p->image, "mount", p->mount, "device", p->im.device, "dev",
+			 d, "verity", p->im.verity, "direct_io", p->im.direct_io, "covers", covers);
 }
 
 int rsr_graft_activate(struct rsr_ctx *ctx, struct rsr_graft *g)
@@ -1101,7 +1104,8 @@ int rsr_graft_activate(struct rsr_ctx *ctx, struct rsr_graft *g)
 		n_done = k + 1;
 		count++;
 		if (old_dev) {
-			_cleanup_free_ char *t = graft_path(g, dirs[k]), *what = describe_graft(st, dirs[k], "swapped out");
+			_cleanup_free_ char *t = graft_path(g, dirs[k]),
+					    *what = describe_graft(st, dirs[k], "swapped out");
 			if (what)
 				state_retire(st, old_dev, what, t ? t : "", true);
 		}
@@ -1362,7 +1366,8 @@ int rsr_graft_status(struct rsr_ctx *ctx, struct rsr_graft *g, struct rsr_graft_
 		s->pending = true; /* the next graft removes it */
 		s->covers = calloc(json_array_size(c) + 1, sizeof(char *));
 		for (size_t j = 0; s->covers && j < json_array_size(c); j++)
-			s->covers[s->n_covers++] = strdup(json_string_value(json_array_get(c, j)) ? json_string_value(json_array_get(c, j)) : "");
+			s->covers[s->n_covers++] = strdup(
+			    json_string_value(json_array_get(c, j)) ? json_string_value(json_array_get(c, j)) : "");
 	}
 	{
 		char **dirs = NULL;

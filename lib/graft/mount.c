@@ -158,10 +158,10 @@ static int verity_create(struct rsr_ctx *ctx, struct rsr_cryptex *cx, const char
 	spec->sector_start = 0;
 	spec->length = blocks * (RSR_CRYPTEX_BLOCK_SIZE / 512);
 	snprintf(spec->target_type, sizeof(spec->target_type), "verity");
-	n = snprintf((char *)(spec + 1), sizeof(b.data) - sizeof(*spec),
-		     "1 %u:%u %u:%u %d %d %llu %llu sha256 %s %s", major(loop), minor(loop), major(loop), minor(loop),
-		     RSR_CRYPTEX_BLOCK_SIZE, RSR_CRYPTEX_BLOCK_SIZE, (unsigned long long)blocks,
-		     (unsigned long long)hash_start_block, rsr_cryptex_root_hash_hex(cx), salt && *salt ? salt : "-");
+	n = snprintf((char *)(spec + 1), sizeof(b.data) - sizeof(*spec), "1 %u:%u %u:%u %d %d %llu %llu sha256 %s %s",
+		     major(loop), minor(loop), major(loop), minor(loop), RSR_CRYPTEX_BLOCK_SIZE, RSR_CRYPTEX_BLOCK_SIZE,
+		     (unsigned long long)blocks, (unsigned long long)hash_start_block, rsr_cryptex_root_hash_hex(cx),
+		     salt && *salt ? salt : "-");
 	if (n < 0 || (size_t)n >= sizeof(b.data) - sizeof(*spec)) {
 		dm_remove(ctl, name, false);
 		return rsr_error(ctx, RSR_E_LIMIT, "dm-verity table for %s too long", name);
@@ -380,7 +380,8 @@ int graft_live_mount_devs(struct dev_set *ret)
 		return -errno;
 	while (getline(&line, &cap, f) > 0) {
 		unsigned id, parent, ma, mi;
-		if (sscanf(line, "%u %u %u:%u", &id, &parent, &ma, &mi) == 4 && (r = dev_set_add(&s, makedev(ma, mi))) < 0)
+		if (sscanf(line, "%u %u %u:%u", &id, &parent, &ma, &mi) == 4 &&
+		    (r = dev_set_add(&s, makedev(ma, mi))) < 0)
 			break;
 	}
 	free(line);

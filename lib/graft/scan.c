@@ -18,12 +18,12 @@ struct retired_dev {
 	dev_t dev;
 	const char *what; /* borrowed from the state */
 	const char *dir;  /* where it was mounted: prefix for paths the kernel shows relative to it */
-	bool overlay;     /* an overlay (else an image) */
+	bool overlay;	  /* an overlay (else an image) */
 };
 
 struct grafted_dir {
-	char *prefix; /* "<root>/usr/" */
-	dev_t dev;    /* the overlay */
+	char *prefix;	/* "<root>/usr/" */
+	dev_t dev;	/* the overlay */
 	json_t *layers; /* borrowed: image layer directories, base last */
 };
 
@@ -64,8 +64,7 @@ static bool shadowed_now(const struct grafted_dir *d, const char *rel)
  * Why a mapped file is old code, or NULL if it is not; the caller frees.
  * `mapped` is the file's stat through the process (NULL if unknown).
  */
-static char *classify(const struct scan *sc, dev_t dev, const char *path, const struct stat *mapped,
-		      char **ret_display)
+static char *classify(const struct scan *sc, dev_t dev, const char *path, const struct stat *mapped, char **ret_display)
 {
 	char *reason = NULL;
 

@@ -217,8 +217,8 @@ static void test_scratch_root(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_os_release), cmocka_unit_test(test_maps_line), cmocka_unit_test(test_cgroup_unit),
-		cmocka_unit_test(test_names),      cmocka_unit_test(test_dev),       cmocka_unit_test(test_scratch_root),
+	    cmocka_unit_test(test_os_release), cmocka_unit_test(test_maps_line), cmocka_unit_test(test_cgroup_unit),
+	    cmocka_unit_test(test_names),      cmocka_unit_test(test_dev),	 cmocka_unit_test(test_scratch_root),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
