@@ -318,7 +318,8 @@ static void state_reconcile(const struct rsr_graft *g, json_t *st)
 		json_t *e = json_array_get(paths, i);
 		_cleanup_free_ char *p = graft_path(g, jstr(e, "path"));
 		dev_t want, have;
-		if (p && graft_parse_dev(jstr(e, "dev"), &want) && top_is_graft(p, &have) && have == want) {
+		if (p && graft_cover_name_valid(jstr(e, "path")) && graft_parse_dev(jstr(e, "dev"), &want) &&
+		    top_is_graft(p, &have) && have == want) {
 			i++;
 			any = true;
 		} else {
