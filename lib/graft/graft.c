@@ -176,14 +176,14 @@ static bool top_is_graft(const char *path, dev_t *ret_dev)
 /* Every top-level directory of the root that has an rsr overlay on top. */
 static int grafted_dirs(struct rsr_ctx *ctx, const struct rsr_graft *g, char ***ret, size_t *ret_n)
 {
-	_cleanup_close_ int fd = dup(g->rootfd);
+	_cleanup_close_ int fd = openat(g->rootfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	DIR *d;
 	struct dirent *de;
 	char **v = NULL;
 	size_t n = 0;
 	int r = 0;
 
-	if (fd < 0 || lseek(fd, 0, SEEK_SET) < 0 || !(d = fdopendir(fd)))
+	if (fd < 0 || !(d = fdopendir(fd)))
 		return rsr_error_errno(ctx, -errno, "%s", g->root);
 	fd = -1;
 	while ((de = readdir(d))) {
@@ -670,7 +670,7 @@ int rsr_graft_install(struct rsr_ctx *ctx, struct rsr_graft *g, const char *path
 		const char *img = jstr(e, "image"), *b = strrchr(img, '/');
 		grafted = strdup(b ? b + 1 : img);
 	}
-	int dfd = dup(dirfd);
+	int dfd = openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (dfd >= 0 && (d = fdopendir(dfd))) {
 		struct dirent *de;
 		while ((de = readdir(d))) {
