@@ -294,6 +294,7 @@ int graft_attach(struct rsr_ctx *ctx, int mnt_fd, const char *target, bool repla
 		if (move_mount(mnt_fd, "", AT_FDCWD, target, MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_BENEATH) == 0) {
 			/* Both stacks are there; lookups see the old one until it goes. */
 			if (umount2(target, MNT_DETACH | UMOUNT_NOFOLLOW) < 0)
+				/* The old stack still serves; the new one stays hidden beneath it until ungraft. */
 				return rsr_error_errno(ctx, -errno, "%s: cannot detach the previous graft", target);
 			return 0;
 		}

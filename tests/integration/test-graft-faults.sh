@@ -73,6 +73,12 @@ for n in 1 2 3; do
 	mounts | sed 's/ [^ ]*$//' | sort >"$W/now"
 	sed 's/ [^ ]*$//' "$W/mounts.A" | sort | diff - "$W/now" || fail "move_mount #$n failing in a swap changed the mounts"
 done
+for n in 1 2; do
+	graft_failing umount2 $n
+	sed "s/^/# swap, umount2 #$n failing: /" "$T/err"
+	# The old stack still serves; the new one may stay hidden beneath it until ungraft.
+	[ "$(view)" = "A A" ] || fail "umount2 #$n failing in a swap: not A everywhere but '$(view)'"
+done
 ok "a failing mount call in a swap leaves the previous graft serving (switched directories are switched back)"
 
 expect 0 graft --root "$R"
