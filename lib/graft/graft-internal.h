@@ -40,6 +40,14 @@ struct image_mount {
 bool graft_verity_available(void);
 
 /*
+ * The dm-verity table line for an image and its hash tree on one device
+ * (data blocks from 0, the tree from hash_start_block; 4 KiB blocks, SHA-256,
+ * format 1; salt "-" when empty). Returns what snprintf() returns.
+ */
+int graft_verity_table(char *buf, size_t size, dev_t dev, uint64_t data_blocks, uint64_t hash_start_block,
+		       const char *root_hex, const char *salt_hex);
+
+/*
  * Attaches the EROFS image of cx (opened at file_fd) read-only and mounts it
  * read-only, nodev, nosuid at `target` (an existing directory).
  */

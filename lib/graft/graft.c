@@ -970,6 +970,40 @@ static json_t *slot_entry(const struct plan *p)
 			 d, "verity", p->im.verity, "direct_io", p->im.direct_io, "covers", covers);
 }
 
+/*
+ * After a failed switch: puts back the directories already switched (their
+ * old images are still mounted), keeps the state in step, and keeps the
+ * original failure message.
+ */
+static void rollback_dirs(struct rsr_ctx *ctx, const struct rsr_graft *g, json_t *st, char **dirs, const bool *changed,
+			  json_t **old_layers, size_t n_done, int r)
+{
+	char msg[RSR_ERRMSG_MAX];
+
+	snprintf(msg, sizeof(msg), "%s", rsr_ctx_error(ctx));
+	for (size_t k = 0; k < n_done; k++) {
+		_cleanup_free_ char *t = graft_path(g, dirs[k]);
+		json_t *pe = state_find(json_object_get(st, "paths"), "path", dirs[k]);
+		dev_t went, back;
+		char d[32];
+		if (!changed[k])
+			continue;
+		if (!old_layers[k] || switch_dir(ctx, g, dirs[k], old_layers[k], &went, &back) < 0) {
+			rsr_warn(ctx, "%s%s: could not restore the previous graft", g->prefix, dirs[k]);
+			continue;
+		}
+		/* Files opened through the short-lived new stack belong to images that are going. */
+		if (went)
+			state_retire(st, went, "a graft rolled back after a failure", t ? t : "", true);
+		graft_format_dev(back, d);
+		if (pe && back)
+			json_object_set_new(pe, "dev", json_string(d));
+	}
+	if (n_done > 0)
+		(void)state_save(ctx, g, st);
+	rsr_error(ctx, r, "%s", msg);
+}
+
 int rsr_graft_activate(struct rsr_ctx *ctx, struct rsr_graft *g)
 {
 	struct plan *p = NULL;
@@ -1160,14 +1194,7 @@ int rsr_graft_activate(struct rsr_ctx *ctx, struct rsr_graft *g)
 	goto out;
 
 rollback:
-	/* Put back the directories already switched; their old images are still mounted. */
-	for (size_t k = 0; k < n_done; k++) {
-		dev_t a, b;
-		if (!changed[k])
-			continue;
-		if (!old_layers[k] || switch_dir(ctx, g, dirs[k], old_layers[k], &a, &b) < 0)
-			rsr_warn(ctx, "%s%s: could not restore the previous graft", g->prefix, dirs[k]);
-	}
+	rollback_dirs(ctx, g, st, dirs, changed, old_layers, n_done, r);
 undo:
 	for (size_t i = 0; i < n; i++)
 		if (p[i].mounted) {

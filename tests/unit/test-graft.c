@@ -160,6 +160,23 @@ static void test_dev(void **state)
 	dev_set_free(&s);
 }
 
+static void test_verity_table(void **state)
+{
+	char buf[512];
+	const char *root = "52dd1945edf4161753fb344929f16efc052477d43010b82cca89de1c90d3c4ff";
+
+	int n = graft_verity_table(buf, sizeof(buf), makedev(7, 3), 1449, 1450, root, "00ff");
+	assert_int_equal(n, (int)strlen(buf));
+	assert_string_equal(buf, "1 7:3 7:3 4096 4096 1449 1450 sha256 "
+				 "52dd1945edf4161753fb344929f16efc052477d43010b82cca89de1c90d3c4ff 00ff");
+	graft_verity_table(buf, sizeof(buf), makedev(259, 300), 1, 1, root, "");
+	assert_string_equal(buf, "1 259:300 259:300 4096 4096 1 1 sha256 "
+				 "52dd1945edf4161753fb344929f16efc052477d43010b82cca89de1c90d3c4ff -");
+	/* Too small a buffer is reported, not overrun. */
+	assert_true(graft_verity_table(buf, 16, makedev(7, 3), 1, 1, root, "") >= 16);
+	assert_int_equal(strlen(buf), 15);
+}
+
 static void test_scratch_root(void **state)
 {
 	char tmpl[] = "/tmp/rsr-graft-unit.XXXXXX";
@@ -217,8 +234,9 @@ static void test_scratch_root(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_os_release), cmocka_unit_test(test_maps_line), cmocka_unit_test(test_cgroup_unit),
-	    cmocka_unit_test(test_names),      cmocka_unit_test(test_dev),	 cmocka_unit_test(test_scratch_root),
+	    cmocka_unit_test(test_os_release),	 cmocka_unit_test(test_maps_line), cmocka_unit_test(test_cgroup_unit),
+	    cmocka_unit_test(test_names),	 cmocka_unit_test(test_dev),	   cmocka_unit_test(test_verity_table),
+	    cmocka_unit_test(test_scratch_root),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
