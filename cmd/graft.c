@@ -188,6 +188,8 @@ static json_t *report_json(const struct rsr_graft_report *rep)
 				     jstr_or_null(s->image), "grafted", s->grafted, "pending", s->pending, "mount",
 				     jstr_or_null(s->mount), "device", jstr_or_null(s->device), "verity", s->verity,
 				     "direct_io", s->direct_io, "covers", strv_json(s->covers, s->n_covers)));
+		json_object_set_new(json_array_get(slots, json_array_size(slots) - 1), "removed",
+				    json_boolean(s->removed));
 	}
 	json_object_set_new(o, "slots", slots);
 	json_object_set_new(o, "grafted_paths", strv_json(rep->grafted_paths, rep->n_grafted_paths));
@@ -231,7 +233,10 @@ static void print_report(const struct rsr_graft_report *rep)
 		printf("\nSlot %s\n", s->slot);
 		if (s->version)
 			printf("  Version:   %s\n", s->version);
-		if (s->grafted_version && !s->grafted)
+		if (s->grafted_version && s->removed)
+			printf("  Grafted:   %s (the slot has no current image; 'rsr graft' ungrafts it)\n",
+			       s->grafted_version);
+		else if (s->grafted_version && !s->grafted)
 			printf("  Grafted:   %s (the current image differs; run 'rsr graft')\n", s->grafted_version);
 		printf("  State:     %s\n", s->grafted ? "grafted"
 					    : s->mount ? "grafted image is not the current one"

@@ -80,11 +80,12 @@ struct rsr_graft_slot_info {
 	char *version;	       /* of the installed current image; NULL if none or unreadable */
 	char *grafted_version; /* of the grafted image; NULL if none */
 	char *root_hash;       /* hex, of the current image (else of the grafted one) */
-	char *image;	       /* the current .cptx file, absolute */
+	char *image;	       /* the current .cptx file, absolute (of a removed slot: the grafted one) */
 	char *mount;	       /* where the grafted image is mounted, absolute; NULL if not grafted */
 	char *device;	       /* /dev/loopN or /dev/dm-N; NULL if not grafted */
 	bool grafted;	       /* the current image is the grafted one */
 	bool pending;	       /* the next graft changes this slot */
+	bool removed;	       /* grafted, but the slot has no current image any more */
 	bool verity;	       /* mounted through dm-verity */
 	bool direct_io;	       /* the loop device does direct I/O */
 	char **covers;	       /* covered top-level directories */

@@ -1392,6 +1392,7 @@ int rsr_graft_status(struct rsr_ctx *ctx, struct rsr_graft *g, struct rsr_graft_
 		s->verity = json_is_true(json_object_get(e, "verity"));
 		s->direct_io = json_is_true(json_object_get(e, "direct_io"));
 		s->pending = true; /* the next graft removes it */
+		s->removed = true;
 		s->covers = calloc(json_array_size(c) + 1, sizeof(char *));
 		for (size_t j = 0; s->covers && j < json_array_size(c); j++)
 			s->covers[s->n_covers++] = strdup(
