@@ -984,7 +984,7 @@ static void rollback_dirs(struct rsr_ctx *ctx, const struct rsr_graft *g, json_t
 	for (size_t k = 0; k < n_done; k++) {
 		_cleanup_free_ char *t = graft_path(g, dirs[k]);
 		json_t *pe = state_find(json_object_get(st, "paths"), "path", dirs[k]);
-		dev_t went, back;
+		dev_t went = 0, back = 0;
 		char d[32];
 		if (!changed[k])
 			continue;
@@ -1130,7 +1130,7 @@ int rsr_graft_activate(struct rsr_ctx *ctx, struct rsr_graft *g)
 	if (!json_is_object(json_object_get(st, "base")))
 		json_object_set_new(st, "base", base_json(&base));
 	for (size_t k = 0; k < n_dirs; k++) {
-		dev_t old_dev, new_dev;
+		dev_t old_dev = 0, new_dev = 0;
 		if (!changed[k])
 			continue;
 		r = switch_dir(ctx, g, dirs[k], new_layers[k], &old_dev, &new_dev);

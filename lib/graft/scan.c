@@ -154,6 +154,8 @@ static int scan_pid(struct rsr_ctx *ctx, const struct scan *sc, int pid, struct 
 			if (l > 10 && !strcmp(exe + l - 10, " (deleted)"))
 				exe[l - 10] = '\0';
 			first_reason = classify(sc, sb.st_dev, exe, &sb, &disp);
+			if (!first_reason)
+				free(disp);
 			if (first_reason) {
 				first_file = disp ? disp : strdup(exe);
 				n_files++;
