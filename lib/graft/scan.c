@@ -36,6 +36,14 @@ struct scan {
 	struct dev_set images; /* devices of grafted images: current, not stale */
 };
 
+static bool is_retired(const struct scan *sc, dev_t dev)
+{
+	for (size_t i = 0; i < sc->n_retired; i++)
+		if (sc->retired[i].dev == dev)
+			return true;
+	return false;
+}
+
 /* The same file: an unchanged base file seen through an old and a new overlay. */
 static bool same_file(const struct stat *a, const struct stat *b)
 {
@@ -190,9 +198,14 @@ static int scan_pid(struct rsr_ctx *ctx, const struct scan *sc, int pid, struct 
 		}
 		seen[n_seen++] = (struct seen){dev, ino};
 		struct stat ms;
-		char mf[96];
-		snprintf(mf, sizeof(mf), "/proc/%d/map_files/%.*s", pid, (int)strcspn(line, " "), line);
-		reason = classify(sc, dev, file, stat(mf, &ms) == 0 ? &ms : NULL, &disp);
+		bool have_ms = false;
+		if (is_retired(sc, dev)) {
+			/* Only then is the mapped file's own stat needed (through map_files, as root). */
+			char mf[96];
+			snprintf(mf, sizeof(mf), "/proc/%d/map_files/%.*s", pid, (int)strcspn(line, " "), line);
+			have_ms = stat(mf, &ms) == 0;
+		}
+		reason = classify(sc, dev, file, have_ms ? &ms : NULL, &disp);
 		if (!reason) {
 			free(disp);
 			continue;
