@@ -518,10 +518,33 @@ static int roll_forward(struct rsr_ctx *ctx, struct rsr_device *dev, json_t *j)
 		return rsr_error_errno(ctx, -errno, "cannot remove the journal");
 	if (fsync(dev->statefd) < 0)
 		return rsr_error_errno(ctx, -errno, "%s/%s", dev->root, STATE_DIR);
-	response_rm_rf(dev->statefd, "incoming");
-	json_object_foreach(slots, slot, v) slot_prune(ctx, dev, slot);
 	write_run_file(ctx, dev, &st);
+	/* Clean-up; `incoming` goes last, so that recovery redoes an interrupted clean-up. */
+	json_object_foreach(slots, slot, v)
+	{
+		slot_prune(ctx, dev, slot);
+	}
+	response_rm_rf(dev->statefd, "incoming");
+	fsync(dev->statefd);
 	return 0;
+}
+
+/* Removes the images of every slot other than its current one. */
+static void prune_all(struct rsr_ctx *ctx, struct rsr_device *dev)
+{
+	int fd = openat(dev->rootfd, RSR_GRAFT_IMAGES_DIR, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+	struct dirent *de;
+
+	if (!d) {
+		if (fd >= 0)
+			close(fd);
+		return;
+	}
+	while ((de = readdir(d)))
+		if (de->d_name[0] != '.')
+			slot_prune(ctx, dev, de->d_name);
+	closedir(d);
 }
 
 static int check_journal(json_t *j)
@@ -548,7 +571,9 @@ static int recover_locked(struct rsr_ctx *ctx, struct rsr_device *dev)
 	if (r == -ENOENT) {
 		if (!exists_at(dev->statefd, "incoming"))
 			return 0;
+		/* Staged but not switched (roll back), or switched but not cleaned up. */
 		rsr_info(ctx, "rolling back an interrupted operation: removing its staged images");
+		prune_all(ctx, dev);
 		r = response_rm_rf(dev->statefd, "incoming");
 		if (r < 0)
 			return rsr_error_errno(ctx, r, "%s/%s/incoming: cannot remove", dev->root, STATE_DIR);
