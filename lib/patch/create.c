@@ -475,7 +475,7 @@ struct hslot {
 };
 
 /* Matches identical blocks of the new image to blocks of the old one. */
-static int match_blocks(struct set *s, const struct image *nw, const bool *in_member)
+static int match_blocks(struct set *s, const struct image *nw)
 {
 	const struct image *old = s->old;
 	uint64_t nob = old->size / BLOCK, nnb = (nw->size + BLOCK - 1) / BLOCK, cap = 1;
@@ -506,7 +506,7 @@ static int match_blocks(struct set *s, const struct image *nw, const bool *in_me
 		uint64_t h, k, off = b * BLOCK;
 		int64_t prev = b ? s->blk[b - 1] : -1;
 		s->blk[b] = -1;
-		if (off + BLOCK > nw->size || in_member[b])
+		if (off + BLOCK > nw->size)
 			continue;
 		/* Prefer continuing the previous run: the same content is often at more than one place. */
 		if (prev >= 0 && (uint64_t)prev + 2 * BLOCK <= old->size &&
@@ -912,32 +912,53 @@ static int write_patch(struct rsr_ctx *ctx, struct job *j, const char *path)
 }
 
 /* One patch: from each of olds (none: full replacement) to nw. */
+struct prep {
+	struct job *j;
+	struct image *olds;
+	size_t n_olds;
+	bool deflate;
+};
+
+/* The independent first steps: block matching and suffix arrays per input, deflate streams per image. */
+static int prep_task(void *arg, size_t index, unsigned worker)
+{
+	struct prep *pr = arg;
+	struct job *j = pr->j;
+
+	if (index < pr->n_olds)
+		return match_blocks(&j->sets[index], j->nw);
+	if (!pr->deflate)
+		return 0;
+	index -= pr->n_olds;
+	if (index == 0)
+		return find_members(j->nw, j->new_members);
+	return find_members(j->sets[index - 1].old, &j->sets[index - 1].old_members);
+}
+
+/* One patch: from each of olds (none: full replacement) to nw. */
 static int create_one(struct rsr_ctx *ctx, struct image *olds, size_t n_olds, struct image *nw, const char *path,
 		      const struct rsr_patch_create_opts *opts)
 {
 	struct members nm = {0};
 	struct job j = {.ctx = ctx, .opts = opts, .nw = nw, .new_members = &nm};
-	bool *handled = NULL, *in_member = NULL;
-	uint64_t nnb = (nw->size + BLOCK - 1) / BLOCK;
-	int r;
-
+	struct prep pr = {.j = &j, .olds = olds, .n_olds = n_olds, .deflate = n_olds && !opts->no_deflate};
+	bool *handled = NULL;
 	double t0 = now_ms();
+	int r;
 
 	j.n_sets = n_olds ? n_olds : 1;
 	j.sets = calloc(j.n_sets, sizeof(*j.sets));
-	in_member = calloc((size_t)nnb + 1, 1);
-	if (!j.sets || !in_member) {
+	if (!j.sets) {
 		r = rsr_error(ctx, -ENOMEM, "out of memory");
 		goto out;
 	}
-	if (n_olds && !opts->no_deflate) {
-		r = find_members(nw, &nm);
-		if (r < 0) {
-			r = rsr_error(ctx, r, "%s: out of memory", nw->path);
-			goto out;
-		}
+	for (size_t s = 0; s < n_olds; s++)
+		j.sets[s].old = &olds[s];
+	r = rsr_parallel_for(rsr_threads_for(ctx, 2 * n_olds + 1), 2 * n_olds + 1, prep_task, &pr);
+	if (r < 0) {
+		r = rsr_error(ctx, r, "%s: out of memory while matching", nw->path);
+		goto out;
 	}
-	rsr_debug(ctx, "%s: %zu deflate streams, %.0f ms", nw->path, nm.n, now_ms() - t0);
 	handled = calloc(nm.n + 1, 1);
 	if (!handled) {
 		r = rsr_error(ctx, -ENOMEM, "out of memory");
@@ -945,18 +966,10 @@ static int create_one(struct rsr_ctx *ctx, struct image *olds, size_t n_olds, st
 	}
 	for (size_t s = 0; s < n_olds; s++) {
 		struct set *st = &j.sets[s];
-		st->old = &olds[s];
 		st->ref_of = malloc((nm.n + 1) * sizeof(size_t));
 		if (!st->ref_of) {
 			r = rsr_error(ctx, -ENOMEM, "out of memory");
 			goto out;
-		}
-		if (nm.n) {
-			r = find_members(st->old, &st->old_members);
-			if (r < 0) {
-				r = rsr_error(ctx, r, "%s: out of memory", st->old->path);
-				goto out;
-			}
 		}
 		for (size_t i = 0; i < nm.n; i++) {
 			st->ref_of[i] = pick_reference(&st->old_members, &nm.m[i]);
@@ -966,21 +979,8 @@ static int create_one(struct rsr_ctx *ctx, struct image *olds, size_t n_olds, st
 				st->ref_of[i] = SIZE_MAX;
 		}
 	}
-	/* A member some input diffs in token form is one for every input (chunk bounds are shared). */
-	for (size_t i = 0; i < nm.n; i++) {
-		if (!handled[i])
-			continue;
-		for (uint64_t b = nm.m[i].off / BLOCK; b * BLOCK < nm.m[i].off + nm.m[i].len; b++)
-			in_member[b] = true;
-	}
-	for (size_t s = 0; s < n_olds; s++) {
-		r = match_blocks(&j.sets[s], nw, in_member);
-		if (r < 0) {
-			r = rsr_error(ctx, r, "%s: out of memory while matching", olds[s].path);
-			goto out;
-		}
-	}
-	rsr_debug(ctx, "block matching and suffix array done at %.0f ms", now_ms() - t0);
+	rsr_debug(ctx, "%s: %zu deflate streams; matching and suffix arrays done at %.0f ms", nw->path, nm.n,
+		  now_ms() - t0);
 	r = make_bounds(nw, &nm, handled, opts->chunk_size, &j.bounds, &j.n_chunks);
 	if (r < 0) {
 		r = rsr_error(ctx, r, "out of memory");
@@ -1017,7 +1017,6 @@ out:
 	free(j.bounds);
 	free(j.sets);
 	free(handled);
-	free(in_member);
 	members_free(&nm);
 	return r;
 }
