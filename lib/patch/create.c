@@ -793,7 +793,7 @@ static int chunk_job(void *arg, size_t index, unsigned worker)
 	}
 	frame->cap = bound;
 	ZSTD_CCtx_setParameter(cctx, ZSTD_c_compressionLevel, (int)j->opts->level);
-	ZSTD_CCtx_setParameter(cctx, ZSTD_c_checksumFlag, 1);
+	ZSTD_CCtx_setParameter(cctx, ZSTD_c_checksumFlag, 0); /* the patch digest covers every byte */
 	ZSTD_CCtx_setParameter(cctx, ZSTD_c_contentSizeFlag, 1);
 	n = ZSTD_compress2(cctx, frame->p, bound, payload.p, payload.len);
 	if (ZSTD_isError(n)) {
@@ -892,8 +892,20 @@ static int write_patch(struct rsr_ctx *ctx, struct job *j, const char *path)
 		buf_free(&h);
 		return rsr_error(ctx, -ENOMEM, "out of memory");
 	}
-	rsr_sha256(h.p, h.len, digest);
-	memcpy(h.p + offsetof(struct patch_header, meta_sha256), digest, 32);
+	{
+		size_t n = j->n_sets * j->n_chunks;
+		struct patch_piece *pc = malloc((n + 1) * sizeof(*pc));
+		if (!pc) {
+			buf_free(&h);
+			return rsr_error(ctx, -ENOMEM, "out of memory");
+		}
+		pc[0] = (struct patch_piece){h.p + sizeof(hdr), h.len - sizeof(hdr)};
+		for (size_t i = 0; i < n; i++)
+			pc[i + 1] = (struct patch_piece){j->frames[i].p, j->frames[i].len};
+		patch_digest((const struct patch_header *)h.p, pc, n + 1, digest);
+		free(pc);
+	}
+	memcpy(h.p + offsetof(struct patch_header, patch_sha256), digest, 32);
 
 	r = rsr_atomic_open(ctx, path, 0644, &af);
 	if (r < 0) {

@@ -32,7 +32,7 @@ struct patch_header {
 	uint8_t n_chunks[4];	   /* output chunks */
 	uint8_t chunk_size[4];	   /* nominal output bytes per chunk (informational) */
 	uint8_t flags[4];	   /* 0 */
-	uint8_t meta_sha256[32];   /* SHA-256 of header (this field zero) and tables */
+	uint8_t patch_sha256[32];  /* SHA-256 of the whole patch file, this field zero */
 };
 static_assert(sizeof(struct patch_header) == 104, "patch header layout");
 
@@ -94,6 +94,13 @@ struct rsr_patch {
 	const struct patch_chunk *chunks; /* n_sets * n_chunks, set-major */
 	uint64_t data_start;
 };
+
+/* SHA-256 of a patch: header (with patch_sha256 taken as zero), then `n` pieces of the rest. */
+struct patch_piece {
+	const void *p;
+	size_t len;
+};
+void patch_digest(const struct patch_header *h, const struct patch_piece *pieces, size_t n, uint8_t out[32]);
 
 void patch_chunk_get(const struct rsr_patch *p, uint32_t set, uint32_t chunk, struct patch_chunk_view *v);
 
