@@ -17,7 +17,7 @@
 /* Exit statuses, as documented in rsr(1). */
 enum {
 	EXIT_OK = 0,
-	EXIT_FAIL = 1,  /* the operation failed or the input was refused */
+	EXIT_FAIL = 1,	/* the operation failed or the input was refused */
 	EXIT_USAGE = 2, /* bad command line */
 };
 
@@ -63,6 +63,10 @@ const char *cmd_bytes(unsigned long long n, char buf[32]);
 /* Verb groups. */
 int cmd_key(struct cmd_env *env, int argc, char **argv);
 int cmd_cryptex(struct cmd_env *env, int argc, char **argv);
+int cmd_graft(struct cmd_env *env, int argc, char **argv);
+int cmd_ungraft(struct cmd_env *env, int argc, char **argv);
+int cmd_status(struct cmd_env *env, int argc, char **argv);
+int cmd_restart_services(struct cmd_env *env, int argc, char **argv);
 int cmd_patch(struct cmd_env *env, int argc, char **argv);
 
 #endif

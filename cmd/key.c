@@ -11,9 +11,9 @@
 static int key_generate(struct cmd_env *env, int argc, char **argv)
 {
 	static const struct option opts[] = {
-		{"output", required_argument, NULL, 'o'},
-		{"help", no_argument, NULL, 'h'},
-		{NULL, 0, NULL, 0},
+	    {"output", required_argument, NULL, 'o'},
+	    {"help", no_argument, NULL, 'h'},
+	    {NULL, 0, NULL, 0},
 	};
 	const char *out = NULL;
 	struct rsr_key *key;
@@ -49,8 +49,8 @@ static int key_generate(struct cmd_env *env, int argc, char **argv)
 static int key_id(struct cmd_env *env, int argc, char **argv)
 {
 	static const struct option opts[] = {
-		{"help", no_argument, NULL, 'h'},
-		{NULL, 0, NULL, 0},
+	    {"help", no_argument, NULL, 'h'},
+	    {NULL, 0, NULL, 0},
 	};
 	int c, ret = EXIT_OK;
 
@@ -79,9 +79,9 @@ static int key_id(struct cmd_env *env, int argc, char **argv)
 int cmd_key(struct cmd_env *env, int argc, char **argv)
 {
 	static const struct verb verbs[] = {
-		{"generate", key_generate, "make a new Ed25519 key pair"},
-		{"id", key_id, "print the key id of key files"},
-		{NULL, NULL, NULL},
+	    {"generate", key_generate, "make a new Ed25519 key pair"},
+	    {"id", key_id, "print the key id of key files"},
+	    {NULL, NULL, NULL},
 	};
 	return cmd_dispatch(env, "key", verbs, argc, argv);
 }

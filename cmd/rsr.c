@@ -18,8 +18,12 @@ struct group {
 
 static const struct group groups[] = {
 	{"key", cmd_key, "make signing keys and show key ids"},
+	{"cryptex", cmd_cryptex, "build, verify and inspect cryptex images"},
+	{"graft", cmd_graft, "install cryptexes and graft them over the base (no verb)"},
+	{"ungraft", cmd_ungraft, "back to the bare base (no verb)"},
+	{"status", cmd_status, "base, grafted cryptexes, processes running old code"},
+	{"restart-services", cmd_restart_services, "restart services that run superseded code"},
 	{"patch", cmd_patch, "make, apply and inspect image patches"},
-
 	{NULL, NULL, NULL},
 };
 
@@ -58,12 +62,9 @@ static void log_cb(void *userdata, enum rsr_log_level level, const char *msg)
 int main(int argc, char **argv)
 {
 	static const struct option opts[] = {
-		{"threads", required_argument, NULL, 'j'},
-		{"verbose", no_argument, NULL, 'v'},
-		{"quiet", no_argument, NULL, 'q'},
-		{"version", no_argument, NULL, 'V'},
-		{"help", no_argument, NULL, 'h'},
-		{NULL, 0, NULL, 0},
+	    {"threads", required_argument, NULL, 'j'}, {"verbose", no_argument, NULL, 'v'},
+	    {"quiet", no_argument, NULL, 'q'},	       {"version", no_argument, NULL, 'V'},
+	    {"help", no_argument, NULL, 'h'},	       {NULL, 0, NULL, 0},
 	};
 	struct cmd_env env = {.argv0 = argv[0]};
 	unsigned long long n;

@@ -18,17 +18,17 @@ extern "C" {
  * system error, or one of these domain codes.
  */
 enum {
-	RSR_E_FORMAT = -1000,    /* malformed or unsupported input */
+	RSR_E_FORMAT = -1000,	 /* malformed or unsupported input */
 	RSR_E_SIGNATURE = -1001, /* signature missing, bad, or by an untrusted key */
-	RSR_E_DIGEST = -1002,    /* content does not match its hash */
-	RSR_E_EXPIRED = -1003,   /* metadata past its expiry */
-	RSR_E_ROLLBACK = -1004,  /* older than what was seen before */
-	RSR_E_KEY = -1005,       /* key missing, unreadable or of the wrong type */
-	RSR_E_TOOL = -1006,      /* an external program failed */
-	RSR_E_CANCELED = -1007,  /* a callback asked to stop */
-	RSR_E_MISMATCH = -1008,  /* input is not the one expected (base, slot, ...) */
-	RSR_E_STATE = -1009,     /* device state does not allow the operation */
-	RSR_E_LIMIT = -1010,     /* input exceeds a documented limit */
+	RSR_E_DIGEST = -1002,	 /* content does not match its hash */
+	RSR_E_EXPIRED = -1003,	 /* metadata past its expiry */
+	RSR_E_ROLLBACK = -1004,	 /* older than what was seen before */
+	RSR_E_KEY = -1005,	 /* key missing, unreadable or of the wrong type */
+	RSR_E_TOOL = -1006,	 /* an external program failed */
+	RSR_E_CANCELED = -1007,	 /* a callback asked to stop */
+	RSR_E_MISMATCH = -1008,	 /* input is not the one expected (base, slot, ...) */
+	RSR_E_STATE = -1009,	 /* device state does not allow the operation */
+	RSR_E_LIMIT = -1010,	 /* input exceeds a documented limit */
 };
 
 /* Static text for an error code (domain code or negative errno). */

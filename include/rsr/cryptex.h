@@ -27,14 +27,14 @@ extern "C" {
 struct rsr_cryptex;
 
 struct rsr_cryptex_build_opts {
-	const char *name;    /* slot name: [A-Za-z0-9_.-], 1..64, not starting with '.' */
-	const char *version; /* free text without whitespace, 1..128 */
+	const char *name;		/* slot name: [A-Za-z0-9_.-], 1..64, not starting with '.' */
+	const char *version;		/* free text without whitespace, 1..128 */
 	const char *const *base_builds; /* base builds it may be grafted on; at least one */
 	size_t n_base_builds;
 	const struct rsr_key *key; /* private signing key */
-	uint64_t timestamp;        /* every inode's time and the manifest's (SOURCE_DATE_EPOCH) */
-	const char *mkfs_erofs;    /* program to run; NULL for the built-in default */
-	const char *tmpdir;        /* staging area; NULL for the output's directory */
+	uint64_t timestamp;	   /* every inode's time and the manifest's (SOURCE_DATE_EPOCH) */
+	const char *mkfs_erofs;	   /* program to run; NULL for the built-in default */
+	const char *tmpdir;	   /* staging area; NULL for the output's directory */
 };
 
 /*
@@ -54,6 +54,13 @@ int rsr_cryptex_build(struct rsr_ctx *ctx, const char *src_dir, const char *out_
  * result. Fails with RSR_E_FORMAT and a message naming the fault.
  */
 int rsr_cryptex_open(struct rsr_ctx *ctx, const char *path, struct rsr_cryptex **ret_cx);
+/*
+ * Like rsr_cryptex_open(), but checks the manifest's signature against the
+ * trusted keys before parsing it, so untrusted JSON is never parsed and a
+ * damaged manifest is reported as a bad signature.
+ */
+int rsr_cryptex_open_trusted(struct rsr_ctx *ctx, const char *path, const struct rsr_keyring *trusted,
+			     struct rsr_cryptex **ret_cx);
 /* The same from a whole file in memory (used by the fuzzers); the image is not kept. */
 int rsr_cryptex_parse(struct rsr_ctx *ctx, const void *buf, size_t len, struct rsr_cryptex **ret_cx);
 void rsr_cryptex_free(struct rsr_cryptex *cx);
@@ -89,7 +96,7 @@ void rsr_cryptex_root_hash(const struct rsr_cryptex *cx, uint8_t ret[32]);
 const char *rsr_cryptex_salt_hex(const struct rsr_cryptex *cx);
 const char *rsr_cryptex_key_id_hex(const struct rsr_cryptex *cx);
 uint64_t rsr_cryptex_timestamp(const struct rsr_cryptex *cx);
-uint64_t rsr_cryptex_file_count(const struct rsr_cryptex *cx);      /* non-directories */
+uint64_t rsr_cryptex_file_count(const struct rsr_cryptex *cx);	    /* non-directories */
 uint64_t rsr_cryptex_directory_count(const struct rsr_cryptex *cx); /* directories, root excluded */
 uint64_t rsr_cryptex_file_size(const struct rsr_cryptex *cx);
 /* The EROFS image: where it starts in the file and its size (a multiple of 4096). */

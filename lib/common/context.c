@@ -118,7 +118,7 @@ const char *rsr_strerror(int err)
 	}
 }
 
-static void vrecord(struct rsr_ctx *ctx, int err, const char *fmt, va_list ap)
+__attribute__((format(printf, 3, 0))) static void vrecord(struct rsr_ctx *ctx, int err, const char *fmt, va_list ap)
 {
 	ctx->last_err = err;
 	vsnprintf(ctx->errmsg, sizeof(ctx->errmsg), fmt, ap);

@@ -65,7 +65,10 @@ typedef int (*rsr_parallel_fn)(void *arg, size_t index, unsigned worker);
 int rsr_parallel_for(unsigned threads, size_t n, rsr_parallel_fn fn, void *arg);
 
 /* Cleanup helpers. */
-static inline void freep(void *p) { free(*(void **)p); }
+static inline void freep(void *p)
+{
+	free(*(void **)p);
+}
 static inline void closep(int *fd)
 {
 	if (*fd >= 0) {

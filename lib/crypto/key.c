@@ -101,7 +101,8 @@ int rsr_key_generate(struct rsr_ctx *ctx, const char *path, struct rsr_key **ret
 		return rsr_error(ctx, -ENOMEM, "out of memory");
 	}
 	if (access(path, F_OK) == 0 || access(pub, F_OK) == 0)
-		return rsr_error(ctx, -EEXIST, "%s: refusing to overwrite an existing key", access(path, F_OK) == 0 ? path : pub);
+		return rsr_error(ctx, -EEXIST, "%s: refusing to overwrite an existing key",
+				 access(path, F_OK) == 0 ? path : pub);
 	pkey = EVP_PKEY_Q_keygen(NULL, NULL, "ED25519");
 	if (!pkey)
 		return rsr_error(ctx, RSR_E_KEY, "cannot generate an Ed25519 key");
@@ -204,7 +205,8 @@ int rsr_key_sign(struct rsr_ctx *ctx, const struct rsr_key *key, const void *msg
 	int ok;
 
 	if (!key->private)
-		return rsr_error(ctx, RSR_E_KEY, "key %.16s… is a public key; signing needs the private key", key->id_hex);
+		return rsr_error(ctx, RSR_E_KEY, "key %.16s… is a public key; signing needs the private key",
+				 key->id_hex);
 	md = EVP_MD_CTX_new();
 	if (!md)
 		return rsr_error(ctx, -ENOMEM, "out of memory");

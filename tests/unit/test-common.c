@@ -112,11 +112,8 @@ static void test_parallel(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_strerror),
-		cmocka_unit_test(test_error_message),
-		cmocka_unit_test(test_hex),
-		cmocka_unit_test(test_atomic),
-		cmocka_unit_test(test_parallel),
+	    cmocka_unit_test(test_strerror), cmocka_unit_test(test_error_message), cmocka_unit_test(test_hex),
+	    cmocka_unit_test(test_atomic),   cmocka_unit_test(test_parallel),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -102,9 +102,9 @@ static void test_not_a_key(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_rfc8032_vector),
-		cmocka_unit_test(test_generate_sign_verify),
-		cmocka_unit_test(test_not_a_key),
+	    cmocka_unit_test(test_rfc8032_vector),
+	    cmocka_unit_test(test_generate_sign_verify),
+	    cmocka_unit_test(test_not_a_key),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

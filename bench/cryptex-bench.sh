@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Cryptex build and verify speed on the webkit2gtk new tree (about 120 MB),
+# against the machine's SHA-256 limit (`openssl speed -evp sha256 -bytes 4096`).
+#   bench/cryptex-bench.sh [ROUNDS]      (needs a build in build/)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rounds=${1:-10}
+rsr=build/cmd/rsr
+[ -x "$rsr" ] || { echo "build first: meson setup build && ninja -C build" >&2; exit 1; }
+corpus=${RSR_CORPUS:-$(cd .. && pwd)/shared/corpus}
+work=$(mktemp -d /var/tmp/rsr-bench.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+bash "$corpus/unpack.sh" "$work/c" webkit2gtk >/dev/null
+"$rsr" key generate -o "$work/k" >/dev/null 2>&1
+
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
+ossl=$(openssl speed -evp sha256 -bytes 4096 -seconds 3 2>/dev/null | awk '/^sha256/ {sub("k","",$2); print $2 * 1000}')
+printf 'openssl speed -evp sha256 -bytes 4096: %.0f MB/s per core\n' "$(echo "$ossl / 1000000" | bc -l)"
+
+best_build=999999
+for i in 1 2 3; do
+	rm -f "$work/wk.cptx"
+	/usr/bin/time -f "%e %M" -o "$work/time" "$rsr" -q cryptex build "$work/c/webkit2gtk/new" -o "$work/wk.cptx" \
+		--name webkit2gtk --version 2.50.6-1~deb12u2 --base debian-12 --key "$work/k"
+	read -r secs kb <"$work/time"
+	if (( $(echo "$secs < $best_build" | bc) )); then best_build=$secs; best_kb=$kb; fi
+done
+size=$("$rsr" cryptex info --json "$work/wk.cptx" | python3 -c 'import json,sys; print(json.load(sys.stdin)["image_size"])')
+echo "cryptex build (webkit2gtk new, $(du -sm "$work/c/webkit2gtk/new" | cut -f1) MB tree, image $((size / 1000000)) MB): best of 3 ${best_build}s, peak RSS ${best_kb} KB (largest of rsr, cp and mkfs.erofs)"
+
+for threads in 1 2; do
+	best=999999999999
+	for i in $(seq "$rounds"); do
+		s=$(date +%s%N)
+		"$rsr" -q -j"$threads" cryptex verify "$work/wk.cptx" --pubkey "$work/k.pub"
+		e=$(date +%s%N)
+		t=$(( e - s ))
+		[ "$t" -lt "$best" ] && best=$t
+	done
+	rate=$(echo "$size / ($best / 1000000000)" | bc -l)
+	printf 'rsr cryptex verify -j%d: best of %d %.4fs (whole command), %.0f MB/s, %.0f MB/s per core = %.0f%% of openssl speed per core\n' \
+		"$threads" "$rounds" "$(echo "$best / 1000000000" | bc -l)" "$(echo "$rate / 1000000" | bc -l)" \
+		"$(echo "$rate / $threads / 1000000" | bc -l)" "$(echo "100 * $rate / $threads / $ossl" | bc -l)"
+done
+echo "in-library hashing (build/bench/verity-bench, best of $rounds):"
+build/bench/verity-bench "$work/wk.cptx" 2 "$rounds"

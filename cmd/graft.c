@@ -1,0 +1,380 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * rsr graft, ungraft, status, restart-services: activate cryptexes over the
+ * base system of a root, go back to the base, and report what runs old code.
+ */
+#include <getopt.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cmd.h"
+#include "rsr/graft.h"
+
+/*
+ * These commands take no verb: the dispatcher hands them the words after
+ * their name, so they step back one word to give getopt their own name as
+ * argv[0].
+ */
+#define OWN_ARGS(argc, argv)                                                                                           \
+	do {                                                                                                           \
+		(argc)++;                                                                                              \
+		(argv)--;                                                                                              \
+	} while (0)
+
+static int open_root(struct cmd_env *env, const char *root, struct rsr_graft **ret)
+{
+	int r = rsr_graft_open(env->ctx, root ? root : "/", ret);
+	return r < 0 ? cmd_fail(env, r) : EXIT_OK;
+}
+
+int cmd_graft(struct cmd_env *env, int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{"root", required_argument, NULL, 'r'},
+		{"add", required_argument, NULL, 'a'},
+		{"remove", required_argument, NULL, 'R'},
+		{"no-mount", no_argument, NULL, 'n'},
+		{"help", no_argument, NULL, 'h'},
+		{NULL, 0, NULL, 0},
+	};
+	const char *root = NULL, *add[64], *remove[64];
+	size_t n_add = 0, n_remove = 0;
+	bool no_mount = false;
+	struct rsr_graft *g = NULL;
+	int c, r, ret = EXIT_OK;
+
+	OWN_ARGS(argc, argv);
+	while ((c = getopt_long(argc, argv, "r:a:h", opts, NULL)) != -1) {
+		switch (c) {
+		case 'r':
+			root = optarg;
+			break;
+		case 'a':
+			if (n_add >= sizeof(add) / sizeof(add[0]))
+				return cmd_usage_error("at most 64 --add options");
+			add[n_add++] = optarg;
+			break;
+		case 'R':
+			if (n_remove >= sizeof(remove) / sizeof(remove[0]))
+				return cmd_usage_error("at most 64 --remove options");
+			remove[n_remove++] = optarg;
+			break;
+		case 'n':
+			no_mount = true;
+			break;
+		case 'h':
+			printf("Usage: rsr graft [--root DIR] [--add FILE.cptx]... [--remove SLOT]... [--no-mount]\n\n"
+			       "Grafts the current cryptex of every slot over the base directories of DIR\n"
+			       "(default /): verifies each new image (signature against DIR/etc/rsr/keys.d,\n"
+			       "every block, base build from DIR's os-release), mounts it read-only and\n"
+			       "stacks it with overlayfs above the base. A slot already grafted is swapped\n"
+			       "with no moment at which a path is missing.\n\n"
+			       "  -r, --root DIR     the device root (default /)\n"
+			       "  -a, --add FILE     install FILE as the current image of its slot first\n"
+			       "      --remove SLOT  drop the slot's current image first (it is ungrafted)\n"
+			       "      --no-mount     only install or remove; graft nothing\n");
+			return EXIT_OK;
+		default:
+			return EXIT_USAGE;
+		}
+	}
+	if (optind != argc)
+		return cmd_usage_error("usage: rsr graft [--root DIR] [--add FILE]... [--remove SLOT]... [--no-mount]");
+	if ((r = open_root(env, root, &g)) != EXIT_OK)
+		return r;
+	cmd_progress_enable(env);
+	for (size_t i = 0; i < n_remove; i++) {
+		r = rsr_graft_uninstall(env->ctx, g, remove[i]);
+		if (r < 0) {
+			ret = cmd_fail(env, r);
+			goto out;
+		}
+		if (!env->quiet)
+			fprintf(stderr, "rsr: slot '%s' removed\n", remove[i]);
+	}
+	for (size_t i = 0; i < n_add; i++) {
+		char *slot = NULL;
+		r = rsr_graft_install(env->ctx, g, add[i], &slot);
+		cmd_progress_done(env);
+		if (r < 0) {
+			ret = cmd_fail(env, r);
+			goto out;
+		}
+		if (!env->quiet)
+			fprintf(stderr, "rsr: %s installed in slot '%s'\n", add[i], slot);
+		free(slot);
+	}
+	if (!no_mount) {
+		r = rsr_graft_activate(env->ctx, g);
+		cmd_progress_done(env);
+		if (r < 0) {
+			ret = cmd_fail(env, r);
+			goto out;
+		}
+		if (!env->quiet && r == 0)
+			fprintf(stderr, "rsr: nothing to change\n");
+	}
+out:
+	cmd_progress_done(env);
+	rsr_graft_free(g);
+	return ret;
+}
+
+int cmd_ungraft(struct cmd_env *env, int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{"root", required_argument, NULL, 'r'},
+		{"help", no_argument, NULL, 'h'},
+		{NULL, 0, NULL, 0},
+	};
+	const char *root = NULL;
+	struct rsr_graft *g = NULL;
+	int c, r;
+
+	OWN_ARGS(argc, argv);
+	while ((c = getopt_long(argc, argv, "r:h", opts, NULL)) != -1) {
+		switch (c) {
+		case 'r':
+			root = optarg;
+			break;
+		case 'h':
+			printf("Usage: rsr ungraft [--root DIR]\n\n"
+			       "Back to the bare base: detaches every graft of DIR (default /). Processes\n"
+			       "that hold files of an image keep them; its loop device goes with the last.\n"
+			       "The installed images stay; 'rsr graft' grafts them again.\n");
+			return EXIT_OK;
+		default:
+			return EXIT_USAGE;
+		}
+	}
+	if (optind != argc)
+		return cmd_usage_error("usage: rsr ungraft [--root DIR]");
+	if ((r = open_root(env, root, &g)) != EXIT_OK)
+		return r;
+	r = rsr_graft_deactivate(env->ctx, g);
+	rsr_graft_free(g);
+	if (r < 0)
+		return cmd_fail(env, r);
+	if (!env->quiet && r == 0)
+		fprintf(stderr, "rsr: nothing was grafted\n");
+	return EXIT_OK;
+}
+
+static json_t *strv_json(char **v, size_t n)
+{
+	json_t *a = json_array();
+	for (size_t i = 0; i < n; i++)
+		json_array_append_new(a, json_string(v[i] ? v[i] : ""));
+	return a;
+}
+
+static json_t *jstr_or_null(const char *s)
+{
+	return s ? json_string(s) : json_null();
+}
+
+static json_t *report_json(const struct rsr_graft_report *rep)
+{
+	json_t *o = json_object(), *slots = json_array(), *stale = json_array();
+
+	json_object_set_new(o, "root", json_string(rep->root));
+	json_object_set_new(o, "base", json_pack("{s:o, s:o, s:o}", "name", jstr_or_null(rep->base_name), "version",
+						 jstr_or_null(rep->base_version), "build", jstr_or_null(rep->base_build)));
+	json_object_set_new(o, "verity_available", json_boolean(rep->verity_available));
+	for (size_t i = 0; i < rep->n_slots; i++) {
+		const struct rsr_graft_slot_info *s = &rep->slots[i];
+		json_array_append_new(
+			slots, json_pack("{s:s, s:o, s:o, s:o, s:o, s:b, s:b, s:o, s:o, s:b, s:b, s:o}", "slot", s->slot,
+					 "version", jstr_or_null(s->version), "grafted_version",
+					 jstr_or_null(s->grafted_version), "root_hash", jstr_or_null(s->root_hash), "image",
+					 jstr_or_null(s->image), "grafted", s->grafted, "pending", s->pending, "mount",
+					 jstr_or_null(s->mount), "device", jstr_or_null(s->device), "verity", s->verity,
+					 "direct_io", s->direct_io, "covers", strv_json(s->covers, s->n_covers)));
+	}
+	json_object_set_new(o, "slots", slots);
+	json_object_set_new(o, "grafted_paths", strv_json(rep->grafted_paths, rep->n_grafted_paths));
+	for (size_t i = 0; i < rep->n_stale; i++) {
+		const struct rsr_graft_stale_process *p = &rep->stale[i];
+		json_array_append_new(stale, json_pack("{s:i, s:o, s:o, s:o, s:o, s:I}", "pid", p->pid, "command",
+						       jstr_or_null(p->comm), "unit", jstr_or_null(p->unit), "file",
+						       jstr_or_null(p->file), "reason", jstr_or_null(p->reason), "files",
+						       (json_int_t)p->n_files));
+	}
+	json_object_set_new(o, "stale_processes", stale);
+	return o;
+}
+
+static void print_stale(const struct rsr_graft_report *rep, FILE *f)
+{
+	for (size_t i = 0; i < rep->n_stale; i++) {
+		const struct rsr_graft_stale_process *p = &rep->stale[i];
+		fprintf(f, "  %7d %-16s %-28s %s (%s", p->pid, p->comm ? p->comm : "?", p->unit ? p->unit : "-",
+			p->file ? p->file : "?", p->reason ? p->reason : "old code");
+		if (p->n_files > 1)
+			fprintf(f, "; %zu files", p->n_files);
+		fprintf(f, ")\n");
+	}
+}
+
+static void print_report(const struct rsr_graft_report *rep)
+{
+	printf("Root:      %s\n", rep->root);
+	printf("Base:      %s", rep->base_name ? rep->base_name : "(unknown)");
+	if (rep->base_version)
+		printf(" %s", rep->base_version);
+	printf(" (build %s)\n", rep->base_build ? rep->base_build : "unknown");
+	printf("Verity:    %s\n", rep->verity_available ? "device-mapper available; images mount through dm-verity"
+							: "not available in this kernel; images are verified block by "
+							  "block before they are grafted");
+	if (rep->n_slots == 0)
+		printf("Cryptexes: none installed\n");
+	for (size_t i = 0; i < rep->n_slots; i++) {
+		const struct rsr_graft_slot_info *s = &rep->slots[i];
+		printf("\nSlot %s\n", s->slot);
+		if (s->version)
+			printf("  Version:   %s\n", s->version);
+		if (s->grafted_version && !s->grafted)
+			printf("  Grafted:   %s (the current image differs; run 'rsr graft')\n", s->grafted_version);
+		printf("  State:     %s\n", s->grafted ? "grafted"
+					    : s->mount    ? "grafted image is not the current one"
+							  : "installed, not grafted");
+		if (s->root_hash)
+			printf("  Root hash: %s\n", s->root_hash);
+		printf("  Covers:   ");
+		for (size_t j = 0; j < s->n_covers; j++)
+			printf(" /%s", s->covers[j]);
+		printf("\n");
+		if (s->image)
+			printf("  Image:     %s\n", s->image);
+		if (s->mount)
+			printf("  Mounted:   %s from %s (%s%s)\n", s->mount, s->device ? s->device : "?",
+			       s->verity ? "dm-verity" : "no dm-verity", s->direct_io ? ", direct I/O" : "");
+	}
+	printf("\n");
+	for (size_t i = 0; i < rep->n_grafted_paths; i++)
+		printf("Grafted:   %s\n", rep->grafted_paths[i]);
+	if (rep->n_stale == 0) {
+		printf("Old code:  no process runs code from superseded images\n");
+	} else {
+		printf("Old code:  %zu process%s still run%s code from superseded images:\n", rep->n_stale,
+		       rep->n_stale == 1 ? "" : "es", rep->n_stale == 1 ? "s" : "");
+		print_stale(rep, stdout);
+	}
+}
+
+static int get_report(struct cmd_env *env, int argc, char **argv, const char *usage, bool *json, bool *dry_run,
+		      struct rsr_graft_report **ret)
+{
+	static const struct option opts[] = {
+		{"root", required_argument, NULL, 'r'},
+		{"json", no_argument, NULL, 'J'},
+		{"dry-run", no_argument, NULL, 'N'},
+		{"help", no_argument, NULL, 'h'},
+		{NULL, 0, NULL, 0},
+	};
+	const char *root = NULL;
+	struct rsr_graft *g = NULL;
+	int c, r;
+
+	while ((c = getopt_long(argc, argv, "r:h", opts, NULL)) != -1) {
+		switch (c) {
+		case 'r':
+			root = optarg;
+			break;
+		case 'J':
+			if (!json)
+				return cmd_usage_error("%s", usage);
+			*json = true;
+			break;
+		case 'N':
+			if (!dry_run)
+				return cmd_usage_error("%s", usage);
+			*dry_run = true;
+			break;
+		case 'h':
+			return -1;
+		default:
+			return EXIT_USAGE;
+		}
+	}
+	if (optind != argc)
+		return cmd_usage_error("%s", usage);
+	if ((r = open_root(env, root, &g)) != EXIT_OK)
+		return r;
+	r = rsr_graft_status(env->ctx, g, ret);
+	rsr_graft_free(g);
+	return r < 0 ? cmd_fail(env, r) : EXIT_OK;
+}
+
+int cmd_status(struct cmd_env *env, int argc, char **argv)
+{
+	struct rsr_graft_report *rep = NULL;
+	bool json = false;
+	int r;
+
+	OWN_ARGS(argc, argv);
+	r = get_report(env, argc, argv, "usage: rsr status [--root DIR] [--json]", &json, NULL, &rep);
+	if (r < 0) {
+		printf("Usage: rsr status [--root DIR] [--json]\n\n"
+		       "Shows the base OS, each installed and grafted cryptex (slot, version, root\n"
+		       "hash, mount, dm-verity or not) and the processes that still run code from\n"
+		       "superseded or ungrafted images or from base files a graft now shadows:\n"
+		       "PID, command, systemd unit, and one such file.\n");
+		return EXIT_OK;
+	}
+	if (r != EXIT_OK)
+		return r;
+	if (json)
+		r = cmd_print_json(report_json(rep)) < 0 ? EXIT_FAIL : EXIT_OK;
+	else
+		print_report(rep);
+	rsr_graft_report_free(rep);
+	return r;
+}
+
+int cmd_restart_services(struct cmd_env *env, int argc, char **argv)
+{
+	struct rsr_graft_report *rep = NULL;
+	bool dry_run = false;
+	int r, ret = EXIT_OK;
+
+	OWN_ARGS(argc, argv);
+	r = get_report(env, argc, argv, "usage: rsr restart-services [--root DIR] [--dry-run]", NULL, &dry_run, &rep);
+	if (r < 0) {
+		printf("Usage: rsr restart-services [--root DIR] [--dry-run]\n\n"
+		       "Restarts, with 'systemctl try-restart', the systemd services whose processes\n"
+		       "still run code from superseded images. Without systemd, or for processes\n"
+		       "outside any service, says which processes need restarting.\n");
+		return EXIT_OK;
+	}
+	if (r != EXIT_OK)
+		return r;
+	if (rep->n_stale == 0) {
+		if (!env->quiet)
+			printf("No process runs code from superseded images.\n");
+		goto out;
+	}
+	if (dry_run) {
+		printf("Would restart the services of these processes:\n");
+		print_stale(rep, stdout);
+		goto out;
+	}
+	r = rsr_graft_restart_services(env->ctx, rep);
+	if (r < 0) {
+		ret = cmd_fail(env, r);
+		fprintf(stderr, "rsr: these processes need restarting to leave the superseded code:\n");
+		print_stale(rep, stderr);
+		goto out;
+	}
+	printf("Restarted %d service%s.\n", r, r == 1 ? "" : "s");
+	for (size_t i = 0; i < rep->n_stale; i++) {
+		const char *u = rep->stale[i].unit;
+		size_t l = u ? strlen(u) : 0;
+		if (l < 9 || strcmp(u + l - 8, ".service"))
+			printf("Not in a service, restart by hand: %d %s (%s)\n", rep->stale[i].pid,
+			       rep->stale[i].comm ? rep->stale[i].comm : "?", u ? u : "no unit");
+	}
+out:
+	rsr_graft_report_free(rep);
+	return ret;
+}

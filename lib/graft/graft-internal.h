@@ -1,0 +1,98 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * Internals of the graft module shared by its files and its unit tests:
+ * loop/dm-verity/EROFS/overlay mounting, /proc scanning and small parsers.
+ */
+#ifndef RSR_GRAFT_INTERNAL_H
+#define RSR_GRAFT_INTERNAL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include <jansson.h>
+
+#include "internal.h"
+#include "rsr/cryptex.h"
+#include "rsr/graft.h"
+#include "rsr/key.h"
+
+struct rsr_graft {
+	char *root;   /* absolute, no trailing slash except for "/" itself */
+	char *prefix; /* root with a trailing '/', to join relative paths */
+	int rootfd;
+	struct rsr_keyring *keys;
+};
+
+/* Joins the root and a relative path; the caller frees. NULL on ENOMEM. */
+char *graft_path(const struct rsr_graft *g, const char *rel);
+
+/* A mounted image: its loop (or dm) device and where it is. */
+struct image_mount {
+	char device[64];
+	dev_t dev; /* st_dev of the mounted filesystem */
+	bool verity;
+	bool direct_io;
+};
+
+/* True if the kernel has device-mapper (and so may have dm-verity). */
+bool graft_verity_available(void);
+
+/*
+ * Attaches the EROFS image of cx (opened at file_fd) read-only and mounts it
+ * read-only, nodev, nosuid at `target` (an existing directory).
+ */
+int graft_mount_image(struct rsr_ctx *ctx, struct rsr_cryptex *cx, int file_fd, const char *target,
+		      struct image_mount *ret);
+
+/*
+ * Makes a detached read-only overlay of `layers` (absolute directories,
+ * uppermost first) and returns its mount fd.
+ */
+int graft_make_overlay(struct rsr_ctx *ctx, const char *const *layers, size_t n_layers, int *ret_fd);
+
+/*
+ * Puts the detached mount `mnt_fd` at `target`: beneath the mount on top of
+ * `target` when `replace` is set (then detaches that top mount), else on
+ * top. *ret_stacked is set when the kernel refused to mount beneath and the
+ * new mount went on top of the old one instead.
+ */
+int graft_attach(struct rsr_ctx *ctx, int mnt_fd, const char *target, bool replace, bool *ret_stacked);
+
+/* Private, non-recursive bind of `src` at `target` (an existing directory). */
+int graft_bind_private(struct rsr_ctx *ctx, const char *src, const char *target);
+
+/* Lazily detaches the mount on top of `path`. -EINVAL if not a mount. */
+int graft_detach(struct rsr_ctx *ctx, const char *path);
+
+/* True if path is the root of a mount. */
+bool graft_is_mount_point(const char *path);
+
+/* The set of st_dev values of every mount visible in /proc/self/mountinfo. */
+struct dev_set {
+	dev_t *devs;
+	size_t n, cap;
+};
+int dev_set_add(struct dev_set *s, dev_t d);
+bool dev_set_has(const struct dev_set *s, dev_t d);
+void dev_set_free(struct dev_set *s);
+int graft_live_mount_devs(struct dev_set *ret);
+
+/* "MAJ:MIN" (decimal) <-> dev_t. */
+void graft_format_dev(dev_t d, char buf[32]);
+bool graft_parse_dev(const char *s, dev_t *ret);
+
+/* One line of /proc/PID/maps: false if it names no file. `path` points into `line`. */
+bool graft_parse_maps_line(char *line, dev_t *ret_dev, uint64_t *ret_ino, char **ret_path);
+/* The systemd unit in a /proc/PID/cgroup buffer, or NULL; the caller frees. */
+char *graft_unit_from_cgroup(const char *buf);
+
+/* Adds the processes running old code to rep->stale (scan.c). */
+int graft_scan_processes(struct rsr_ctx *ctx, const struct rsr_graft *g, json_t *st, struct rsr_graft_report *rep);
+
+/* Valid slot name: [A-Za-z0-9_.-], 1..64, not starting with '.'. */
+bool graft_slot_name_valid(const char *s);
+/* A top-level directory a cryptex may cover: a plain name, not one of the API filesystems. */
+bool graft_cover_name_valid(const char *s);
+
+#endif

@@ -1,0 +1,410 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * The kernel side of grafting: read-only loop devices (LOOP_CONFIGURE),
+ * dm-verity where device-mapper exists, EROFS and overlayfs mounts through
+ * the new mount API, and the mount-beneath swap that leaves no gap.
+ */
+#include <fcntl.h>
+#include <limits.h>
+#include <linux/dm-ioctl.h>
+#include <linux/loop.h>
+#include <stdio.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <unistd.h>
+
+#include "graft-internal.h"
+
+/* Newer than the C library headers of Debian 12. */
+#ifndef MOVE_MOUNT_BENEATH
+#define MOVE_MOUNT_BENEATH 0x00000200
+#endif
+#ifndef STATX_ATTR_MOUNT_ROOT
+#define STATX_ATTR_MOUNT_ROOT 0x00002000
+#endif
+
+/* Appends the messages the kernel left on a filesystem context, if any. */
+static int fs_error(struct rsr_ctx *ctx, int fsfd, int err, const char *what)
+{
+	char log[512] = "", line[256];
+	ssize_t n;
+
+	while (fsfd >= 0 && (n = read(fsfd, line, sizeof(line) - 1)) > 0) {
+		line[n] = '\0';
+		if (strlen(log) + (size_t)n + 3 < sizeof(log)) {
+			strcat(log, log[0] ? "; " : " (");
+			strcat(log, line);
+		}
+	}
+	if (log[0])
+		strcat(log, ")");
+	errno = -err;
+	return rsr_error(ctx, err, "%s: %s%s", what, strerror(-err), log);
+}
+
+bool graft_verity_available(void)
+{
+	return access("/dev/mapper/control", F_OK) == 0;
+}
+
+static int loop_attach(struct rsr_ctx *ctx, int file_fd, uint64_t off, uint64_t size, const char *label,
+		       char ret_dev[64], int *ret_fd, bool *ret_dio)
+{
+	_cleanup_close_ int ctl = open("/dev/loop-control", O_RDWR | O_CLOEXEC);
+	struct loop_info64 info;
+
+	if (ctl < 0)
+		return rsr_error_errno(ctx, -errno, "/dev/loop-control");
+	for (int attempt = 0; attempt < 64; attempt++) {
+		char dev[64];
+		int n = ioctl(ctl, LOOP_CTL_GET_FREE);
+		bool dio = true;
+
+		if (n < 0)
+			return rsr_error_errno(ctx, -errno, "no free loop device");
+		snprintf(dev, sizeof(dev), "/dev/loop%d", n);
+		_cleanup_close_ int fd = open(dev, O_RDONLY | O_CLOEXEC);
+		if (fd < 0)
+			return rsr_error_errno(ctx, -errno, "%s", dev);
+		bool busy = false;
+		for (;;) {
+			struct loop_config cfg;
+
+			memset(&cfg, 0, sizeof(cfg));
+			cfg.fd = (uint32_t)file_fd;
+			cfg.block_size = RSR_CRYPTEX_BLOCK_SIZE;
+			cfg.info.lo_offset = off;
+			cfg.info.lo_sizelimit = size;
+			cfg.info.lo_flags = LO_FLAGS_READ_ONLY | LO_FLAGS_AUTOCLEAR | (dio ? LO_FLAGS_DIRECT_IO : 0);
+			snprintf((char *)cfg.info.lo_file_name, LO_NAME_SIZE, "%s", label);
+			if (ioctl(fd, LOOP_CONFIGURE, &cfg) == 0)
+				break;
+			/* Direct I/O needs a backing filesystem that supports it. */
+			if ((errno == EINVAL || errno == EOPNOTSUPP) && dio) {
+				dio = false;
+				continue;
+			}
+			if (errno == EBUSY) {
+				busy = true; /* another process took it first; try the next free one */
+				break;
+			}
+			return rsr_error_errno(ctx, -errno, "%s: cannot attach image", dev);
+		}
+		if (busy)
+			continue;
+		if (ioctl(fd, LOOP_GET_STATUS64, &info) < 0)
+			return rsr_error_errno(ctx, -errno, "%s: cannot read its status", dev);
+		snprintf(ret_dev, 64, "%s", dev);
+		*ret_dio = (info.lo_flags & LO_FLAGS_DIRECT_IO) != 0;
+		*ret_fd = TAKE_FD(fd);
+		return 0;
+	}
+	return rsr_error(ctx, -EBUSY, "no loop device could be attached (all busy)");
+}
+
+/* A dm ioctl buffer: the header, then one target spec and its parameters. */
+struct dm_buf {
+	struct dm_ioctl io;
+	char data[4096];
+};
+
+static void dm_init(struct dm_buf *b, const char *name, uint32_t flags)
+{
+	memset(b, 0, sizeof(*b));
+	b->io.version[0] = DM_VERSION_MAJOR;
+	b->io.version[1] = 0;
+	b->io.version[2] = 0;
+	b->io.data_size = sizeof(*b);
+	b->io.data_start = sizeof(struct dm_ioctl);
+	b->io.flags = flags;
+	snprintf(b->io.name, sizeof(b->io.name), "%s", name);
+}
+
+static void dm_remove(int ctl, const char *name, bool deferred)
+{
+	struct dm_buf b;
+
+	dm_init(&b, name, deferred ? DM_DEFERRED_REMOVE : 0);
+	(void)ioctl(ctl, DM_DEV_REMOVE, &b.io);
+}
+
+/*
+ * Creates a read-only dm-verity device over the loop device `loop` that
+ * holds the image followed (at hash_start_block) by its hash tree.
+ */
+static int verity_create(struct rsr_ctx *ctx, struct rsr_cryptex *cx, const char *name, dev_t loop,
+			 uint64_t hash_start_block, char ret_dev[64], dev_t *ret_devt)
+{
+	_cleanup_close_ int ctl = open("/dev/mapper/control", O_RDWR | O_CLOEXEC);
+	struct dm_buf b;
+	struct dm_target_spec *spec;
+	const char *salt = rsr_cryptex_salt_hex(cx);
+	uint64_t blocks = rsr_cryptex_data_blocks(cx);
+	dev_t dev;
+	int n;
+
+	if (ctl < 0)
+		return rsr_error_errno(ctx, -errno, "/dev/mapper/control");
+	dm_init(&b, name, DM_READONLY_FLAG);
+	if (ioctl(ctl, DM_DEV_CREATE, &b.io) < 0)
+		return rsr_error_errno(ctx, -errno, "dm-verity device %s", name);
+	dev = (dev_t)b.io.dev;
+
+	dm_init(&b, name, DM_READONLY_FLAG);
+	b.io.target_count = 1;
+	spec = (struct dm_target_spec *)b.data;
+	spec->sector_start = 0;
+	spec->length = blocks * (RSR_CRYPTEX_BLOCK_SIZE / 512);
+	snprintf(spec->target_type, sizeof(spec->target_type), "verity");
+	n = snprintf((char *)(spec + 1), sizeof(b.data) - sizeof(*spec),
+		     "1 %u:%u %u:%u %d %d %llu %llu sha256 %s %s", major(loop), minor(loop), major(loop), minor(loop),
+		     RSR_CRYPTEX_BLOCK_SIZE, RSR_CRYPTEX_BLOCK_SIZE, (unsigned long long)blocks,
+		     (unsigned long long)hash_start_block, rsr_cryptex_root_hash_hex(cx), salt && *salt ? salt : "-");
+	if (n < 0 || (size_t)n >= sizeof(b.data) - sizeof(*spec)) {
+		dm_remove(ctl, name, false);
+		return rsr_error(ctx, RSR_E_LIMIT, "dm-verity table for %s too long", name);
+	}
+	spec->next = 0;
+	if (ioctl(ctl, DM_TABLE_LOAD, &b.io) < 0) {
+		int r = rsr_error_errno(ctx, -errno, "dm-verity table for %s", name);
+		dm_remove(ctl, name, false);
+		return r;
+	}
+	dm_init(&b, name, 0); /* DM_DEV_SUSPEND without the suspend flag resumes */
+	if (ioctl(ctl, DM_DEV_SUSPEND, &b.io) < 0) {
+		int r = rsr_error_errno(ctx, -errno, "dm-verity device %s: cannot activate", name);
+		dm_remove(ctl, name, false);
+		return r;
+	}
+	snprintf(ret_dev, 64, "/dev/dm-%u", minor(dev));
+	*ret_devt = dev;
+	return 0;
+}
+
+static int mount_erofs(struct rsr_ctx *ctx, const char *device, const char *target)
+{
+	_cleanup_close_ int fs = fsopen("erofs", FSOPEN_CLOEXEC);
+	_cleanup_close_ int mnt = -1;
+	char what[PATH_MAX + 64];
+
+	snprintf(what, sizeof(what), "mount EROFS %s on %s", device, target);
+	if (fs < 0)
+		return rsr_error_errno(ctx, -errno, "%s (is EROFS in the kernel?)", what);
+	if (fsconfig(fs, FSCONFIG_SET_STRING, "source", device, 0) < 0 ||
+	    fsconfig(fs, FSCONFIG_SET_FLAG, "ro", NULL, 0) < 0 || fsconfig(fs, FSCONFIG_CMD_CREATE, NULL, NULL, 0) < 0)
+		return fs_error(ctx, fs, -errno, what);
+	mnt = fsmount(fs, FSMOUNT_CLOEXEC, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOSUID);
+	if (mnt < 0)
+		return fs_error(ctx, fs, -errno, what);
+	if (move_mount(mnt, "", AT_FDCWD, target, MOVE_MOUNT_F_EMPTY_PATH) < 0)
+		return rsr_error_errno(ctx, -errno, "%s", what);
+	return 0;
+}
+
+int graft_mount_image(struct rsr_ctx *ctx, struct rsr_cryptex *cx, int file_fd, const char *target,
+		      struct image_mount *ret)
+{
+	uint64_t img_off = rsr_cryptex_image_offset(cx), img_size = rsr_cryptex_image_size(cx);
+	uint64_t tree_off = rsr_cryptex_tree_offset(cx), tree_size = rsr_cryptex_tree_size(cx);
+	char label[LO_NAME_SIZE];
+	struct image_mount m = {0};
+	_cleanup_close_ int loopfd = -1;
+	struct stat st;
+	int r;
+
+	snprintf(label, sizeof(label), "rsr:%s:%.16s", rsr_cryptex_name(cx), rsr_cryptex_root_hash_hex(cx));
+	/*
+	 * With dm-verity, one loop device covers the image and the hash tree
+	 * after it; dm-verity reads both and checks every block as it is read.
+	 */
+	if (graft_verity_available() && tree_off >= img_off + img_size && (tree_off - img_off) % 4096 == 0 &&
+	    tree_size > 0) {
+		char name[128];
+		dev_t dmdev;
+
+		r = loop_attach(ctx, file_fd, img_off, tree_off + tree_size - img_off, label, m.device, &loopfd,
+				&m.direct_io);
+		if (r < 0)
+			return r;
+		if (fstat(loopfd, &st) < 0)
+			return rsr_error_errno(ctx, -errno, "%s", m.device);
+		snprintf(name, sizeof(name), "rsr-%s-%.16s", rsr_cryptex_name(cx), rsr_cryptex_root_hash_hex(cx));
+		r = verity_create(ctx, cx, name, st.st_rdev, (tree_off - img_off) / 4096, m.device, &dmdev);
+		if (r >= 0) {
+			_cleanup_close_ int ctl = -1;
+
+			r = mount_erofs(ctx, m.device, target);
+			ctl = open("/dev/mapper/control", O_RDWR | O_CLOEXEC);
+			/* Deferred: the device goes away with the mount that holds it. */
+			if (ctl >= 0)
+				dm_remove(ctl, name, r >= 0);
+			if (r < 0)
+				return r;
+			m.verity = true;
+			goto mounted;
+		}
+		/* No verity target in this kernel: the blocks were verified before. */
+		rsr_warn(ctx, "%s; mounting without dm-verity", rsr_ctx_error(ctx));
+		rsr_ctx_clear_error(ctx);
+		closep(&loopfd);
+		loopfd = -1;
+	}
+	r = loop_attach(ctx, file_fd, img_off, img_size, label, m.device, &loopfd, &m.direct_io);
+	if (r < 0)
+		return r;
+	r = mount_erofs(ctx, m.device, target);
+	if (r < 0)
+		return r;
+mounted:
+	if (stat(target, &st) < 0)
+		return rsr_error_errno(ctx, -errno, "%s", target);
+	m.dev = st.st_dev;
+	*ret = m;
+	return 0;
+}
+
+int graft_make_overlay(struct rsr_ctx *ctx, const char *const *layers, size_t n_layers, int *ret_fd)
+{
+	_cleanup_close_ int fs = fsopen("overlay", FSOPEN_CLOEXEC);
+	int mnt;
+
+	if (fs < 0)
+		return rsr_error_errno(ctx, -errno, "overlayfs (is it in the kernel?)");
+	if (fsconfig(fs, FSCONFIG_SET_STRING, "source", "rsr", 0) < 0)
+		return fs_error(ctx, fs, -errno, "overlay");
+	/* Each layer as its own parameter: no escaping of ':' or ','. */
+	for (size_t i = 0; i < n_layers; i++)
+		if (fsconfig(fs, FSCONFIG_SET_STRING, "lowerdir+", layers[i], 0) < 0)
+			return fs_error(ctx, fs, -errno, layers[i]);
+	if (fsconfig(fs, FSCONFIG_CMD_CREATE, NULL, NULL, 0) < 0)
+		return fs_error(ctx, fs, -errno, "overlay");
+	mnt = fsmount(fs, FSMOUNT_CLOEXEC, MOUNT_ATTR_RDONLY);
+	if (mnt < 0)
+		return fs_error(ctx, fs, -errno, "overlay");
+	*ret_fd = mnt;
+	return 0;
+}
+
+int graft_attach(struct rsr_ctx *ctx, int mnt_fd, const char *target, bool replace, bool *ret_stacked)
+{
+	*ret_stacked = false;
+	if (replace) {
+		if (move_mount(mnt_fd, "", AT_FDCWD, target, MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_BENEATH) == 0) {
+			/* Both stacks are there; lookups see the old one until it goes. */
+			if (umount2(target, MNT_DETACH | UMOUNT_NOFOLLOW) < 0)
+				return rsr_error_errno(ctx, -errno, "%s: cannot detach the previous graft", target);
+			return 0;
+		}
+		if (errno != EINVAL)
+			return rsr_error_errno(ctx, -errno, "%s: cannot mount beneath the current graft", target);
+		/* Mounting on top is just as gapless; the old stack stays shadowed until ungraft. */
+		*ret_stacked = true;
+	}
+	if (move_mount(mnt_fd, "", AT_FDCWD, target, MOVE_MOUNT_F_EMPTY_PATH) < 0)
+		return rsr_error_errno(ctx, -errno, "%s: cannot mount the graft", target);
+	return 0;
+}
+
+int graft_bind_private(struct rsr_ctx *ctx, const char *src, const char *target)
+{
+	_cleanup_close_ int fd = open_tree(AT_FDCWD, src, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC);
+	struct mount_attr attr = {.propagation = MS_PRIVATE};
+
+	if (fd < 0)
+		return rsr_error_errno(ctx, -errno, "%s: cannot clone the base directory", src);
+	/* Private before it is attached: a later graft on src must not propagate here. */
+	if (mount_setattr(fd, "", AT_EMPTY_PATH, &attr, sizeof(attr)) < 0)
+		return rsr_error_errno(ctx, -errno, "%s: cannot make the base bind private", src);
+	if (move_mount(fd, "", AT_FDCWD, target, MOVE_MOUNT_F_EMPTY_PATH) < 0)
+		return rsr_error_errno(ctx, -errno, "%s: cannot bind the base at %s", src, target);
+	return 0;
+}
+
+int graft_detach(struct rsr_ctx *ctx, const char *path)
+{
+	if (umount2(path, MNT_DETACH | UMOUNT_NOFOLLOW) < 0)
+		return rsr_error_errno(ctx, -errno, "%s: cannot detach", path);
+	return 0;
+}
+
+bool graft_is_mount_point(const char *path)
+{
+	struct statx stx;
+
+	if (statx(AT_FDCWD, path, AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS, &stx) < 0)
+		return false;
+	return (stx.stx_attributes_mask & STATX_ATTR_MOUNT_ROOT) && (stx.stx_attributes & STATX_ATTR_MOUNT_ROOT);
+}
+
+int dev_set_add(struct dev_set *s, dev_t d)
+{
+	if (dev_set_has(s, d))
+		return 0;
+	if (s->n == s->cap) {
+		size_t cap = s->cap ? 2 * s->cap : 64;
+		dev_t *n = realloc(s->devs, cap * sizeof(*n));
+		if (!n)
+			return -ENOMEM;
+		s->devs = n;
+		s->cap = cap;
+	}
+	s->devs[s->n++] = d;
+	return 0;
+}
+
+bool dev_set_has(const struct dev_set *s, dev_t d)
+{
+	for (size_t i = 0; i < s->n; i++)
+		if (s->devs[i] == d)
+			return true;
+	return false;
+}
+
+void dev_set_free(struct dev_set *s)
+{
+	free(s->devs);
+	memset(s, 0, sizeof(*s));
+}
+
+int graft_live_mount_devs(struct dev_set *ret)
+{
+	FILE *f = fopen("/proc/self/mountinfo", "re");
+	struct dev_set s = {0};
+	char *line = NULL;
+	size_t cap = 0;
+	int r = 0;
+
+	if (!f)
+		return -errno;
+	while (getline(&line, &cap, f) > 0) {
+		unsigned id, parent, ma, mi;
+		if (sscanf(line, "%u %u %u:%u", &id, &parent, &ma, &mi) == 4 && (r = dev_set_add(&s, makedev(ma, mi))) < 0)
+			break;
+	}
+	free(line);
+	fclose(f);
+	if (r < 0) {
+		dev_set_free(&s);
+		return r;
+	}
+	*ret = s;
+	return 0;
+}
+
+void graft_format_dev(dev_t d, char buf[32])
+{
+	snprintf(buf, 32, "%u:%u", major(d), minor(d));
+}
+
+bool graft_parse_dev(const char *s, dev_t *ret)
+{
+	unsigned ma, mi;
+	int n = 0;
+
+	if (!s || sscanf(s, "%u:%u%n", &ma, &mi, &n) != 2 || s[n] != '\0')
+		return false;
+	*ret = makedev(ma, mi);
+	return true;
+}

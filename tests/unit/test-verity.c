@@ -1,0 +1,197 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * Unit tests of the dm-verity hash tree: layout, known root hashes computed
+ * by `veritysetup format --no-superblock` (cryptsetup 2.6), and detection of
+ * every kind of damage.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+#include <fcntl.h>
+#include <stdio.h>
+
+#include "internal.h"
+#include "verity.h"
+
+static const uint8_t salt[32] = {0,  1,	 2,  3,	 4,  5,	 6,  7,	 8,  9,	 10, 11, 12, 13, 14, 15,
+				 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31};
+
+/* Root hashes printed by: veritysetup format --no-superblock --salt=0001..1f
+ * --data-block-size=4096 --hash-block-size=4096 DATA HASH */
+static const struct {
+	uint64_t blocks;
+	const char *root;
+} vectors[] = {
+    {1, "d57dc029892030486781c8a6155a53e6e6662940cc95886a9a378f49f5301345"},
+    {2, "945090169dc9ece20c3d4d6d96829be3243d37cffe47bef8192affb228cdc9cc"},
+    {127, "5a88ca94865deb43c34efd01650d91d86d0543e79afb5173f3d696c1e88cebef"},
+    {128, "3f8d0c5d3604fcb3fec5cd7a50b6a0ebd4212763a6c1af16fcdd3d9c97256b76"},
+    {129, "43136847ee1db3fda4a54b0418b4eb9d4c756132760a8aad9109dd60ad1ff7ef"},
+    {16385, "dde834fe5929cd06dd7b8b26808932dd6304c963c85e8ec87f5bdfcbcea84218"},
+};
+
+/* The same data the vectors were made from. */
+static int make_data(uint64_t blocks, char *path)
+{
+	const size_t bs = 4096;
+	uint8_t *buf = malloc(bs);
+	int fd = mkstemp(path);
+
+	assert_non_null(buf);
+	assert_true(fd >= 0);
+	for (uint64_t i = 0; i < blocks; i++) {
+		for (uint64_t j = 0; j < bs; j++)
+			buf[j] = (uint8_t)((((i * 131 + j) * UINT64_C(2654435761)) >> 13) & 0xff);
+		assert_int_equal(rsr_write_all(fd, buf, bs), 0);
+	}
+	free(buf);
+	return fd;
+}
+
+static void test_layout(void **state)
+{
+	struct rsr_verity_layout l;
+
+	assert_int_equal(rsr_verity_layout(0, &l), -EINVAL);
+	assert_int_equal(rsr_verity_layout(1, &l), 0);
+	assert_int_equal(l.levels, 0);
+	assert_int_equal(l.tree_blocks, 0);
+	assert_int_equal(rsr_verity_layout(128, &l), 0);
+	assert_int_equal(l.levels, 1);
+	assert_int_equal(l.tree_blocks, 1);
+	assert_int_equal(rsr_verity_layout(129, &l), 0);
+	assert_int_equal(l.levels, 2);
+	assert_int_equal(l.level_blocks[0], 2);
+	assert_int_equal(l.level_blocks[1], 1);
+	/* The top level comes first, the leaves last. */
+	assert_int_equal(l.level_offset[1], 0);
+	assert_int_equal(l.level_offset[0], 1);
+	assert_int_equal(rsr_verity_layout(16385, &l), 0);
+	assert_int_equal(l.levels, 3);
+	assert_int_equal(l.level_blocks[0], 129);
+	assert_int_equal(l.level_blocks[1], 2);
+	assert_int_equal(l.level_blocks[2], 1);
+	assert_int_equal(l.tree_blocks, 132);
+}
+
+static void test_vectors(void **state)
+{
+	struct rsr_ctx *ctx;
+
+	assert_int_equal(rsr_ctx_new(&ctx), 0);
+	for (size_t v = 0; v < ARRAY_SIZE(vectors); v++) {
+		for (unsigned threads = 1; threads <= 3; threads += 2) {
+			char path[] = "/tmp/rsr-verity-XXXXXX", hex[65];
+			int fd = make_data(vectors[v].blocks, path);
+			uint8_t *tree, root[32];
+
+			rsr_ctx_set_threads(ctx, threads);
+			assert_int_equal(rsr_verity_build(ctx, fd, 0, vectors[v].blocks, salt, 32, &tree, root), 0);
+			rsr_hex_encode(root, 32, hex);
+			assert_string_equal(hex, vectors[v].root);
+			free(tree);
+			close(fd);
+			unlink(path);
+		}
+	}
+	rsr_ctx_free(ctx);
+}
+
+static void flip(int fd, uint64_t off)
+{
+	uint8_t b;
+
+	assert_int_equal(rsr_pread_all(fd, &b, 1, off), 0);
+	b ^= 0x10;
+	assert_int_equal(rsr_pwrite_all(fd, &b, 1, off), 0);
+}
+
+/* Data then tree in one file, as in a cryptex; damage each part and check the message. */
+static void test_detects_damage(void **state)
+{
+	struct rsr_ctx *ctx;
+	const uint64_t blocks = 16385;
+	char path[] = "/tmp/rsr-verity-XXXXXX";
+	int fd = make_data(blocks, path);
+	uint8_t *tree, root[32];
+	struct rsr_verity_layout l;
+	uint64_t tree_off = blocks * 4096;
+
+	assert_int_equal(rsr_ctx_new(&ctx), 0);
+	assert_int_equal(rsr_verity_build(ctx, fd, 0, blocks, salt, 32, &tree, root), 0);
+	assert_int_equal(rsr_verity_layout(blocks, &l), 0);
+	assert_int_equal(rsr_pwrite_all(fd, tree, l.tree_blocks * 4096, tree_off), 0);
+	free(tree);
+	assert_int_equal(rsr_verity_verify(ctx, fd, 0, blocks, tree_off, salt, 32, root, "t"), 0);
+
+	/* A data block: named by its index. */
+	flip(fd, 12345 * 4096 + 7);
+	assert_int_equal(rsr_verity_verify(ctx, fd, 0, blocks, tree_off, salt, 32, root, "t"), RSR_E_DIGEST);
+	assert_non_null(strstr(rsr_ctx_error(ctx), "data block 12345 of 16385"));
+	flip(fd, 12345 * 4096 + 7);
+
+	/* A leaf hash block. */
+	flip(fd, tree_off + l.level_offset[0] * 4096 + 5 * 4096 + 3);
+	assert_int_equal(rsr_verity_verify(ctx, fd, 0, blocks, tree_off, salt, 32, root, "t"), RSR_E_DIGEST);
+	assert_non_null(strstr(rsr_ctx_error(ctx), "level 0 block 5"));
+	flip(fd, tree_off + l.level_offset[0] * 4096 + 5 * 4096 + 3);
+
+	/* Padding after the last leaf hash. */
+	flip(fd, tree_off + (l.level_offset[0] + l.level_blocks[0]) * 4096 - 1);
+	assert_int_equal(rsr_verity_verify(ctx, fd, 0, blocks, tree_off, salt, 32, root, "t"), RSR_E_DIGEST);
+	flip(fd, tree_off + (l.level_offset[0] + l.level_blocks[0]) * 4096 - 1);
+
+	/* The top block. */
+	flip(fd, tree_off + 1);
+	assert_int_equal(rsr_verity_verify(ctx, fd, 0, blocks, tree_off, salt, 32, root, "t"), RSR_E_DIGEST);
+	assert_non_null(strstr(rsr_ctx_error(ctx), "signed root hash"));
+	flip(fd, tree_off + 1);
+
+	/* Another salt or root. */
+	root[0] ^= 1;
+	assert_int_equal(rsr_verity_verify(ctx, fd, 0, blocks, tree_off, salt, 32, root, "t"), RSR_E_DIGEST);
+	root[0] ^= 1;
+	assert_int_equal(rsr_verity_verify(ctx, fd, 0, blocks, tree_off, salt, 31, root, "t"), RSR_E_DIGEST);
+
+	/* A truncated tree. */
+	assert_int_equal(ftruncate(fd, (off_t)(tree_off + 4096)), 0);
+	assert_int_equal(rsr_verity_verify(ctx, fd, 0, blocks, tree_off, salt, 32, root, "t"), RSR_E_FORMAT);
+
+	assert_int_equal(rsr_verity_verify(ctx, fd, 0, blocks, tree_off, salt, 32, root, "t") < 0, 1);
+	close(fd);
+	unlink(path);
+	rsr_ctx_free(ctx);
+}
+
+static int cancel_cb(void *ud, const char *what, uint64_t done, uint64_t total)
+{
+	return done > total / 2;
+}
+
+static void test_cancel(void **state)
+{
+	struct rsr_ctx *ctx;
+	char path[] = "/tmp/rsr-verity-XXXXXX";
+	int fd = make_data(2048, path);
+	uint8_t *tree = NULL, root[32];
+
+	assert_int_equal(rsr_ctx_new(&ctx), 0);
+	rsr_ctx_set_progress(ctx, cancel_cb, NULL);
+	assert_int_equal(rsr_verity_build(ctx, fd, 0, 2048, salt, 32, &tree, root), RSR_E_CANCELED);
+	assert_null(tree);
+	close(fd);
+	unlink(path);
+	rsr_ctx_free(ctx);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_layout),
+	    cmocka_unit_test(test_vectors),
+	    cmocka_unit_test(test_detects_damage),
+	    cmocka_unit_test(test_cancel),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
