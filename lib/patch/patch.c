@@ -421,6 +421,8 @@ static int run_ops(struct exec *e, const uint8_t *in, uint64_t in_size, int64_t 
 					*(op == OP_COPY ? &e->stats->copy_ops : &e->stats->add_ops) += 1;
 					*(op == OP_COPY ? &e->stats->copy_bytes : &e->stats->add_bytes) += n;
 				}
+			} else if (n == 0) {
+				/* nothing to move (and `in` may be NULL) */
 			} else if (op == OP_COPY) {
 				memcpy(out + o, in + pos, (size_t)n);
 				if (e->stats) {
@@ -445,7 +447,7 @@ static int run_ops(struct exec *e, const uint8_t *in, uint64_t in_size, int64_t 
 				FAIL(e, "write past the end of the chunk");
 			if (n > e->lit.len - e->lit.pos)
 				FAIL(e, "literal stream too short");
-			if (!e->dry)
+			if (!e->dry && n > 0)
 				memcpy(out + o, e->lit.p + e->lit.pos, (size_t)n);
 			e->lit.pos += (size_t)n;
 			o += n;
