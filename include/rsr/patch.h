@@ -81,6 +81,7 @@ struct rsr_patch_stats {
 	uint64_t add_ops, add_bytes;
 	uint64_t literal_ops, literal_bytes;
 	uint64_t deflate_ops, deflate_bytes; /* re-encoded deflate streams, output bytes */
+	uint64_t hash_ops, hash_bytes;	     /* SHA-256 hashes of output blocks (hash trees) */
 };
 
 /*

@@ -46,6 +46,32 @@ static int fail(struct apply *a, uint32_t chunk, int err, const char *why)
 	return err;
 }
 
+struct prior {
+	struct apply *a;
+	uint32_t chunk;
+	bool ready;
+};
+
+/* Output before the chunk: once every earlier chunk is written (they are hashed in order after writing). */
+static int read_prior(void *arg, uint64_t off, void *buf, size_t len)
+{
+	struct prior *pr = arg;
+	struct apply *a = pr->a;
+	int r;
+
+	if (!pr->ready) {
+		pthread_mutex_lock(&a->lock);
+		while (a->next_hash != pr->chunk && !a->failed)
+			pthread_cond_wait(&a->cond, &a->lock);
+		r = a->failed ? RSR_E_CANCELED : 0;
+		pthread_mutex_unlock(&a->lock);
+		if (r < 0)
+			return r;
+		pr->ready = true;
+	}
+	return rsr_pread_all(a->out_fd, buf, len, off);
+}
+
 static int apply_chunk(void *arg, size_t index, unsigned worker)
 {
 	struct apply *a = arg;
@@ -59,10 +85,17 @@ static int apply_chunk(void *arg, size_t index, unsigned worker)
 	out = malloc(v.out_size);
 	if (!out)
 		return fail(a, c, -ENOMEM, "out of memory");
-	r = patch_run_chunk(a->p, a->set, c, a->in, a->in_size, out, NULL, &why);
+	{
+		struct prior pr = {.a = a, .chunk = c};
+		r = patch_run_chunk(a->p, a->set, c, a->in, a->in_size, out, read_prior, &pr, NULL, &why);
+	}
+	if (r == RSR_E_CANCELED) {
+		free(out);
+		return r;
+	}
 	if (r < 0) {
 		free(out);
-		return fail(a, c, r, r == RSR_E_FORMAT ? why : "out of memory");
+		return fail(a, c, r, r == RSR_E_FORMAT ? why : r == -ENOMEM ? "out of memory" : "read back");
 	}
 	r = rsr_pwrite_all(a->out_fd, out, v.out_size, v.out_offset);
 	if (r < 0) {

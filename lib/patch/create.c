@@ -9,6 +9,7 @@
  * several threads.
  */
 #include <divsufsort.h>
+#include <openssl/evp.h>
 #include <stddef.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -63,7 +64,7 @@ struct matcher {
 	int32_t *sa;
 };
 
-enum { REC_COPY, REC_ADD, REC_LIT, REC_DEFLATE };
+enum { REC_COPY, REC_ADD, REC_LIT, REC_DEFLATE, REC_HASH };
 struct rec {
 	uint8_t type;
 	uint64_t new_off, len, old_off;
@@ -452,7 +453,19 @@ struct set {
 	uint64_t *rmap;
 };
 
+/* Hashes of the new image's changed blocks, to find hash-tree entries (dm-verity style). */
+struct tree {
+	uint8_t salt[PATCH_MAX_SALT];
+	size_t salt_len;
+	struct tslot {
+		uint8_t h[32];
+		uint64_t off; /* block offset + 1; 0: empty */
+	} * tab;
+	size_t cap;
+};
+
 struct job {
+	struct tree tree;
 	struct rsr_ctx *ctx;
 	const struct rsr_patch_create_opts *opts;
 	struct image *nw;
@@ -561,6 +574,205 @@ static void set_free(struct set *s)
 	free(s->rmap);
 }
 
+static bool is_hex(uint8_t c)
+{
+	return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+}
+
+static void block_hash(EVP_MD_CTX *md, const uint8_t *salt, size_t salt_len, const uint8_t *blk, uint8_t out[32])
+{
+	unsigned int n = 32;
+	EVP_DigestInit_ex(md, EVP_sha256(), NULL);
+	EVP_DigestUpdate(md, salt, salt_len);
+	EVP_DigestUpdate(md, blk, HASH_BLOCK);
+	EVP_DigestFinal_ex(md, out, &n);
+}
+
+static const struct tslot *tree_find(const struct tree *t, const uint8_t *w)
+{
+	uint64_t k;
+
+	if (!t->tab)
+		return NULL;
+	memcpy(&k, w, 8);
+	for (k &= t->cap - 1; t->tab[k].off; k = (k + 1) & (t->cap - 1))
+		if (!memcmp(t->tab[k].h, w, 32))
+			return &t->tab[k];
+	return NULL;
+}
+
+static int tree_add(struct tree *t, const uint8_t h[32], uint64_t off)
+{
+	uint64_t k;
+
+	memcpy(&k, h, 8);
+	for (k &= t->cap - 1; t->tab[k].off; k = (k + 1) & (t->cap - 1))
+		if (!memcmp(t->tab[k].h, h, 32))
+			return 0;
+	memcpy(t->tab[k].h, h, 32);
+	t->tab[k].off = off + 1;
+	return 0;
+}
+
+/*
+ * Looks for a hash tree over the new image: 32-byte entries that are
+ * SHA-256(salt || block) of its changed 4 KiB blocks. Candidate salts are
+ * none and every 64-digit hex string in the changed blocks (where manifests
+ * name them); the one whose hashes of a sample of blocks appear most often
+ * among the changed blocks' 32-byte words wins. Then all changed blocks are
+ * hashed with it, so that the patcher can compute those entries.
+ */
+static int find_tree(struct job *j)
+{
+	const struct image *nw = j->nw;
+	const struct set *s = &j->sets[0];
+	uint64_t nb = nw->size / BLOCK, n_changed = 0;
+	uint8_t cands[9][32];
+	size_t n_cands = 1, best = SIZE_MAX, best_hits = 0;
+	size_t cand_len[9] = {0};
+	EVP_MD_CTX *md;
+	int r = 0;
+
+	if (!s->old || !s->blk)
+		return 0;
+	for (uint64_t b = 0; b < nb; b++)
+		if (s->blk[b] < 0)
+			n_changed++;
+	if (n_changed < 2)
+		return 0;
+	/* Candidate salts. */
+	for (uint64_t b = 0; b < (nw->size + BLOCK - 1) / BLOCK && n_cands < 9; b++) {
+		uint64_t e = RSR_MIN((b + 1) * BLOCK, nw->size);
+		if (b < nb && s->blk[b] >= 0)
+			continue;
+		for (uint64_t i = b * BLOCK; i + 64 <= e && n_cands < 9; i++) {
+			size_t k = 0;
+			if (!is_hex(nw->p[i]) || (i > 0 && is_hex(nw->p[i - 1])))
+				continue;
+			while (k < 65 && i + k < nw->size && is_hex(nw->p[i + k]))
+				k++;
+			if (k == 64) {
+				char hex[65];
+				memcpy(hex, nw->p + i, 64);
+				hex[64] = 0;
+				if (rsr_hex_decode(hex, cands[n_cands], 32)) {
+					bool dup = false;
+					for (size_t c = 1; c < n_cands; c++)
+						dup |= !memcmp(cands[c], cands[n_cands], 32);
+					if (!dup)
+						cand_len[n_cands++] = 32;
+				}
+			}
+			i += k;
+		}
+	}
+	md = EVP_MD_CTX_new();
+	if (!md)
+		return -ENOMEM;
+	for (size_t c = 0; c < n_cands; c++) {
+		struct tree t = {.cap = 128};
+		struct tslot tab[128];
+		size_t hits = 0, sampled = 0;
+		uint64_t step = n_changed / 32 + 1, seen = 0;
+
+		memset(tab, 0, sizeof(tab));
+		t.tab = tab;
+		for (uint64_t b = 0; b < nb && sampled < 40; b++) {
+			uint8_t h[32];
+			if (s->blk[b] >= 0 || seen++ % step)
+				continue;
+			block_hash(md, cands[c], cand_len[c], nw->p + b * BLOCK, h);
+			tree_add(&t, h, b * BLOCK);
+			sampled++;
+		}
+		for (uint64_t b = 0; b < nb; b++) {
+			if (s->blk[b] >= 0)
+				continue;
+			for (uint64_t w = b * BLOCK; w < (b + 1) * BLOCK; w += 32)
+				if (tree_find(&t, nw->p + w))
+					hits++;
+		}
+		if (hits > best_hits) {
+			best_hits = hits;
+			best = c;
+		}
+	}
+	if (best_hits >= 4) {
+		struct tree *t = &j->tree;
+		t->cap = 64;
+		while (t->cap < 2 * n_changed)
+			t->cap <<= 1;
+		t->tab = calloc(t->cap, sizeof(*t->tab));
+		if (!t->tab) {
+			r = -ENOMEM;
+		} else {
+			memcpy(t->salt, cands[best], cand_len[best]);
+			t->salt_len = cand_len[best];
+			for (uint64_t b = 0; b < nb; b++) {
+				uint8_t h[32];
+				if (s->blk[b] >= 0)
+					continue;
+				block_hash(md, t->salt, t->salt_len, nw->p + b * BLOCK, h);
+				tree_add(t, h, b * BLOCK);
+			}
+		}
+	}
+	EVP_MD_CTX_free(md);
+	return r;
+}
+
+/*
+ * The non-identical region [y, ge) of chunk [cs, ce): hash-tree entries the
+ * patcher can compute become hash records, the rest goes to the matcher. A
+ * hash's source block must be final when the patcher computes it: before the
+ * chunk, or in the chunk either after the entry (hashes are computed last
+ * first) or before the chunk's first hash.
+ */
+static void diff_region(struct job *j, struct set *s, uint64_t y, uint64_t ge, uint64_t cs, uint64_t ce,
+			uint64_t *lastpos, uint64_t *first_hash, struct recs *rs)
+{
+	const uint8_t *nw = j->nw->p;
+	uint64_t cur = y, p = (y + 31) & ~(uint64_t)31;
+
+	while (j->tree.tab && p + 32 <= ge) {
+		const struct tslot *t = tree_find(&j->tree, nw + p);
+		uint64_t k = 0;
+
+		while (t && p + 32 * (k + 1) <= ge) {
+			uint64_t src = t->off - 1, pos = p + 32 * k, fh = *first_hash ? *first_hash : pos;
+			bool ok = src + BLOCK <= cs ||
+				  (src >= cs && src + BLOCK <= ce && (src >= pos + 32 || src + BLOCK <= fh));
+			if (!ok)
+				break;
+			if (!*first_hash)
+				*first_hash = pos;
+			k++;
+			if (p + 32 * (k + 1) > ge || src + BLOCK >= j->nw->size)
+				break;
+			t = tree_find(&j->tree, nw + p + 32 * k);
+			if (t && t->off - 1 != src + BLOCK)
+				break;
+		}
+		if (!k) {
+			p += 32;
+			continue;
+		}
+		if (p > cur) {
+			approx_diff(&s->m, nw, cur, p, *lastpos, rs);
+			if (rs->n && rs->r[rs->n - 1].type == REC_ADD)
+				*lastpos = rs->r[rs->n - 1].old_off + rs->r[rs->n - 1].len;
+		}
+		rec_add(rs, REC_HASH, p, 32 * k, (uint64_t)(tree_find(&j->tree, nw + p)->off - 1));
+		p += 32 * k;
+		cur = p;
+	}
+	if (ge > cur) {
+		approx_diff(&s->m, nw, cur, ge, *lastpos, rs);
+		if (rs->n && rs->r[rs->n - 1].type == REC_ADD)
+			*lastpos = rs->r[rs->n - 1].old_off + rs->r[rs->n - 1].len;
+	}
+}
+
 /* Emits the operations of one record range [a, b) of the new image. */
 static void emit_add(struct buf *ctrl, struct buf *diff, const uint8_t *old, const uint8_t *nw, uint64_t a,
 		     uint64_t len, uint64_t o, int64_t *pos)
@@ -609,7 +821,8 @@ static void emit_add(struct buf *ctrl, struct buf *diff, const uint8_t *old, con
 
 /* Serializes the records clipped to [cs, ce); returns the input position after them. */
 static int64_t emit_recs(const struct recs *rs, const uint8_t *old, const uint8_t *nw, uint64_t cs, uint64_t ce,
-			 int64_t pos, struct buf *ctrl, struct buf *diff, struct buf *lit)
+			 int64_t pos, struct buf *ctrl, struct buf *diff, struct buf *lit, const struct tree *tree,
+			 bool *salt_sent)
 {
 	for (size_t i = 0; i < rs->n; i++) {
 		const struct rec *r = &rs->r[i];
@@ -632,6 +845,17 @@ static int64_t emit_recs(const struct recs *rs, const uint8_t *old, const uint8_
 			buf_varint(ctrl, b - a);
 			buf_put(lit, nw + a, b - a);
 			break;
+		case REC_HASH:
+			if (!*salt_sent) {
+				buf_byte(ctrl, OP_SALT);
+				buf_varint(ctrl, tree->salt_len);
+				buf_put(ctrl, tree->salt, tree->salt_len);
+				*salt_sent = true;
+			}
+			buf_byte(ctrl, OP_HASH);
+			buf_varint(ctrl, r->old_off);
+			buf_varint(ctrl, r->len / 32);
+			break;
 		}
 	}
 	return pos;
@@ -646,6 +870,8 @@ static int plan_chunk(struct job *j, struct set *s, uint64_t cs, uint64_t ce, st
 	uint64_t x = cs, lastpos = s->old ? RSR_MIN(cs, s->old->size) : 0;
 	int64_t pos = (int64_t)lastpos;
 	size_t mi = 0;
+	uint64_t first_hash = 0;
+	bool salt_sent = false;
 
 	/* Deflate members that start in this chunk (chunks never cut one). */
 	while (x < ce) {
@@ -686,14 +912,13 @@ static int plan_chunk(struct job *j, struct set *s, uint64_t cs, uint64_t ce, st
 					while (ge < gap_end && !(s->blk[ge / BLOCK] >= 0 && ge + BLOCK <= gap_end))
 						ge += BLOCK;
 					ge = RSR_MIN(ge, gap_end);
-					approx_diff(&s->m, nw->p, y, ge, lastpos, &rs);
-					if (rs.n && rs.r[rs.n - 1].type == REC_ADD)
-						lastpos = rs.r[rs.n - 1].old_off + rs.r[rs.n - 1].len;
+					diff_region(j, s, y, ge, cs, ce, &lastpos, &first_hash, &rs);
 					y = ge;
 				}
 			}
 		}
-		pos = emit_recs(&rs, s->old ? s->old->p : NULL, nw->p, x, gap_end, pos, ctrl, diff, lit);
+		pos = emit_recs(&rs, s->old ? s->old->p : NULL, nw->p, x, gap_end, pos, ctrl, diff, lit, &j->tree,
+				&salt_sent);
 		if (rs.oom) {
 			free(rs.r);
 			return -ENOMEM;
@@ -718,7 +943,8 @@ static int plan_chunk(struct job *j, struct set *s, uint64_t cs, uint64_t ce, st
 			buf_varint(ctrl, ref->len);
 			buf_varint(ctrl, dm->len);
 			buf_varint(ctrl, dm->tokens.len);
-			emit_recs(&rs, ref->tokens.p, dm->tokens.p, 0, dm->tokens.len, 0, ctrl, diff, lit);
+			emit_recs(&rs, ref->tokens.p, dm->tokens.p, 0, dm->tokens.len, 0, ctrl, diff, lit, &j->tree,
+				  &salt_sent);
 			buf_byte(ctrl, OP_END);
 			free(tm.sa);
 			rs.n = 0;
@@ -971,6 +1197,11 @@ static int create_one(struct rsr_ctx *ctx, struct image *olds, size_t n_olds, st
 		r = rsr_error(ctx, r, "%s: out of memory while matching", nw->path);
 		goto out;
 	}
+	r = find_tree(&j);
+	if (r < 0) {
+		r = rsr_error(ctx, r, "out of memory");
+		goto out;
+	}
 	handled = calloc(nm.n + 1, 1);
 	if (!handled) {
 		r = rsr_error(ctx, -ENOMEM, "out of memory");
@@ -1029,6 +1260,7 @@ out:
 	free(j.bounds);
 	free(j.sets);
 	free(handled);
+	free(j.tree.tab);
 	members_free(&nm);
 	return r;
 }

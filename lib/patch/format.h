@@ -65,7 +65,18 @@ enum {
 	OP_LITERAL = 2, /* varint len: bytes from the literal stream */
 	OP_DEFLATE = 3, /* a re-encoded deflate stream, see docs */
 	OP_END = 4,	/* ends the operations of an OP_DEFLATE */
+	OP_HASH = 5,	/* varint src, varint count: SHA-256(salt || 4 KiB output block), deferred */
+	OP_SALT = 6,	/* varint len, bytes: the salt of the following OP_HASH */
 };
+
+#define HASH_BLOCK 4096u
+#define PATCH_MAX_SALT 256
+
+/*
+ * Reads `len` bytes of output at `off`, which lies before the current chunk
+ * (waiting until it is written). Returns 0 or a negative error.
+ */
+typedef int (*patch_read_prior_fn)(void *arg, uint64_t off, void *buf, size_t len);
 
 /* Deflate parameters of an OP_DEFLATE. */
 struct patch_chunk_view {
@@ -158,11 +169,13 @@ static inline void buf_free(struct buf *b)
 /*
  * Executes one chunk: decompresses its frame and runs its operations against
  * `in` (NULL/0 for a full replacement) into `out` (exactly the chunk's output
- * size). `stats` (may be NULL) gets operation counts. Returns 0 or
+ * size). OP_HASH sources before the chunk are read through read_prior (NULL:
+ * such sources are refused). `stats` (may be NULL) gets operation counts. Returns 0 or
  * RSR_E_FORMAT with the reason in `why`.
  */
 int patch_run_chunk(const struct rsr_patch *p, uint32_t set, uint32_t chunk, const uint8_t *in, uint64_t in_size,
-		    uint8_t *out, struct rsr_patch_stats *stats, const char **why);
+		    uint8_t *out, patch_read_prior_fn read_prior, void *read_arg, struct rsr_patch_stats *stats,
+		    const char **why);
 
 /* Deflate re-encoding (deflate.c). */
 /*

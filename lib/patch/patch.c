@@ -277,7 +277,20 @@ struct exec {
 	uint64_t zleft, bleft; /* of the current run: zero differences, then explicit ones */
 	struct rsr_patch_stats *stats;
 	const char *why;
-	bool dry; /* only decode and check bounds: no input, no output */
+	bool dry;	    /* only decode and check bounds: no input, no output */
+	uint64_t chunk_off; /* output offset of the chunk */
+	uint8_t salt[PATCH_MAX_SALT];
+	size_t salt_len;
+	struct deferred *defs; /* OP_HASH, evaluated after the other operations */
+	size_t n_defs, cap_defs;
+};
+
+struct deferred {
+	uint64_t pos; /* in the chunk */
+	uint64_t src; /* absolute output offset */
+	uint64_t count;
+	uint8_t salt[PATCH_MAX_SALT];
+	size_t salt_len;
 };
 
 #define FAIL(e, msg)                                                                                                   \
@@ -466,6 +479,47 @@ static int run_ops(struct exec *e, const uint8_t *in, uint64_t in_size, int64_t 
 			o += n;
 			break;
 		}
+		case OP_SALT:
+			if (nested || rd_varint(&e->ctrl, &n) < 0 || n > PATCH_MAX_SALT ||
+			    n > e->ctrl.len - e->ctrl.pos)
+				FAIL(e, "bad salt operation");
+			memcpy(e->salt, e->ctrl.p + e->ctrl.pos, (size_t)n);
+			e->salt_len = (size_t)n;
+			e->ctrl.pos += (size_t)n;
+			break;
+		case OP_HASH: {
+			uint64_t src, end, chunk_end = e->chunk_off + out_size;
+			if (nested || rd_varint(&e->ctrl, &src) < 0 || rd_varint(&e->ctrl, &n) < 0)
+				FAIL(e, "bad hash operation");
+			if (n == 0 || n > (out_size - o) / 32)
+				FAIL(e, "hashes past the end of the chunk");
+			/* Sources: whole blocks, all before the chunk or all inside it. */
+			if (src > chunk_end || n > (chunk_end - src) / HASH_BLOCK)
+				FAIL(e, "hash source outside the output so far");
+			end = src + n * HASH_BLOCK;
+			if (src < e->chunk_off && end > e->chunk_off)
+				FAIL(e, "hash source straddles the chunk start");
+			if (e->n_defs == e->cap_defs) {
+				size_t cap = e->cap_defs ? 2 * e->cap_defs : 16;
+				struct deferred *d = realloc(e->defs, cap * sizeof(*d));
+				if (!d)
+					return -ENOMEM;
+				e->defs = d;
+				e->cap_defs = cap;
+			}
+			e->defs[e->n_defs] =
+			    (struct deferred){.pos = o, .src = src, .count = n, .salt_len = e->salt_len};
+			memcpy(e->defs[e->n_defs].salt, e->salt, e->salt_len);
+			e->n_defs++;
+			if (e->stats) {
+				e->stats->hash_ops++;
+				e->stats->hash_bytes += n * 32;
+			}
+			if (!e->dry)
+				memset(out + o, 0, (size_t)n * 32);
+			o += n * 32;
+			break;
+		}
 		case OP_END:
 			if (!nested)
 				FAIL(e, "end operation outside a deflate operation");
@@ -481,8 +535,58 @@ static int run_ops(struct exec *e, const uint8_t *in, uint64_t in_size, int64_t 
 	return 0;
 }
 
+/* Evaluates the deferred hashes, last first (so a hash tree stored top level first is built bottom up). */
+static int run_hashes(struct exec *e, uint8_t *out, patch_read_prior_fn read_prior, void *read_arg)
+{
+	EVP_MD_CTX *md = NULL;
+	uint8_t *blk = NULL;
+	int r = 0;
+
+	if (e->n_defs == 0)
+		return 0;
+	md = EVP_MD_CTX_new();
+	blk = malloc(HASH_BLOCK);
+	if (!md || !blk) {
+		r = -ENOMEM;
+		goto out;
+	}
+	for (size_t k = e->n_defs; k-- > 0;) {
+		const struct deferred *d = &e->defs[k];
+		for (uint64_t i = d->count; i-- > 0;) {
+			uint64_t src = d->src + i * HASH_BLOCK;
+			const uint8_t *b;
+			unsigned int dlen = 32;
+			if (src < e->chunk_off) {
+				if (!read_prior) {
+					e->why = "hash source in an earlier chunk";
+					r = RSR_E_FORMAT;
+					goto out;
+				}
+				r = read_prior(read_arg, src, blk, HASH_BLOCK);
+				if (r < 0)
+					goto out;
+				b = blk;
+			} else {
+				b = out + (src - e->chunk_off);
+			}
+			if (EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1 ||
+			    EVP_DigestUpdate(md, d->salt, d->salt_len) != 1 ||
+			    EVP_DigestUpdate(md, b, HASH_BLOCK) != 1 ||
+			    EVP_DigestFinal_ex(md, out + d->pos + 32 * i, &dlen) != 1) {
+				r = -ENOMEM;
+				goto out;
+			}
+		}
+	}
+out:
+	EVP_MD_CTX_free(md);
+	free(blk);
+	return r;
+}
+
 int patch_run_chunk(const struct rsr_patch *p, uint32_t set, uint32_t chunk, const uint8_t *in, uint64_t in_size,
-		    uint8_t *out, struct rsr_patch_stats *stats, const char **why)
+		    uint8_t *out, patch_read_prior_fn read_prior, void *read_arg, struct rsr_patch_stats *stats,
+		    const char **why)
 {
 	struct patch_chunk_view v;
 	struct exec e = {.stats = stats, .dry = out == NULL};
@@ -532,12 +636,16 @@ int patch_run_chunk(const struct rsr_patch *p, uint32_t set, uint32_t chunk, con
 		stats->compressed_bytes += v.comp_size;
 		stats->payload_bytes += v.payload_size;
 	}
+	e.chunk_off = v.out_offset;
 	r = run_ops(&e, in, in_size, (int64_t)RSR_MIN(v.out_offset, in_size), out, v.out_size, false);
 	if (r == 0 &&
 	    (e.diff.pos != e.diff.len || e.lit.pos != e.lit.len || e.runs.pos != e.runs.len || e.zleft || e.bleft)) {
 		e.why = "unused bytes in the chunk streams";
 		r = RSR_E_FORMAT;
 	}
+	if (r == 0 && !e.dry)
+		r = run_hashes(&e, out, read_prior, read_arg);
+	free(e.defs);
 	if (r == RSR_E_FORMAT)
 		*why = e.why;
 	free(payload);
@@ -554,7 +662,7 @@ int rsr_patch_stats(struct rsr_ctx *ctx, const struct rsr_patch *patch, size_t i
 	/* Operations are decoded and checked against the recorded input size, without the input. */
 	for (uint32_t c = 0; c < patch->n_chunks; c++) {
 		const char *why = NULL;
-		int r = patch_run_chunk(patch, (uint32_t)i, c, NULL, in_size, NULL, &st, &why);
+		int r = patch_run_chunk(patch, (uint32_t)i, c, NULL, in_size, NULL, NULL, NULL, &st, &why);
 		if (r == RSR_E_FORMAT)
 			return rsr_error(ctx, r, "not a valid rsr patch: chunk %u: %s", c, why);
 		if (r < 0)

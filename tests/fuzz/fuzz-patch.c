@@ -47,7 +47,7 @@ static void run_patch(struct rsr_ctx *ctx, const uint8_t *buf, size_t len)
 			out = malloc(v.out_size);
 			if (!out)
 				break;
-			(void)patch_run_chunk(p, s, c, in_size ? in : NULL, in_size, out, NULL, &why);
+			(void)patch_run_chunk(p, s, c, in_size ? in : NULL, in_size, out, NULL, NULL, NULL, &why);
 			free(out);
 		}
 		free(in);
