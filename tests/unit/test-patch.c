@@ -199,6 +199,89 @@ static void test_roundtrip(void **state)
 	roundtrip(300000, 300000, 65536, 3);
 }
 
+/*
+ * An image with a two-level hash tree over its data (top level first, as
+ * dm-verity stores it) and its salt in hex: the patch must compute the changed
+ * entries instead of carrying them, also across chunks.
+ */
+static size_t tree_image(uint8_t *img, const uint8_t *data, size_t nblocks, const uint8_t salt[32])
+{
+	size_t data_len = nblocks * 4096, lvl0 = data_len, n0 = (nblocks * 32 + 4095) / 4096, top, off;
+	char hex[65];
+
+	memcpy(img, data, data_len);
+	/* level 1 (one block) first, then level 0 */
+	top = data_len;
+	lvl0 = top + 4096;
+	memset(img + top, 0, 4096 * (1 + n0));
+	for (size_t b = 0; b < nblocks; b++) {
+		uint8_t buf[32 + 4096];
+		memcpy(buf, salt, 32);
+		memcpy(buf + 32, data + b * 4096, 4096);
+		rsr_sha256(buf, sizeof(buf), img + lvl0 + 32 * b);
+	}
+	for (size_t b = 0; b < n0; b++) {
+		uint8_t buf[32 + 4096];
+		memcpy(buf, salt, 32);
+		memcpy(buf + 32, img + lvl0 + 4096 * b, 4096);
+		rsr_sha256(buf, sizeof(buf), img + top + 32 * b);
+	}
+	off = lvl0 + 4096 * n0;
+	rsr_hex_encode(salt, 32, hex);
+	off += (size_t)sprintf((char *)img + off, "{\"salt\":\"%s\"}", hex);
+	return off;
+}
+
+static void test_hash_tree(void **state)
+{
+	struct rsr_ctx *ctx;
+	const size_t nblocks = 300;
+	uint8_t *data = malloc(nblocks * 4096), *a = malloc(nblocks * 4096 + 8 * 4096),
+		*b = malloc(nblocks * 4096 + 8 * 4096), salt[32];
+	size_t la, lb;
+	char a_path[512];
+	const char *olds[1];
+	struct rsr_patch *p;
+	struct rsr_patch_stats st;
+	struct rsr_patch_create_opts o = {.level = 3, .chunk_size = 65536};
+
+	rng_state = 99;
+	for (size_t i = 0; i < nblocks * 4096; i++)
+		data[i] = rnd8();
+	memset(salt, 0x5a, 32);
+	la = tree_image(a, data, nblocks, salt);
+	for (size_t k = 0; k < 40; k++)
+		data[k * 30011 % (nblocks * 4096)] ^= 0x11;
+	lb = tree_image(b, data, nblocks, salt);
+	write_file(tpath("a"), a, la);
+	write_file(tpath("b"), b, lb);
+	snprintf(a_path, sizeof(a_path), "%s", tpath("a"));
+	olds[0] = a_path;
+	assert_int_equal(rsr_ctx_new(&ctx), 0);
+	for (int threads = 1; threads <= 2; threads++) {
+		rsr_ctx_set_threads(ctx, (unsigned)threads);
+		assert_int_equal(rsr_patch_create(ctx, olds, 1, tpath("b"), tpath("p"), NULL, &o), 0);
+		assert_int_equal(rsr_patch_open(ctx, tpath("p"), &p), 0);
+		assert_true(rsr_patch_chunk_count(p) > 10);
+		assert_int_equal(rsr_patch_stats(ctx, p, 0, &st), 0);
+		assert_true(st.hash_ops > 0);
+		assert_true(st.hash_bytes >= 40 * 32);
+		rsr_patch_free(p);
+		assert_int_equal(rsr_patch_apply(ctx, tpath("a"), tpath("p"), tpath("out")), RSR_PATCH_APPLIED);
+		assert_true(same_file(tpath("out"), tpath("b")));
+		unlink(tpath("out"));
+	}
+	/* One chunk: the sources are in the chunk itself. */
+	o.chunk_size = 4u << 20;
+	assert_int_equal(rsr_patch_create(ctx, olds, 1, tpath("b"), tpath("p"), NULL, &o), 0);
+	assert_int_equal(rsr_patch_apply(ctx, tpath("a"), tpath("p"), tpath("out")), RSR_PATCH_APPLIED);
+	assert_true(same_file(tpath("out"), tpath("b")));
+	rsr_ctx_free(ctx);
+	free(data);
+	free(a);
+	free(b);
+}
+
 static void test_create_errors(void **state)
 {
 	struct rsr_ctx *ctx;
@@ -332,6 +415,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_vectors, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_stats, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_roundtrip, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_hash_tree, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_create_errors, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_corruption, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_cancel, setup, teardown),
