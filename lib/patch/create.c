@@ -28,7 +28,8 @@ static double now_ms(void)
 }
 
 #define BLOCK 4096u
-#define DEFAULT_CHUNK (8u << 20)
+#define MAX_AUTO_CHUNK (8u << 20)
+#define MIN_AUTO_CHUNK (1u << 20)
 #define DEFAULT_LEVEL 19
 #define MIN_COPY_RUN 1024
 
@@ -62,6 +63,7 @@ struct matcher {
 	uint64_t r_len;
 	const uint64_t *rmap; /* old offset of each BLOCK of r; NULL if r is old */
 	int32_t *sa;
+	const struct matcher *next; /* another part of the old image, searched too */
 };
 
 enum { REC_COPY, REC_ADD, REC_LIT, REC_DEFLATE, REC_HASH };
@@ -275,11 +277,11 @@ static size_t pick_reference(const struct members *olds, const struct member *m)
 {
 	size_t best = SIZE_MAX, best_n = 0;
 
-	for (size_t i = 0; i < olds->n; i++) {
-		size_t n;
+	for (size_t i = 0; i < olds->n; i++)
 		if (olds->m[i].hash == m->hash && olds->m[i].len == m->len)
 			return SIZE_MAX;
-		n = anchor_overlap(&olds->m[i], m);
+	for (size_t i = 0; i < olds->n; i++) {
+		size_t n = anchor_overlap(&olds->m[i], m);
 		if (n > best_n) {
 			best_n = n;
 			best = i;
@@ -317,8 +319,15 @@ static uint64_t search(const struct matcher *m, const uint8_t *nw, uint64_t n, u
 	uint64_t best = 0;
 
 	*pos = 0;
-	if (!m->sa || m->r_len == 0 || n == 0)
-		return 0;
+	if (m->next) {
+		uint64_t p2, l2 = search(m->next, nw, n, &p2);
+		if (l2 > 0) {
+			best = l2;
+			*pos = p2;
+		}
+	}
+	if (!m->sa || m->r_len < 2 || n == 0)
+		return best;
 	hi = (int64_t)m->r_len - 1;
 	while (hi - lo > 1) {
 		int64_t mid = lo + (hi - lo) / 2;
@@ -448,7 +457,7 @@ struct set {
 	struct members old_members;
 	size_t *ref_of; /* per new member: old member index or SIZE_MAX */
 	int64_t *blk;	/* per new block: old offset of an identical block, or -1 */
-	struct matcher m;
+	struct matcher m, m2;
 	uint8_t *r_buf;
 	uint64_t *rmap;
 };
@@ -466,6 +475,7 @@ struct tree {
 
 struct job {
 	struct tree tree;
+	uint32_t chunk_size;
 	struct rsr_ctx *ctx;
 	const struct rsr_patch_create_opts *opts;
 	struct image *nw;
@@ -561,7 +571,17 @@ static int match_blocks(struct set *s, const struct image *nw)
 			break;
 	}
 	free(used);
-	return build_sa(&s->m);
+	/* Two halves, so that two threads build their suffix arrays. */
+	if (s->m.r_len >= 2 * BLOCK) {
+		uint64_t half = s->m.r_len / BLOCK / 2 * BLOCK;
+		s->m2 = s->m;
+		s->m2.r = s->r_buf + half;
+		s->m2.r_len = s->m.r_len - half;
+		s->m2.rmap = s->rmap + half / BLOCK;
+		s->m.r_len = half;
+		s->m.next = &s->m2;
+	}
+	return 0;
 }
 
 static void set_free(struct set *s)
@@ -570,6 +590,7 @@ static void set_free(struct set *s)
 	free(s->ref_of);
 	free(s->blk);
 	free(s->m.sa);
+	free(s->m2.sa);
 	free(s->r_buf);
 	free(s->rmap);
 }
@@ -594,7 +615,7 @@ static const struct tslot *tree_find(const struct tree *t, const uint8_t *w)
 
 	if (!t->tab)
 		return NULL;
-	memcpy(&k, w, 8);
+	k = hash64(w, 32);
 	for (k &= t->cap - 1; t->tab[k].off; k = (k + 1) & (t->cap - 1))
 		if (!memcmp(t->tab[k].h, w, 32))
 			return &t->tab[k];
@@ -605,7 +626,7 @@ static int tree_add(struct tree *t, const uint8_t h[32], uint64_t off)
 {
 	uint64_t k;
 
-	memcpy(&k, h, 8);
+	k = hash64(h, 32); /* words of the image are not random like hashes */
 	for (k &= t->cap - 1; t->tab[k].off; k = (k + 1) & (t->cap - 1))
 		if (!memcmp(t->tab[k].h, h, 32))
 			return 0;
@@ -630,6 +651,7 @@ static int find_tree(struct job *j)
 	uint8_t cands[9][32];
 	size_t n_cands = 1, best = SIZE_MAX, best_hits = 0;
 	size_t cand_len[9] = {0};
+	struct tree words = {0};
 	EVP_MD_CTX *md;
 	int r = 0;
 
@@ -667,36 +689,39 @@ static int find_tree(struct job *j)
 		}
 	}
 	md = EVP_MD_CTX_new();
-	if (!md)
+	words.cap = 64;
+	while (words.cap < 2 * n_changed * (BLOCK / 32))
+		words.cap <<= 1;
+	words.tab = calloc(words.cap, sizeof(*words.tab));
+	if (!md || !words.tab) {
+		EVP_MD_CTX_free(md);
+		free(words.tab);
 		return -ENOMEM;
+	}
+	/* Every 32-byte word of the changed blocks, then a sample of hashes per candidate salt. */
+	for (uint64_t b = 0; b < nb; b++)
+		if (s->blk[b] < 0)
+			for (uint64_t w = b * BLOCK; w < (b + 1) * BLOCK; w += 32)
+				tree_add(&words, nw->p + w, w);
 	for (size_t c = 0; c < n_cands; c++) {
-		struct tree t = {.cap = 128};
-		struct tslot tab[128];
 		size_t hits = 0, sampled = 0;
-		uint64_t step = n_changed / 32 + 1, seen = 0;
+		uint64_t step = n_changed / 64 + 1, seen = 0;
 
-		memset(tab, 0, sizeof(tab));
-		t.tab = tab;
-		for (uint64_t b = 0; b < nb && sampled < 40; b++) {
+		for (uint64_t b = 0; b < nb && sampled < 64; b++) {
 			uint8_t h[32];
 			if (s->blk[b] >= 0 || seen++ % step)
 				continue;
 			block_hash(md, cands[c], cand_len[c], nw->p + b * BLOCK, h);
-			tree_add(&t, h, b * BLOCK);
+			if (tree_find(&words, h))
+				hits++;
 			sampled++;
-		}
-		for (uint64_t b = 0; b < nb; b++) {
-			if (s->blk[b] >= 0)
-				continue;
-			for (uint64_t w = b * BLOCK; w < (b + 1) * BLOCK; w += 32)
-				if (tree_find(&t, nw->p + w))
-					hits++;
 		}
 		if (hits > best_hits) {
 			best_hits = hits;
 			best = c;
 		}
 	}
+	free(words.tab);
 	if (best_hits >= 4) {
 		struct tree *t = &j->tree;
 		t->cap = 64;
@@ -737,13 +762,16 @@ static void diff_region(struct job *j, struct set *s, uint64_t y, uint64_t ge, u
 	while (j->tree.tab && p + 32 <= ge) {
 		const struct tslot *t = tree_find(&j->tree, nw + p);
 		uint64_t k = 0;
+		bool run_before = false;
 
 		while (t && p + 32 * (k + 1) <= ge) {
 			uint64_t src = t->off - 1, pos = p + 32 * k, fh = *first_hash ? *first_hash : pos;
-			bool ok = src + BLOCK <= cs ||
-				  (src >= cs && src + BLOCK <= ce && (src >= pos + 32 || src + BLOCK <= fh));
-			if (!ok)
+			bool before = src + BLOCK <= cs,
+			     ok = before || (src >= cs && src + BLOCK <= ce && (src >= pos + 32 || src + BLOCK <= fh));
+			/* One operation's sources are all before the chunk or all in it. */
+			if (!ok || (k > 0 && before != run_before))
 				break;
+			run_before = before;
 			if (!*first_hash)
 				*first_hash = pos;
 			k++;
@@ -1092,7 +1120,7 @@ static int write_patch(struct rsr_ctx *ctx, struct job *j, const char *path)
 	memcpy(hdr.output_sha256, j->nw->sha256, 32);
 	rsr_put_le32(hdr.n_inputs, j->sets[0].old ? (uint32_t)j->n_sets : 0);
 	rsr_put_le32(hdr.n_chunks, j->n_chunks);
-	rsr_put_le32(hdr.chunk_size, j->opts->chunk_size);
+	rsr_put_le32(hdr.chunk_size, j->chunk_size);
 	buf_put(&h, &hdr, sizeof(hdr));
 	for (size_t s = 0; s < j->n_sets && j->sets[0].old; s++) {
 		struct patch_input in = {0};
@@ -1149,7 +1177,6 @@ static int write_patch(struct rsr_ctx *ctx, struct job *j, const char *path)
 	return rsr_atomic_commit(ctx, af);
 }
 
-/* One patch: from each of olds (none: full replacement) to nw. */
 struct prep {
 	struct job *j;
 	struct image *olds;
@@ -1157,7 +1184,7 @@ struct prep {
 	bool deflate;
 };
 
-/* The independent first steps: block matching and suffix arrays per input, deflate streams per image. */
+/* The independent first steps: block matching per input, deflate streams per image. */
 static int prep_task(void *arg, size_t index, unsigned worker)
 {
 	struct prep *pr = arg;
@@ -1171,6 +1198,17 @@ static int prep_task(void *arg, size_t index, unsigned worker)
 	if (index == 0)
 		return find_members(j->nw, j->new_members);
 	return find_members(j->sets[index - 1].old, &j->sets[index - 1].old_members);
+}
+
+/* Then: the suffix arrays of both halves of each input's unmatched blocks, and the hash-tree search. */
+static int prep_task2(void *arg, size_t index, unsigned worker)
+{
+	struct prep *pr = arg;
+	struct job *j = pr->j;
+
+	if (index < 2 * pr->n_olds)
+		return build_sa(index % 2 ? &j->sets[index / 2].m2 : &j->sets[index / 2].m);
+	return find_tree(j);
 }
 
 /* One patch: from each of olds (none: full replacement) to nw. */
@@ -1193,13 +1231,10 @@ static int create_one(struct rsr_ctx *ctx, struct image *olds, size_t n_olds, st
 	for (size_t s = 0; s < n_olds; s++)
 		j.sets[s].old = &olds[s];
 	r = rsr_parallel_for(rsr_threads_for(ctx, 2 * n_olds + 1), 2 * n_olds + 1, prep_task, &pr);
+	if (r >= 0)
+		r = rsr_parallel_for(rsr_threads_for(ctx, 2 * n_olds + 1), 2 * n_olds + 1, prep_task2, &pr);
 	if (r < 0) {
 		r = rsr_error(ctx, r, "%s: out of memory while matching", nw->path);
-		goto out;
-	}
-	r = find_tree(&j);
-	if (r < 0) {
-		r = rsr_error(ctx, r, "out of memory");
 		goto out;
 	}
 	handled = calloc(nm.n + 1, 1);
@@ -1224,7 +1259,16 @@ static int create_one(struct rsr_ctx *ctx, struct image *olds, size_t n_olds, st
 	}
 	rsr_debug(ctx, "%s: %zu deflate streams; matching and suffix arrays done at %.0f ms", nw->path, nm.n,
 		  now_ms() - t0);
-	r = make_bounds(nw, &nm, handled, opts->chunk_size, &j.bounds, &j.n_chunks);
+	/*
+	 * By default a quarter of the image, within 1..8 MiB: enough chunks for a
+	 * few threads, yet large enough to compress well. It depends only on the
+	 * image, so that patches are reproducible.
+	 */
+	j.chunk_size = opts->chunk_size;
+	if (!j.chunk_size)
+		j.chunk_size = (uint32_t)RSR_MIN(RSR_MAX((nw->size / 4 + BLOCK - 1) / BLOCK * BLOCK, MIN_AUTO_CHUNK),
+						 MAX_AUTO_CHUNK);
+	r = make_bounds(nw, &nm, handled, j.chunk_size, &j.bounds, &j.n_chunks);
 	if (r < 0) {
 		r = rsr_error(ctx, r, "out of memory");
 		goto out;
@@ -1276,12 +1320,10 @@ int rsr_patch_create(struct rsr_ctx *ctx, const char *const *olds, size_t n_olds
 		opts = *opts_in;
 	if (opts.level == 0)
 		opts.level = DEFAULT_LEVEL;
-	if (opts.chunk_size == 0)
-		opts.chunk_size = DEFAULT_CHUNK;
 	if (opts.level > (unsigned)ZSTD_maxCLevel())
 		return rsr_error(ctx, -EINVAL, "compression level %u is out of range 1..%d", opts.level,
 				 ZSTD_maxCLevel());
-	if (opts.chunk_size < BLOCK || opts.chunk_size > PATCH_MAX_CHUNK_OUT / 2)
+	if (opts.chunk_size && (opts.chunk_size < BLOCK || opts.chunk_size > PATCH_MAX_CHUNK_OUT / 2))
 		return rsr_error(ctx, -EINVAL, "chunk size %u is out of range %u..%u", opts.chunk_size, BLOCK,
 				 PATCH_MAX_CHUNK_OUT / 2);
 	if (n_olds > PATCH_MAX_INPUTS)
@@ -1297,7 +1339,9 @@ int rsr_patch_create(struct rsr_ctx *ctx, const char *const *olds, size_t n_olds
 		r = image_open(ctx, olds[i], &imgs[i]);
 	if (r < 0)
 		goto out;
-	if (nw.size > (uint64_t)PATCH_MAX_CHUNKS * opts.chunk_size) {
+	if (nw.size > (uint64_t)PATCH_MAX_CHUNKS * (opts.chunk_size ? opts.chunk_size : MIN_AUTO_CHUNK) ||
+	    (reverse_path &&
+	     imgs[0].size > (uint64_t)PATCH_MAX_CHUNKS * (opts.chunk_size ? opts.chunk_size : MIN_AUTO_CHUNK))) {
 		r = rsr_error(ctx, RSR_E_LIMIT, "%s: too large for chunks of %u bytes", new_path, opts.chunk_size);
 		goto out;
 	}
