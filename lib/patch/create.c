@@ -29,7 +29,7 @@ static double now_ms(void)
 
 #define BLOCK 4096u
 #define MAX_AUTO_CHUNK (8u << 20)
-#define MIN_AUTO_CHUNK (1u << 20)
+#define MIN_AUTO_CHUNK (2u << 20) /* a quarter of the smallest image cut in chunks */
 #define DEFAULT_LEVEL 19
 #define MIN_COPY_RUN 1024
 
@@ -1260,14 +1260,16 @@ static int create_one(struct rsr_ctx *ctx, struct image *olds, size_t n_olds, st
 	rsr_debug(ctx, "%s: %zu deflate streams; matching and suffix arrays done at %.0f ms", nw->path, nm.n,
 		  now_ms() - t0);
 	/*
-	 * By default a quarter of the image, within 1..8 MiB: enough chunks for a
-	 * few threads, yet large enough to compress well. It depends only on the
-	 * image, so that patches are reproducible.
+	 * By default images up to 8 MiB are one chunk (one zstd context finds the
+	 * most redundancy, e.g. between executables sharing code); larger ones
+	 * are cut in quarters of at most 8 MiB, enough for a few threads. It
+	 * depends only on the image, so that patches are reproducible.
 	 */
 	j.chunk_size = opts->chunk_size;
 	if (!j.chunk_size)
-		j.chunk_size = (uint32_t)RSR_MIN(RSR_MAX((nw->size / 4 + BLOCK - 1) / BLOCK * BLOCK, MIN_AUTO_CHUNK),
-						 MAX_AUTO_CHUNK);
+		j.chunk_size = nw->size <= MAX_AUTO_CHUNK
+				   ? MAX_AUTO_CHUNK
+				   : (uint32_t)RSR_MIN((nw->size / 4 + BLOCK - 1) / BLOCK * BLOCK, MAX_AUTO_CHUNK);
 	r = make_bounds(nw, &nm, handled, j.chunk_size, &j.bounds, &j.n_chunks);
 	if (r < 0) {
 		r = rsr_error(ctx, r, "out of memory");
