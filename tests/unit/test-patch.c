@@ -282,6 +282,40 @@ static void test_hash_tree(void **state)
 	free(b);
 }
 
+/* An input of the right size but the wrong content, found while the output is already being made. */
+static void test_wrong_input_same_size(void **state)
+{
+	struct rsr_ctx *ctx;
+	const size_t len = 6u << 20;
+	uint8_t *a = malloc(len), *b = malloc(len);
+	char a_path[512];
+	const char *olds[1] = {a_path};
+	struct rsr_patch_create_opts o = {.level = 1};
+
+	rng_state = 5;
+	for (size_t i = 0; i < len; i++)
+		a[i] = (i / 4096) % 7 ? rnd8() : 0;
+	memcpy(b, a, len);
+	for (size_t i = 0; i < len; i += 100000)
+		b[i] ^= 0xff;
+	snprintf(a_path, sizeof(a_path), "%s", tpath("a"));
+	write_file(a_path, a, len);
+	write_file(tpath("b"), b, len);
+	assert_int_equal(rsr_ctx_new(&ctx), 0);
+	rsr_ctx_set_threads(ctx, 2);
+	assert_int_equal(rsr_patch_create(ctx, olds, 1, tpath("b"), tpath("p"), NULL, &o), 0);
+	a[len / 2] ^= 1; /* same size, one bit off */
+	write_file(tpath("c"), a, len);
+	assert_int_equal(rsr_patch_apply(ctx, tpath("c"), tpath("p"), tpath("out")), RSR_E_MISMATCH);
+	assert_non_null(strstr(rsr_ctx_error(ctx), "has digest"));
+	assert_int_equal(count_files(), 4); /* a, b, c, p: no output, no temporary file */
+	assert_int_equal(rsr_patch_apply(ctx, a_path, tpath("p"), tpath("out")), RSR_PATCH_APPLIED);
+	assert_true(same_file(tpath("out"), tpath("b")));
+	rsr_ctx_free(ctx);
+	free(a);
+	free(b);
+}
+
 static void test_create_errors(void **state)
 {
 	struct rsr_ctx *ctx;
@@ -416,6 +450,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_stats, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_roundtrip, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_hash_tree, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_wrong_input_same_size, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_create_errors, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_corruption, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_cancel, setup, teardown),
