@@ -63,7 +63,6 @@ struct matcher {
 	uint64_t r_len;
 	const uint64_t *rmap; /* old offset of each BLOCK of r; NULL if r is old */
 	int32_t *sa;
-	const struct matcher *next; /* another part of the old image, searched too */
 };
 
 enum { REC_COPY, REC_ADD, REC_LIT, REC_DEFLATE, REC_HASH };
@@ -192,7 +191,7 @@ static void members_free(struct members *ms)
 }
 
 /* Finds the gzip members of an image whose deflate stream re-encodes exactly. */
-static int find_members(const struct image *img, struct members *ms)
+static int find_members(const struct image *img, struct members *ms, bool verify)
 {
 	const uint8_t *p = img->p;
 	uint64_t i = 0, size = img->size;
@@ -221,13 +220,13 @@ static int find_members(const struct image *img, struct members *ms)
 			i++;
 			continue;
 		}
-		check = malloc(used);
-		if (!check) {
+		check = verify ? malloc(used) : NULL;
+		if (verify && !check) {
 			buf_free(&tok);
 			return -ENOMEM;
 		}
-		r = deflate_encode(tok.p, tok.len, check, used);
-		if (r == 0 && memcmp(check, p + i + hl, used) == 0) {
+		r = verify ? deflate_encode(tok.p, tok.len, check, used) : 0;
+		if (r == 0 && (!verify || memcmp(check, p + i + hl, used) == 0)) {
 			struct member *m;
 			if (ms->n == cap) {
 				size_t ncap = cap ? cap * 2 : 16;
@@ -319,13 +318,6 @@ static uint64_t search(const struct matcher *m, const uint8_t *nw, uint64_t n, u
 	uint64_t best = 0;
 
 	*pos = 0;
-	if (m->next) {
-		uint64_t p2, l2 = search(m->next, nw, n, &p2);
-		if (l2 > 0) {
-			best = l2;
-			*pos = p2;
-		}
-	}
 	if (!m->sa || m->r_len < 2 || n == 0)
 		return best;
 	hi = (int64_t)m->r_len - 1;
@@ -457,7 +449,7 @@ struct set {
 	struct members old_members;
 	size_t *ref_of; /* per new member: old member index or SIZE_MAX */
 	int64_t *blk;	/* per new block: old offset of an identical block, or -1 */
-	struct matcher m, m2;
+	struct matcher m;
 	uint8_t *r_buf;
 	uint64_t *rmap;
 };
@@ -571,16 +563,6 @@ static int match_blocks(struct set *s, const struct image *nw)
 			break;
 	}
 	free(used);
-	/* Two halves, so that two threads build their suffix arrays. */
-	if (s->m.r_len >= 2 * BLOCK) {
-		uint64_t half = s->m.r_len / BLOCK / 2 * BLOCK;
-		s->m2 = s->m;
-		s->m2.r = s->r_buf + half;
-		s->m2.r_len = s->m.r_len - half;
-		s->m2.rmap = s->rmap + half / BLOCK;
-		s->m.r_len = half;
-		s->m.next = &s->m2;
-	}
 	return 0;
 }
 
@@ -590,7 +572,6 @@ static void set_free(struct set *s)
 	free(s->ref_of);
 	free(s->blk);
 	free(s->m.sa);
-	free(s->m2.sa);
 	free(s->r_buf);
 	free(s->rmap);
 }
@@ -1184,7 +1165,12 @@ struct prep {
 	bool deflate;
 };
 
-/* The independent first steps: block matching per input, deflate streams per image. */
+/*
+ * The first steps, in two rounds of independent tasks: block matching per
+ * input and the new image's deflate streams; then the suffix array per input
+ * (the longest task, so first), each old image's deflate streams and the
+ * hash-tree search.
+ */
 static int prep_task(void *arg, size_t index, unsigned worker)
 {
 	struct prep *pr = arg;
@@ -1192,22 +1178,20 @@ static int prep_task(void *arg, size_t index, unsigned worker)
 
 	if (index < pr->n_olds)
 		return match_blocks(&j->sets[index], j->nw);
-	if (!pr->deflate)
-		return 0;
-	index -= pr->n_olds;
-	if (index == 0)
-		return find_members(j->nw, j->new_members);
-	return find_members(j->sets[index - 1].old, &j->sets[index - 1].old_members);
+	return pr->deflate ? find_members(j->nw, j->new_members, true) : 0;
 }
 
-/* Then: the suffix arrays of both halves of each input's unmatched blocks, and the hash-tree search. */
 static int prep_task2(void *arg, size_t index, unsigned worker)
 {
 	struct prep *pr = arg;
 	struct job *j = pr->j;
 
-	if (index < 2 * pr->n_olds)
-		return build_sa(index % 2 ? &j->sets[index / 2].m2 : &j->sets[index / 2].m);
+	if (index < pr->n_olds)
+		return build_sa(&j->sets[index].m);
+	index -= pr->n_olds;
+	if (index < pr->n_olds)
+		/* Old members are only references: decoding is all the patcher does with them. */
+		return pr->deflate ? find_members(j->sets[index].old, &j->sets[index].old_members, false) : 0;
 	return find_tree(j);
 }
 
@@ -1230,7 +1214,7 @@ static int create_one(struct rsr_ctx *ctx, struct image *olds, size_t n_olds, st
 	}
 	for (size_t s = 0; s < n_olds; s++)
 		j.sets[s].old = &olds[s];
-	r = rsr_parallel_for(rsr_threads_for(ctx, 2 * n_olds + 1), 2 * n_olds + 1, prep_task, &pr);
+	r = rsr_parallel_for(rsr_threads_for(ctx, n_olds + 1), n_olds + 1, prep_task, &pr);
 	if (r >= 0)
 		r = rsr_parallel_for(rsr_threads_for(ctx, 2 * n_olds + 1), 2 * n_olds + 1, prep_task2, &pr);
 	if (r < 0) {
