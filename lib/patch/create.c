@@ -966,6 +966,17 @@ static int plan_chunk(struct job *j, struct set *s, uint64_t cs, uint64_t ce, st
 	return 0;
 }
 
+/* The patcher reads earlier output; when checking a chunk, that is the new image itself. */
+static int read_new(void *arg, uint64_t off, void *buf, size_t len)
+{
+	const struct image *nw = arg;
+
+	if (off > nw->size || len > nw->size - off)
+		return RSR_E_FORMAT;
+	memcpy(buf, nw->p + off, len);
+	return 0;
+}
+
 /*
  * Run-length codes the differences: (zeros, explicit) pairs into runs, the
  * explicit bytes into nz. A lone zero between differences stays explicit.
@@ -1037,6 +1048,35 @@ static int chunk_job(void *arg, size_t index, unsigned worker)
 	}
 	frame->len = n;
 	j->payload_sizes[index] = (uint32_t)payload.len;
+	/* Self-check: the chunk must give back exactly the new image's bytes. */
+	{
+		struct patch_chunk_view v = {.out_offset = j->bounds[c],
+					     .out_size = (uint32_t)(j->bounds[c + 1] - j->bounds[c]),
+					     .comp_size = (uint32_t)n,
+					     .payload_size = (uint32_t)payload.len};
+		const char *why = NULL;
+		uint8_t *out = malloc(v.out_size);
+		if (!out) {
+			r = -ENOMEM;
+			goto out;
+		}
+		r = patch_run_frame(frame->p, &v, s->old ? s->old->p : NULL, s->old ? s->old->size : 0, out, read_new,
+				    j->nw, NULL, &why);
+		if (r == 0 && memcmp(out, j->nw->p + v.out_offset, v.out_size) != 0)
+			r = RSR_E_DIGEST;
+		free(out);
+		if (r < 0) {
+			if (r != -ENOMEM) {
+				pthread_mutex_lock(&j->lock);
+				snprintf(j->errmsg, sizeof(j->errmsg),
+					 "chunk %u of input %zu does not reproduce the new image%s%s", c, si,
+					 why ? ": " : "", why ? why : "");
+				pthread_mutex_unlock(&j->lock);
+				r = RSR_E_DIGEST;
+			}
+			goto out;
+		}
+	}
 	pthread_mutex_lock(&j->lock);
 	j->done += j->bounds[c + 1] - j->bounds[c];
 	if (rsr_progress(j->ctx, "creating patch", j->done, (uint64_t)j->n_sets * j->nw->size) < 0)
@@ -1272,6 +1312,11 @@ static int create_one(struct rsr_ctx *ctx, struct image *olds, size_t n_olds, st
 		goto out;
 	if (r == RSR_E_LIMIT) {
 		r = rsr_error(ctx, r, "%s: a chunk's operations exceed %u bytes", path, PATCH_MAX_CHUNK_PAYLOAD);
+		goto out;
+	}
+	if (r == RSR_E_DIGEST) {
+		/* A bug in the differ: refuse to write a patch that would not apply. */
+		r = rsr_error(ctx, r, "%s: internal error: %s", path, j.errmsg);
 		goto out;
 	}
 	if (r < 0) {

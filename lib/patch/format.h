@@ -177,6 +177,11 @@ int patch_run_chunk(const struct rsr_patch *p, uint32_t set, uint32_t chunk, con
 		    uint8_t *out, patch_read_prior_fn read_prior, void *read_arg, struct rsr_patch_stats *stats,
 		    const char **why);
 
+/* Runs one chunk's zstd frame (at `frame`, sizes and extent in *v; data_offset unused). */
+int patch_run_frame(const uint8_t *frame, const struct patch_chunk_view *v, const uint8_t *in, uint64_t in_size,
+		    uint8_t *out, patch_read_prior_fn read_prior, void *read_arg, struct rsr_patch_stats *stats,
+		    const char **why);
+
 /* Deflate re-encoding (deflate.c). */
 /*
  * Decodes a raw deflate stream that starts at `in` into its token form, which

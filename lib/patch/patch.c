@@ -589,6 +589,16 @@ int patch_run_chunk(const struct rsr_patch *p, uint32_t set, uint32_t chunk, con
 		    const char **why)
 {
 	struct patch_chunk_view v;
+
+	patch_chunk_get(p, set, chunk, &v);
+	return patch_run_frame(p->buf + v.data_offset, &v, in, in_size, out, read_prior, read_arg, stats, why);
+}
+
+int patch_run_frame(const uint8_t *frame, const struct patch_chunk_view *vp, const uint8_t *in, uint64_t in_size,
+		    uint8_t *out, patch_read_prior_fn read_prior, void *read_arg, struct rsr_patch_stats *stats,
+		    const char **why)
+{
+	struct patch_chunk_view v = *vp;
 	struct exec e = {.stats = stats, .dry = out == NULL};
 	struct rd hdr;
 	uint64_t lens[4], rest;
@@ -597,8 +607,7 @@ int patch_run_chunk(const struct rsr_patch *p, uint32_t set, uint32_t chunk, con
 	size_t n;
 	int r;
 
-	patch_chunk_get(p, set, chunk, &v);
-	fsz = ZSTD_getFrameContentSize(p->buf + v.data_offset, v.comp_size);
+	fsz = ZSTD_getFrameContentSize(frame, v.comp_size);
 	if (fsz != v.payload_size) {
 		*why = "chunk data is not a zstd frame of the recorded size";
 		return RSR_E_FORMAT;
@@ -606,7 +615,7 @@ int patch_run_chunk(const struct rsr_patch *p, uint32_t set, uint32_t chunk, con
 	payload = malloc(v.payload_size ? v.payload_size : 1);
 	if (!payload)
 		return -ENOMEM;
-	n = ZSTD_decompress(payload, v.payload_size, p->buf + v.data_offset, v.comp_size);
+	n = ZSTD_decompress(payload, v.payload_size, frame, v.comp_size);
 	if (ZSTD_isError(n) || n != v.payload_size) {
 		free(payload);
 		*why = "chunk data corrupt (zstd)";
