@@ -44,6 +44,9 @@ struct apply {
 	bool hash_input;
 	uint8_t in_sha256[32];
 	int in_err;
+	/* Per worker: the output buffer, kept across chunks (fresh pages cost page faults). */
+	uint8_t *bufs[256];
+	size_t buf_caps[256];
 };
 
 static int fail(struct apply *a, uint32_t chunk, int err, const char *why)
@@ -141,38 +144,35 @@ static int apply_task(void *arg, size_t index, unsigned worker)
 	}
 	c = (uint32_t)index;
 	patch_chunk_get(a->p, a->set, c, &v);
-	out = malloc(v.out_size);
-	if (!out)
-		return fail(a, c, -ENOMEM, "out of memory");
+	if (a->buf_caps[worker] < v.out_size) {
+		free(a->bufs[worker]);
+		a->bufs[worker] = malloc(v.out_size);
+		a->buf_caps[worker] = a->bufs[worker] ? v.out_size : 0;
+		if (!a->bufs[worker])
+			return fail(a, c, -ENOMEM, "out of memory");
+	}
+	out = a->bufs[worker];
 	{
 		struct prior pr = {.a = a, .chunk = c};
 		r = patch_run_chunk(a->p, a->set, c, a->in, a->in_size, out, read_prior, &pr, NULL, &why);
 	}
-	if (r == RSR_E_CANCELED) {
-		free(out);
+	if (r == RSR_E_CANCELED)
 		return r;
-	}
-	if (r < 0) {
-		free(out);
+	if (r < 0)
 		return fail(a, c, r, r == RSR_E_FORMAT ? why : r == -ENOMEM ? "out of memory" : "read back");
-	}
 	r = rsr_pwrite_all(a->out_fd, out, v.out_size, v.out_offset);
-	if (r < 0) {
-		free(out);
+	if (r < 0)
 		return fail(a, c, r, "write");
-	}
 	pthread_mutex_lock(&a->lock);
 	while (a->next_hash != c && !a->failed)
 		pthread_cond_wait(&a->cond, &a->lock);
 	if (a->failed) {
 		pthread_mutex_unlock(&a->lock);
-		free(out);
 		return RSR_E_CANCELED;
 	}
 	pthread_mutex_unlock(&a->lock);
 	/* Only the owner of next_hash gets here, so hashing needs no lock. */
 	EVP_DigestUpdate(a->md, out, v.out_size);
-	free(out);
 	pthread_mutex_lock(&a->lock);
 	a->next_hash++;
 	pthread_cond_broadcast(&a->cond);
@@ -363,6 +363,8 @@ int rsr_patch_apply(struct rsr_ctx *ctx, const char *old_path, const char *patch
 	if (r >= 0)
 		r = RSR_PATCH_APPLIED;
 out:
+	for (size_t w = 0; w < ARRAY_SIZE(a.bufs); w++)
+		free(a.bufs[w]);
 	if (locks) {
 		pthread_cond_destroy(&a.cond);
 		pthread_mutex_destroy(&a.lock);
