@@ -524,7 +524,7 @@ int deflate_encode(const uint8_t *tokens, size_t len, uint8_t *out, size_t out_l
 				if (mlen < 258)
 					for (li = 0; li < 28 && len_base[li + 1] <= mlen; li++)
 						;
-				for (unsigned k = 0; k < 30; k++)
+				for (unsigned k = 1; k < 30; k++) /* dist >= 1 == dist_base[0] */
 					if (dist_base[k] > dist) {
 						di = k - 1;
 						break;

@@ -191,7 +191,7 @@ int rsr_patch_load(struct rsr_ctx *ctx, const void *buf, size_t len, struct rsr_
 int rsr_patch_open(struct rsr_ctx *ctx, const char *path, struct rsr_patch **ret_patch)
 {
 	_cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
-	struct rsr_patch *p;
+	struct rsr_patch *p = NULL;
 	struct stat st;
 	void *map;
 	int r;
@@ -208,7 +208,7 @@ int rsr_patch_open(struct rsr_ctx *ctx, const char *path, struct rsr_patch **ret
 	if (map == MAP_FAILED)
 		return rsr_error_errno(ctx, -errno, "patch '%s': mmap", path);
 	r = rsr_patch_load(ctx, map, (size_t)st.st_size, &p);
-	if (r < 0) {
+	if (r < 0 || !p) {
 		munmap(map, (size_t)st.st_size);
 		return rsr_error_prefix(ctx, r, "patch '%s'", path);
 	}

@@ -206,7 +206,7 @@ static void test_roundtrip(void **state)
  */
 static size_t tree_image(uint8_t *img, const uint8_t *data, size_t nblocks, const uint8_t salt[32])
 {
-	size_t data_len = nblocks * 4096, lvl0 = data_len, n0 = (nblocks * 32 + 4095) / 4096, top, off;
+	size_t data_len = nblocks * 4096, lvl0, n0 = (nblocks * 32 + 4095) / 4096, top, off;
 	char hex[65];
 
 	memcpy(img, data, data_len);
