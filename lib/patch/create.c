@@ -63,6 +63,7 @@ struct matcher {
 	uint64_t r_len;
 	const uint64_t *rmap; /* old offset of each BLOCK of r; NULL if r is old */
 	int32_t *sa;
+	int32_t *bkt; /* 65537 entries: where the suffixes starting with each 2-byte value begin in sa */
 };
 
 enum { REC_COPY, REC_ADD, REC_LIT, REC_DEFLATE, REC_HASH };
@@ -321,6 +322,14 @@ static uint64_t search(const struct matcher *m, const uint8_t *nw, uint64_t n, u
 	if (!m->sa || m->r_len < 2 || n == 0)
 		return best;
 	hi = (int64_t)m->r_len - 1;
+	if (m->bkt && n >= 2) {
+		/* Only the suffixes that start with the same two bytes can match more than one byte. */
+		unsigned key = (unsigned)nw[0] << 8 | nw[1];
+		lo = m->bkt[key];
+		hi = (int64_t)m->bkt[key + 1] - 1;
+		if (hi < lo)
+			return 0;
+	}
 	while (hi - lo > 1) {
 		int64_t mid = lo + (hi - lo) / 2;
 		uint64_t s = (uint64_t)m->sa[mid], l = RSR_MIN(m->r_len - s, n);
@@ -438,6 +447,21 @@ static int build_sa(struct matcher *m)
 		free(m->sa);
 		m->sa = NULL;
 		return -ENOMEM;
+	}
+	/*
+	 * Bucket starts by the first two bytes; the one-byte suffix at the end
+	 * sorts first among those starting with its byte.
+	 */
+	m->bkt = calloc(65537, sizeof(int32_t));
+	if (m->bkt) {
+		for (uint64_t i = 0; i + 1 < m->r_len; i++)
+			m->bkt[(unsigned)m->r[i] << 8 | m->r[i + 1]]++;
+		m->bkt[(unsigned)m->r[m->r_len - 1] << 8]++;
+		for (unsigned v = 0, sum = 0; v <= 65536; v++) {
+			unsigned c = v < 65536 ? (unsigned)m->bkt[v] : 0;
+			m->bkt[v] = (int32_t)sum;
+			sum += c;
+		}
 	}
 	return 0;
 }
@@ -572,6 +596,7 @@ static void set_free(struct set *s)
 	free(s->ref_of);
 	free(s->blk);
 	free(s->m.sa);
+	free(s->m.bkt);
 	free(s->r_buf);
 	free(s->rmap);
 }
@@ -956,6 +981,7 @@ static int plan_chunk(struct job *j, struct set *s, uint64_t cs, uint64_t ce, st
 				  &salt_sent);
 			buf_byte(ctrl, OP_END);
 			free(tm.sa);
+			free(tm.bkt);
 			rs.n = 0;
 			next_x = dm->off + dm->len;
 			mi++;
