@@ -305,6 +305,13 @@ int rsr_patch_apply(struct rsr_ctx *ctx, const char *old_path, const char *patch
 		a.in = map;
 		a.in_size = in_size;
 	}
+	{
+		struct stat ost;
+		if (stat(out_path, &ost) == 0 && !S_ISREG(ost.st_mode)) {
+			r = rsr_error(ctx, -EINVAL, "%s: exists and is not a regular file", out_path);
+			goto out;
+		}
+	}
 	if (already_done(ctx, p, out_path)) {
 		r = RSR_PATCH_UP_TO_DATE;
 		goto out;

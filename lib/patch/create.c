@@ -1388,6 +1388,12 @@ int rsr_patch_create(struct rsr_ctx *ctx, const char *const *olds, size_t n_olds
 				 PATCH_MAX_INPUTS);
 	if (reverse_path && n_olds != 1)
 		return rsr_error(ctx, -EINVAL, "a reverse patch needs exactly one input");
+	for (int k = 0; k < 2; k++) {
+		const char *o = k ? reverse_path : patch_path;
+		struct stat ost;
+		if (o && stat(o, &ost) == 0 && !S_ISREG(ost.st_mode))
+			return rsr_error(ctx, -EINVAL, "%s: exists and is not a regular file", o);
+	}
 	imgs = calloc(n_olds + 1, sizeof(*imgs));
 	if (!imgs)
 		return rsr_error(ctx, -ENOMEM, "out of memory");
