@@ -85,7 +85,7 @@ static int patch_create(struct cmd_env *env, int argc, char **argv)
 			       "  -f, --full             a full replacement that needs no input\n"
 			       "  -j, --threads N        worker threads (default: one per CPU)\n"
 			       "  -l, --level N          zstd level 1..22 (default 19)\n"
-			       "      --chunk-size N     output bytes per chunk (default 8 MiB)\n"
+			       "      --chunk-size N     output bytes per chunk (default: automatic)\n"
 			       "      --no-deflate       do not re-encode gzip members\n");
 			return EXIT_OK;
 		default:
