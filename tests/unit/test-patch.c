@@ -261,6 +261,13 @@ static void test_hash_tree(void **state)
 	for (int threads = 1; threads <= 2; threads++) {
 		rsr_ctx_set_threads(ctx, (unsigned)threads);
 		assert_int_equal(rsr_patch_create(ctx, olds, 1, tpath("b"), tpath("p"), NULL, &o), 0);
+		/* Reproducible: the same patch whatever the number of threads. */
+		if (threads == 1)
+			assert_int_equal(rename(tpath("p"), tpath("p1")), 0);
+		else
+			assert_true(same_file(tpath("p"), tpath("p1")));
+		if (threads == 1)
+			assert_int_equal(rsr_patch_create(ctx, olds, 1, tpath("b"), tpath("p"), NULL, &o), 0);
 		assert_int_equal(rsr_patch_open(ctx, tpath("p"), &p), 0);
 		assert_true(rsr_patch_chunk_count(p) > 10);
 		assert_int_equal(rsr_patch_stats(ctx, p, 0, &st), 0);
