@@ -29,7 +29,7 @@ static double now_ms(void)
 
 #define BLOCK 4096u
 #define MAX_AUTO_CHUNK (8u << 20)
-#define MIN_AUTO_CHUNK (2u << 20) /* a quarter of the smallest image cut in chunks */
+#define MIN_AUTO_CHUNK (2u << 20) /* the smallest automatic chunk: a quarter of 8 MiB */
 #define DEFAULT_LEVEL 19
 #define MIN_COPY_RUN 1024
 
@@ -66,12 +66,12 @@ struct matcher {
 	int32_t *bkt; /* 65537 entries: where the suffixes starting with each 2-byte value begin in sa */
 };
 
-enum { REC_COPY, REC_ADD, REC_LIT, REC_DEFLATE, REC_HASH };
+/* What the differ decided for a range of the new image, before it is serialized. */
+enum { REC_COPY, REC_ADD, REC_LIT, REC_HASH };
 struct rec {
 	uint8_t type;
-	uint64_t new_off, len, old_off;
-	size_t member; /* REC_DEFLATE: index into new members */
-	size_t ref;    /* REC_DEFLATE: index into old members, or SIZE_MAX */
+	uint64_t new_off, len;
+	uint64_t old_off; /* COPY, ADD: where in the old image; HASH: the source block in the new image */
 };
 struct recs {
 	struct rec *r;
@@ -131,7 +131,7 @@ static int image_open(struct rsr_ctx *ctx, const char *path, struct image *img)
 		return rsr_error_errno(ctx, -errno, "%s", path);
 	if (fstat(fd, &st) < 0)
 		return rsr_error_errno(ctx, -errno, "%s", path);
-	if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
+	if (!S_ISREG(st.st_mode))
 		return rsr_error(ctx, -EINVAL, "%s: not a regular file", path);
 	img->size = (uint64_t)st.st_size;
 	if (img->size > 0) {
@@ -142,7 +142,15 @@ static int image_open(struct rsr_ctx *ctx, const char *path, struct image *img)
 		}
 		img->p = img->map;
 	}
-	rsr_sha256(img->p, (size_t)img->size, img->sha256);
+	return 0;
+}
+
+/* The images' digests, one thread per image. */
+static int hash_task(void *arg, size_t index, unsigned worker)
+{
+	struct image *imgs = arg;
+
+	rsr_sha256(imgs[index].p, (size_t)imgs[index].size, imgs[index].sha256);
 	return 0;
 }
 
@@ -436,6 +444,7 @@ static void approx_diff(const struct matcher *m, const uint8_t *nw, uint64_t gs,
 	}
 }
 
+/* Without a suffix array (nothing to search, or 2 GiB or more of it) only identical blocks are matched. */
 static int build_sa(struct matcher *m)
 {
 	if (m->r_len < 2 || m->r_len > INT32_MAX)
@@ -1397,9 +1406,14 @@ int rsr_patch_create(struct rsr_ctx *ctx, const char *const *olds, size_t n_olds
 	imgs = calloc(n_olds + 1, sizeof(*imgs));
 	if (!imgs)
 		return rsr_error(ctx, -ENOMEM, "out of memory");
-	r = image_open(ctx, new_path, &nw);
+	/* imgs[n_olds] is the new image while the digests are computed. */
+	r = image_open(ctx, new_path, &imgs[n_olds]);
 	for (size_t i = 0; r >= 0 && i < n_olds; i++)
 		r = image_open(ctx, olds[i], &imgs[i]);
+	if (r >= 0)
+		r = rsr_parallel_for(rsr_threads_for(ctx, n_olds + 1), n_olds + 1, hash_task, imgs);
+	nw = imgs[n_olds];
+	imgs[n_olds] = (struct image){0};
 	if (r < 0)
 		goto out;
 	if (nw.size > (uint64_t)PATCH_MAX_CHUNKS * (opts.chunk_size ? opts.chunk_size : MIN_AUTO_CHUNK) ||
