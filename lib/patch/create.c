@@ -991,6 +991,10 @@ static int plan_chunk(struct job *j, struct set *s, uint64_t cs, uint64_t ce, st
 			buf_byte(ctrl, OP_END);
 			free(tm.sa);
 			free(tm.bkt);
+			if (rs.oom) {
+				free(rs.r);
+				return -ENOMEM;
+			}
 			rs.n = 0;
 			next_x = dm->off + dm->len;
 			mi++;
