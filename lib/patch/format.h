@@ -78,7 +78,7 @@ enum {
  */
 typedef int (*patch_read_prior_fn)(void *arg, uint64_t off, void *buf, size_t len);
 
-/* Deflate parameters of an OP_DEFLATE. */
+/* One chunk of one input set, with its table entries decoded. */
 struct patch_chunk_view {
 	uint64_t out_offset;
 	uint32_t out_size;
