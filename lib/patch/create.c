@@ -32,6 +32,7 @@ static double now_ms(void)
 #define MIN_AUTO_CHUNK (2u << 20) /* the smallest automatic chunk: a quarter of 8 MiB */
 #define DEFAULT_LEVEL 19
 #define MIN_COPY_RUN 1024
+#define MAX_SALTS 64 /* candidate hash-tree salts tried */
 
 struct image {
 	const char *path;
@@ -663,9 +664,9 @@ static int find_tree(struct job *j)
 	const struct image *nw = j->nw;
 	const struct set *s = &j->sets[0];
 	uint64_t nb = nw->size / BLOCK, n_changed = 0;
-	uint8_t cands[9][32];
+	uint8_t cands[MAX_SALTS][32];
 	size_t n_cands = 1, best = SIZE_MAX, best_hits = 0;
-	size_t cand_len[9] = {0};
+	size_t cand_len[MAX_SALTS] = {0};
 	struct tree words = {0};
 	EVP_MD_CTX *md;
 	int r = 0;
@@ -677,12 +678,12 @@ static int find_tree(struct job *j)
 			n_changed++;
 	if (n_changed < 2)
 		return 0;
-	/* Candidate salts. */
-	for (uint64_t b = 0; b < (nw->size + BLOCK - 1) / BLOCK && n_cands < 9; b++) {
+	/* Candidate salts: from the end, where metadata such as a manifest usually is. */
+	for (uint64_t b = (nw->size + BLOCK - 1) / BLOCK; b-- > 0 && n_cands < MAX_SALTS;) {
 		uint64_t e = RSR_MIN((b + 1) * BLOCK, nw->size);
 		if (b < nb && s->blk[b] >= 0)
 			continue;
-		for (uint64_t i = b * BLOCK; i + 64 <= e && n_cands < 9; i++) {
+		for (uint64_t i = b * BLOCK; i + 64 <= e && n_cands < MAX_SALTS; i++) {
 			size_t k = 0;
 			if (!is_hex(nw->p[i]) || (i > 0 && is_hex(nw->p[i - 1])))
 				continue;
