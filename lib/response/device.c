@@ -250,18 +250,18 @@ void rsr_device_free(struct rsr_device *dev)
 	free(dev);
 }
 
-static int open_state(struct rsr_ctx *ctx, struct rsr_device *dev)
+/* Opens the state directory; creates it only when `create` (so that reading changes nothing). */
+static int open_state(struct rsr_ctx *ctx, struct rsr_device *dev, bool create)
 {
 	int r;
 
 	if (dev->statefd >= 0)
 		return 0;
-	r = mkdirs_at(ctx, dev->rootfd, STATE_DIR, dev->root);
-	if (r < 0)
+	if (create && (r = mkdirs_at(ctx, dev->rootfd, STATE_DIR, dev->root)) < 0)
 		return r;
 	dev->statefd = openat(dev->rootfd, STATE_DIR, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
 	if (dev->statefd < 0)
-		return rsr_error_errno(ctx, -errno, "%s/%s", dev->root, STATE_DIR);
+		return !create && errno == ENOENT ? -ENOENT : rsr_error_errno(ctx, -errno, "%s/%s", dev->root, STATE_DIR);
 	return 0;
 }
 
@@ -273,7 +273,7 @@ static int lock_device(struct rsr_ctx *ctx, struct rsr_device *dev, unsigned fla
 
 	if (dev->lockfd >= 0)
 		return 0;
-	r = open_state(ctx, dev);
+	r = open_state(ctx, dev, true);
 	if (r < 0)
 		return r;
 	dev->lockfd = openat(dev->statefd, "lock", O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
@@ -314,7 +314,9 @@ static int state_load(struct rsr_ctx *ctx, struct rsr_device *dev, struct state 
 	int r;
 
 	memset(st, 0, sizeof(*st));
-	r = open_state(ctx, dev);
+	r = open_state(ctx, dev, false);
+	if (r == -ENOENT)
+		return 0; /* nothing installed ever */
 	if (r < 0)
 		return r;
 	r = read_at(ctx, dev->statefd, "state.json", 65536, &buf, &len);
@@ -595,8 +597,12 @@ static int recover_locked(struct rsr_ctx *ctx, struct rsr_device *dev)
 
 int rsr_device_recover(struct rsr_ctx *ctx, struct rsr_device *dev, unsigned flags)
 {
-	int r = lock_device(ctx, dev, flags);
+	int r;
 
+	/* Nothing to do and nothing created unless an operation left its traces. */
+	if (!exists_at(dev->rootfd, STATE_DIR "/journal.json") && !exists_at(dev->rootfd, STATE_DIR "/incoming"))
+		return 0;
+	r = lock_device(ctx, dev, flags);
 	return r < 0 ? r : recover_locked(ctx, dev);
 }
 
