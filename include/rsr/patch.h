@@ -77,7 +77,7 @@ uint64_t rsr_patch_input_size(const struct rsr_patch *patch, size_t i);
 size_t rsr_patch_chunk_count(const struct rsr_patch *patch);
 uint32_t rsr_patch_chunk_size(const struct rsr_patch *patch);
 
-/* Operation counts of the operations for one input. */
+/* Operation counts for one input; the byte counts add up to the output size. */
 struct rsr_patch_stats {
 	uint64_t compressed_bytes; /* zstd frames */
 	uint64_t payload_bytes;	   /* decompressed operations */
