@@ -9,6 +9,7 @@
 
 #include "cmd.h"
 #include "rsr/graft.h"
+#include "rsr/response.h"
 
 /*
  * These commands take no verb: the dispatcher hands them the words after
@@ -23,7 +24,12 @@
 
 static int open_root(struct cmd_env *env, const char *root, struct rsr_graft **ret)
 {
-	int r = rsr_graft_open(env->ctx, root ? root : "/", ret);
+	int r;
+
+	/* Every command first finishes or rolls back an interrupted install or remove. */
+	if (cmd_recover_first(env, root) != EXIT_OK)
+		return EXIT_FAIL;
+	r = rsr_graft_open(env->ctx, root ? root : "/", ret);
 	return r < 0 ? cmd_fail(env, r) : EXIT_OK;
 }
 
@@ -327,10 +333,23 @@ int cmd_status(struct cmd_env *env, int argc, char **argv)
 	}
 	if (r != EXIT_OK)
 		return r;
-	if (json)
-		r = cmd_print_json(report_json(rep)) < 0 ? EXIT_FAIL : EXIT_OK;
-	else
-		print_report(rep);
+	{
+		struct rsr_device *dev = NULL;
+		struct rsr_device_state *st = NULL;
+
+		if (rsr_device_open(env->ctx, rep->root, &dev) < 0 || rsr_device_get_state(env->ctx, dev, &st) < 0) {
+			r = cmd_fail(env, -1);
+		} else if (json) {
+			json_t *o = report_json(rep);
+			json_object_set_new(o, "response", cmd_response_state_json(st));
+			r = cmd_print_json(o) < 0 ? EXIT_FAIL : EXIT_OK;
+		} else {
+			cmd_print_response_state(st);
+			print_report(rep);
+		}
+		rsr_device_state_free(st);
+		rsr_device_free(dev);
+	}
 	rsr_graft_report_free(rep);
 	return r;
 }
