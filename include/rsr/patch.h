@@ -47,9 +47,12 @@ enum {
 
 /*
  * Applies the patch at `patch_path` to `old_path` (NULL for a full
- * replacement) and writes the result to `out_path`. The input's digest is
- * checked before anything is written; the output goes through a temporary
- * file whose digest is checked before it is renamed into place. Returns
+ * replacement) and writes the result to `out_path`. The output goes through
+ * a temporary file beside `out_path` whose digest is checked before it is
+ * renamed into place, and only once the input's digest matched: first, or,
+ * when the input's size singles out one accepted input and there are
+ * several threads, on one thread while the others fill the temporary file.
+ * Uses the context's threads and progress callback. Returns
  * RSR_PATCH_APPLIED, RSR_PATCH_UP_TO_DATE, or a negative error
  * (RSR_E_MISMATCH for a wrong input, RSR_E_FORMAT for a malformed patch,
  * RSR_E_DIGEST for a wrong output, RSR_E_CANCELED); on error no output file
@@ -77,7 +80,7 @@ uint64_t rsr_patch_input_size(const struct rsr_patch *patch, size_t i);
 size_t rsr_patch_chunk_count(const struct rsr_patch *patch);
 uint32_t rsr_patch_chunk_size(const struct rsr_patch *patch);
 
-/* Operation counts of the operations for one input. */
+/* Operation counts for one input; the byte counts add up to the output size. */
 struct rsr_patch_stats {
 	uint64_t compressed_bytes; /* zstd frames */
 	uint64_t payload_bytes;	   /* decompressed operations */

@@ -359,7 +359,10 @@ static int run_deflate(struct exec *e, const uint8_t *in, uint64_t in_size, uint
 	if (tok_len > PATCH_MAX_DEFLATE_RAW)
 		FAIL(e, "deflate tokens too large");
 	if (e->dry) {
+		struct rsr_patch_stats *st = e->stats;
+		e->stats = NULL; /* the token operations are counted as the deflate stream's output */
 		r = run_ops(e, NULL, PATCH_MAX_DEFLATE_RAW, 0, NULL, tok_len, true);
+		e->stats = st;
 		if (r == 0 && e->stats) {
 			e->stats->deflate_ops++;
 			e->stats->deflate_bytes += out_len;
@@ -382,7 +385,12 @@ static int run_deflate(struct exec *e, const uint8_t *in, uint64_t in_size, uint
 		buf_free(&ref);
 		return -ENOMEM;
 	}
-	r = run_ops(e, ref.p, ref.len, 0, tok, tok_len, true);
+	{
+		struct rsr_patch_stats *st = e->stats;
+		e->stats = NULL;
+		r = run_ops(e, ref.p, ref.len, 0, tok, tok_len, true);
+		e->stats = st;
+	}
 	buf_free(&ref);
 	if (r == 0 && deflate_encode(tok, (size_t)tok_len, out, (size_t)out_len) < 0) {
 		e->why = "deflate tokens do not encode to the recorded length";
