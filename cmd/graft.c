@@ -325,7 +325,7 @@ int cmd_status(struct cmd_env *env, int argc, char **argv)
 	if (r != EXIT_OK)
 		return r;
 	if (json)
-		r = cmd_print_json(report_json(rep)) < 0 ? EXIT_FAIL : EXIT_OK;
+		r = cmd_print_json(report_json(rep)) != EXIT_OK ? EXIT_FAIL : EXIT_OK;
 	else
 		print_report(rep);
 	rsr_graft_report_free(rep);

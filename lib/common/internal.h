@@ -172,8 +172,19 @@ void rsr_atomic_abort(struct rsr_atomic_file *af);
 /* Writes a whole small file atomically. */
 int rsr_write_file_atomic(struct rsr_ctx *ctx, const char *path, const void *buf, size_t len, unsigned mode);
 
-/* SHA-256 of a buffer. */
-void rsr_sha256(const void *buf, size_t len, uint8_t out[32]);
+/*
+ * Initialises OpenSSL where a failure can be seen: when an allocation fails
+ * in its implicit initialisation, OpenSSL leaves its default library context
+ * without a lock and the next call crashes. Returns 0 or -ENOMEM; OpenSSL
+ * runs it once and later calls return the first result.
+ */
+int rsr_crypto_init(void);
+
+/*
+ * SHA-256 of a buffer. Returns 0, or -ENOMEM when OpenSSL cannot allocate
+ * (then `out` is all zeroes, never a stale or undefined digest).
+ */
+int rsr_sha256(const void *buf, size_t len, uint8_t out[32]);
 /* SHA-256 of `len` bytes of fd from `off`, with progress reported as `what`. */
 int rsr_sha256_fd(struct rsr_ctx *ctx, int fd, uint64_t off, uint64_t len, const char *what, uint8_t out[32]);
 

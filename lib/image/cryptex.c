@@ -7,7 +7,6 @@
 #include <assert.h>
 #include <dirent.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <limits.h>
 #include <spawn.h>
 #include <stdio.h>
@@ -88,32 +87,34 @@ static bool valid_token(const char *s)
 	return true;
 }
 
-static void derive_salt(const char *name, uint8_t salt[32])
+/* Both derivations return -ENOMEM when hashing cannot allocate: the image must not change then. */
+static int derive_salt(const char *name, uint8_t salt[32])
 {
 	/* Stable across versions of a slot, so unchanged blocks keep their hashes and patches stay small. */
 	char buf[128];
 	int n = snprintf(buf, sizeof(buf), "rsr-cryptex-salt%c%s", 0, name);
-	rsr_sha256(buf, (size_t)n, salt);
+	return rsr_sha256(buf, (size_t)n, salt);
 }
 
-static void derive_uuid(const char *name, const char *version, char out[37])
+static int derive_uuid(const char *name, const char *version, char out[37])
 {
 	uint8_t d[32];
 	char hex[65];
 	_cleanup_free_ char *s = NULL;
 	size_t len = strlen(name) + strlen(version) + 32;
+	int n;
 
 	s = malloc(len);
-	if (s) {
-		int n = snprintf(s, len, "rsr-cryptex-uuid%c%s%c%s", 0, name, 0, version);
-		rsr_sha256(s, (size_t)n, d);
-	} else {
-		rsr_sha256(name, strlen(name), d);
-	}
+	if (!s)
+		return -ENOMEM;
+	n = snprintf(s, len, "rsr-cryptex-uuid%c%s%c%s", 0, name, 0, version);
+	if (rsr_sha256(s, (size_t)n, d) < 0)
+		return -ENOMEM;
 	d[6] = (uint8_t)((d[6] & 0x0f) | 0x80); /* RFC 9562 version 8: custom */
 	d[8] = (uint8_t)((d[8] & 0x3f) | 0x80);
 	rsr_hex_encode(d, 16, hex);
 	snprintf(out, 37, "%.8s-%.4s-%.4s-%.4s-%.12s", hex, hex + 8, hex + 12, hex + 16, hex + 20);
+	return 0;
 }
 
 /* ---- building ---- */
@@ -160,18 +161,57 @@ static int count_tree(int dfd, struct counts *c, unsigned depth)
 	return r;
 }
 
-static int rm_cb(const char *path, const struct stat *st, int type, struct FTW *ftw)
+/*
+ * Removes everything below dfd. It reads directories with getdents64 into a
+ * stack buffer, not opendir, so that the staging area is removed also when
+ * memory has run out (nftw gave up then and left it behind). Entries are
+ * removed while the directory is read, so it rereads until a pass removes
+ * nothing.
+ */
+static void remove_contents(int dfd, unsigned depth)
 {
-	if (type == FTW_DP || type == FTW_D)
-		rmdir(path);
-	else
-		unlink(path);
-	return 0;
+	_Alignas(struct dirent64) char buf[1024];
+	bool removed = true;
+
+	while (removed) {
+		removed = false;
+		if (lseek(dfd, 0, SEEK_SET) < 0)
+			return;
+		for (;;) {
+			ssize_t n = getdents64(dfd, buf, sizeof(buf));
+			if (n <= 0)
+				break;
+			for (ssize_t off = 0; off < n;) {
+				struct dirent64 *de = (struct dirent64 *)(void *)(buf + off);
+				off += de->d_reclen;
+				if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
+					continue;
+				if (unlinkat(dfd, de->d_name, 0) == 0) {
+					removed = true;
+				} else if (errno == EISDIR && depth < 256) {
+					int sub =
+					    openat(dfd, de->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+					if (sub >= 0) {
+						remove_contents(sub, depth + 1);
+						close(sub);
+					}
+					if (unlinkat(dfd, de->d_name, AT_REMOVEDIR) == 0)
+						removed = true;
+				}
+			}
+		}
+	}
 }
 
 static void remove_tree(const char *path)
 {
-	nftw(path, rm_cb, 32, FTW_DEPTH | FTW_PHYS);
+	int fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+
+	if (fd >= 0) {
+		remove_contents(fd, 0);
+		close(fd);
+	}
+	rmdir(path);
 }
 
 static int cmp_str(const void *a, const void *b)
@@ -470,7 +510,10 @@ int rsr_cryptex_build(struct rsr_ctx *ctx, const char *src_dir, const char *out_
 	r = rsr_progress(ctx, "mkfs.erofs", 0, 1);
 	if (r < 0)
 		goto out;
-	derive_uuid(opts->name, opts->version, uuid);
+	if (derive_uuid(opts->name, opts->version, uuid) < 0) {
+		r = rsr_error(ctx, -ENOMEM, "out of memory");
+		goto out;
+	}
 	snprintf(tbuf, sizeof(tbuf), "-T%llu", (unsigned long long)opts->timestamp);
 	{
 		char ubuf[48];
@@ -505,7 +548,10 @@ int rsr_cryptex_build(struct rsr_ctx *ctx, const char *src_dir, const char *out_
 			      (unsigned long long)image_size);
 		goto out;
 	}
-	derive_salt(opts->name, salt);
+	if (derive_salt(opts->name, salt) < 0) {
+		r = rsr_error(ctx, -ENOMEM, "out of memory");
+		goto out;
+	}
 	r = rsr_verity_build(ctx, img_fd, 0, image_size / RSR_CRYPTEX_BLOCK_SIZE, salt, sizeof(salt), &tree, root_hash);
 	if (r < 0)
 		goto out;
