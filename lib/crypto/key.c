@@ -120,7 +120,14 @@ int rsr_key_generate(struct rsr_ctx *ctx, const char *path, struct rsr_key **ret
 		unlink(path);
 		goto fail;
 	}
-	rsr_fsync_dir_of(path);
+	/* Both names must be durable, or neither key is reported as made. */
+	r = rsr_fsync_dir_of(path);
+	if (r < 0) {
+		rsr_error_errno(ctx, r, "%s: fsync of its directory", path);
+		unlink(pub);
+		unlink(path);
+		goto fail;
+	}
 	if (ret_key)
 		*ret_key = key;
 	else
