@@ -114,7 +114,7 @@ fault_alloc_walk() {
 			[ "$rc" = 23 ] || suppressed=$((suppressed + 1))
 		fi
 		fault_judge "$label: allocation $n failed" "$rc"
-		$check "$rc" || fail "$label: allocation $n failed: bad state"
+		( $check "$rc" ) || fail "$label: allocation $n failed: bad state"
 		if [ "$rc" = 0 ]; then survived=$((survived + 1)); else failed=$((failed + 1)); fi
 		runs=$((runs + 1))
 	done
@@ -163,7 +163,7 @@ fault_io_walk() {
 				# A failed write of the message itself cannot show it.
 				grep -q "^[0-9]* *write(2, .*(INJECTED)" "$log" && msg=nomsg
 				fault_judge "$label: $sc call $n failed with $e" "$rc" "$msg"
-				$check "$rc" || fail "$label: $sc call $n failed with $e: bad state"
+				( $check "$rc" ) || fail "$label: $sc call $n failed with $e: bad state"
 				per=$((per + 1))
 			done
 		done
@@ -176,3 +176,57 @@ fault_io_walk() {
 
 # The entries of a directory, one a line, for "nothing left behind" checks.
 dir_listing() { ls -A "$1" | sort; }
+
+# A device root for `rsr graft --no-mount` (install and remove without
+# mounting): trusted key, os-release, a base /usr. Sets FAULT_ROOT_TEMPLATE;
+# fault_root_reset copies it to $T/root. Images for slot "os": $T/os1.cptx
+# (installed in the template) and $T/os2.cptx.
+fault_make_root() { # KEY
+	local key=$1 v
+	mkdir -p "$T/root.tmpl/etc/rsr/keys.d" "$T/root.tmpl/usr/share/t"
+	cp "$key.pub" "$T/root.tmpl/etc/rsr/keys.d/"
+	printf 'NAME=base\nVERSION_ID=7\nBUILD_ID=7.1\n' >"$T/root.tmpl/etc/os-release"
+	echo base >"$T/root.tmpl/usr/share/t/file"
+	for v in 1 2; do
+		rm -rf "$T/os-src" && mkdir -p "$T/os-src/usr/share/t"
+		echo "$v" >"$T/os-src/usr/share/t/file"
+		head -c 100000 /dev/urandom >"$T/os-src/usr/share/t/blob"
+		"$RSR" -q cryptex build "$T/os-src" -o "$T/os$v.cptx" --name os --version "$v" --base 7.1 --key "$key" \
+			--timestamp 1
+	done
+	"$RSR" -q graft --root "$T/root.tmpl" --add "$T/os1.cptx" --no-mount || fail "installing os1 without faults"
+	FAULT_ROOT_TEMPLATE=$T/root.tmpl
+}
+fault_root_reset() { rm -rf "$T/root" && cp -a "$FAULT_ROOT_TEMPLATE" "$T/root"; }
+
+# The slot "os" under $T/root: nothing but `current` and complete images named
+# by their root hash; `current` names one of the allowed images (a path, or
+# "none" for no current image).
+check_slot() { # ALLOWED-IMAGE...
+	local dir=$T/root/var/lib/rsr/cryptexes/os cur f ok=
+	for f in $(dir_listing "$dir"); do
+		case $f in
+		current) ;;
+		[0-9a-f]*.cptx)
+			[ ${#f} = 69 ] || fail "slot os holds $f"
+			"$RSR" -q cryptex verify "$dir/$f" --pubkey "$FAULT_ROOT_TEMPLATE/etc/rsr/keys.d/"*.pub >/dev/null 2>&1 ||
+				fail "slot os holds an incomplete or damaged image $f"
+			;;
+		*) fail "slot os holds $f (a temporary file left behind?)" ;;
+		esac
+	done
+	if [ -L "$dir/current" ]; then
+		cur=$(readlink "$dir/current")
+		[ -f "$dir/$cur" ] || fail "current names $cur, which does not exist"
+	else
+		cur=none
+	fi
+	for f in "$@"; do
+		if [ "$f" = none ]; then
+			[ "$cur" = none ] && ok=1
+		elif [ "$cur" != none ] && cmp -s "$dir/$cur" "$f"; then
+			ok=1
+		fi
+	done
+	[ -n "$ok" ] || fail "slot os: current is $cur, expected one of: $*"
+}

@@ -5,11 +5,11 @@
 # the sanitized build), leave no output or temporary file behind, and a run
 # that survives its failure must give exactly the unfaulted result.
 # In the test suite, every allocation among the first and last 100 of each
-# command and every 29th between; RSR_FAULT_STRIDE=1 tries every one
+# command and every 61st between; RSR_FAULT_STRIDE=1 tries every one
 # (scripts/fault-suite).
 . "$(dirname "$0")/libtest.sh"
 . "$RSR_SRCDIR/tests/fault/libfault.sh"
-RSR_FAULT_STRIDE=${RSR_FAULT_STRIDE:-29}
+RSR_FAULT_STRIDE=${RSR_FAULT_STRIDE:-61}
 
 # A small tree keeps each of the thousands of runs short.
 mkdir -p "$T/src/usr/lib/x86_64-linux-gnu" "$T/src/usr/share/doc/fault"
@@ -78,6 +78,15 @@ if "$RSR" patch --help >/dev/null 2>&1; then
 	}
 	fault_alloc_walk "patch apply" empty_o check_patch -- patch apply "$T/prev.cptx" "$T/fwd.rsrp" -o "$T/o/x.cptx"
 fi
+
+# Install and remove on a device root (rsr graft --no-mount): the slot's
+# current image is the old one or the new one, complete, and nothing else is
+# left in the slot directory.
+fault_make_root "$T/key"
+check_install() { if [ "$1" = 0 ]; then check_slot "$T/os2.cptx"; else check_slot "$T/os1.cptx" "$T/os2.cptx"; fi; }
+check_remove() { if [ "$1" = 0 ]; then check_slot none; else check_slot none "$T/os1.cptx"; fi; }
+fault_alloc_walk "graft --add (install)" fault_root_reset check_install -- graft --root "$T/root" --add "$T/os2.cptx" --no-mount
+fault_alloc_walk "graft --remove" fault_root_reset check_remove -- graft --root "$T/root" --remove os --no-mount
 
 echo "# $FAULT_POINTS allocation failures in all (stride $RSR_FAULT_STRIDE)"
 echo "1..$TESTS_RUN"

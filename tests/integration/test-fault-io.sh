@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# I/O faults: every write, fsync and rename (and copy_file_range) of each
+# I/O faults: every write, fsync, rename, copy_file_range, symlinkat and mkdir of each
 # state-changing command fails in turn with EIO and with ENOSPC, in rsr and
 # in the programs it runs (strace -f -e inject). Each run must end with exit
 # status 0 and the right result, or exit status 1 with a message and the
@@ -11,7 +11,7 @@ command -v strace >/dev/null || fail "strace is not installed (scripts/install-d
 strace -f -qq -o /dev/null -e trace=write -e inject=write:error=EIO:when=1000 true 2>/dev/null ||
 	skip_all "strace cannot trace here (no ptrace permission in this container?)"
 
-SYSCALLS="write pwrite64 fsync fdatasync rename renameat renameat2 copy_file_range"
+SYSCALLS="write pwrite64 fsync fdatasync rename renameat renameat2 copy_file_range symlinkat mkdir mkdirat"
 ERRNOS="EIO ENOSPC"
 
 mkdir -p "$T/src/usr/lib/x86_64-linux-gnu" "$T/src/usr/share/doc/fault"
@@ -77,6 +77,15 @@ if "$RSR" patch --help >/dev/null 2>&1; then
 	fault_io_walk "patch apply (in place)" prev_o check_replace "$SYSCALLS" "$ERRNOS" -- \
 		patch apply "$T/o/x.cptx" "$T/fwd.rsrp" -o "$T/o/x.cptx"
 fi
+
+# Install and remove on a device root (rsr graft --no-mount): the slot's
+# current image is the old one or the new one, complete, and nothing else is
+# left in the slot directory.
+fault_make_root "$T/key"
+check_install() { if [ "$1" = 0 ]; then check_slot "$T/os2.cptx"; else check_slot "$T/os1.cptx" "$T/os2.cptx"; fi; }
+check_remove() { if [ "$1" = 0 ]; then check_slot none; else check_slot none "$T/os1.cptx"; fi; }
+fault_io_walk "graft --add (install)" fault_root_reset check_install "$SYSCALLS" "$ERRNOS" -- graft --root "$T/root" --add "$T/os2.cptx" --no-mount
+fault_io_walk "graft --remove" fault_root_reset check_remove "$SYSCALLS" "$ERRNOS" -- graft --root "$T/root" --remove os --no-mount
 
 echo "# $FAULT_POINTS I/O faults in all"
 echo "1..$TESTS_RUN"
