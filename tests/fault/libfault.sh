@@ -60,10 +60,18 @@ fault_judge() {
 	esac
 }
 
+# RSR_FAULT_ONLY, a shell pattern, limits the walks to those whose label
+# matches (default: all).
+fault_selected() { # LABEL
+	# shellcheck disable=SC2254
+	case $1 in ${RSR_FAULT_ONLY:-*}) return 0 ;; *) echo "# skipped (RSR_FAULT_ONLY): $1"; return 1 ;; esac
+}
+
 fault_alloc_walk() {
 	local label=$1 prepare=$2 check=$3
 	shift 3
 	[ "$1" = -- ] && shift
+	fault_selected "$label" || return 0
 	[ -n "${RSR_FAILMALLOC_SO:-}" ] && [ -f "$RSR_FAILMALLOC_SO" ] ||
 		fail "RSR_FAILMALLOC_SO does not name the allocation-failure shim"
 	local rep=$T/failmalloc.report stride=${RSR_FAULT_STRIDE:-1} n=0 rc total failed=0 survived=0 runs=0 suppressed=0
@@ -128,6 +136,7 @@ fault_io_walk() {
 	local label=$1 prepare=$2 check=$3 syscalls=$4 errnos=$5
 	shift 5
 	[ "$1" = -- ] && shift
+	fault_selected "$label" || return 0
 	command -v strace >/dev/null || fail "strace is not installed"
 	local log=$T/strace.log sc e n rc max msg points=0 per
 	local summary=""
