@@ -28,10 +28,19 @@ FAULT_POINTS=0
 # Environment for runs under the allocation shim. In a sanitized build the
 # shim is loaded ahead of the sanitizer runtime, which then must not insist
 # on being first; leaks end the run with status 23.
+# Later options win, so these come after any inherited ones.
 fault_asan_env() {
-	ASAN_OPTIONS=verify_asan_link_order=0:detect_leaks=1:abort_on_error=0:exitcode=86:allocator_may_return_null=1${ASAN_OPTIONS:+:$ASAN_OPTIONS} \
-	LSAN_OPTIONS=exitcode=23${LSAN_OPTIONS:+:$LSAN_OPTIONS} \
-	UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1:exitcode=87 \
+	ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}verify_asan_link_order=0:detect_leaks=1:abort_on_error=0:exitcode=86:allocator_may_return_null=1 \
+	LSAN_OPTIONS=${LSAN_OPTIONS:+$LSAN_OPTIONS:}exitcode=23 \
+	UBSAN_OPTIONS=${UBSAN_OPTIONS:+$UBSAN_OPTIONS:}halt_on_error=1:print_stacktrace=1:exitcode=87 \
+		"$@"
+}
+
+# Under strace, LeakSanitizer cannot stop the world (it uses ptrace itself)
+# and aborts; leaks are the allocation walk's business.
+fault_strace_env() {
+	ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0:abort_on_error=0:exitcode=86 \
+	UBSAN_OPTIONS=${UBSAN_OPTIONS:+$UBSAN_OPTIONS:}halt_on_error=1:print_stacktrace=1:exitcode=87 \
 		"$@"
 }
 
@@ -145,7 +154,7 @@ fault_io_walk() {
 		# How many calls of sc does the busiest process make?
 		$prepare
 		set +e
-		timeout -k 5 "$FAULT_TIMEOUT" strace -f -qq -o "$log" -e trace="$sc" -e signal=none "$RSR" "$@" \
+		fault_strace_env timeout -k 5 "$FAULT_TIMEOUT" strace -f -qq -o "$log" -e trace="$sc" -e signal=none "$RSR" "$@" \
 			>"$T/out" 2>"$T/err"
 		rc=$?
 		set -e
@@ -159,7 +168,7 @@ fault_io_walk() {
 			for n in $(seq 1 "$max"); do
 				$prepare
 				set +e
-				timeout -k 5 "$FAULT_TIMEOUT" strace -f -qq -o "$log" -e trace="$sc" -e signal=none \
+				fault_strace_env timeout -k 5 "$FAULT_TIMEOUT" strace -f -qq -o "$log" -e trace="$sc" -e signal=none \
 					-e inject="$sc:error=$e:when=$n" "$RSR" "$@" >"$T/out" 2>"$T/err"
 				rc=$?
 				set -e
