@@ -108,8 +108,8 @@ static void setup(void)
 	resolve(&next_memalign, "memalign");
 	if (!next_malloc || !next_calloc || !next_realloc || !next_free) {
 		static const char msg[] = "failmalloc: cannot find the real allocator\n";
-		if (write(STDERR_FILENO, msg, sizeof(msg) - 1) < 0)
-			_exit(127);
+		ssize_t w = write(STDERR_FILENO, msg, sizeof(msg) - 1);
+		(void)w;
 		_exit(127);
 	}
 	__atomic_store_n(&state, 2, __ATOMIC_RELEASE);
@@ -143,8 +143,8 @@ __attribute__((destructor)) static void at_exit(void)
 
 /*
  * True if this allocation is the one to fail. Allocations before the
- * constructor (the loader's, a sanitizer runtime's) are not counted, so that
- * the numbering is the same with and without sanitizers up to main().
+ * constructor (the loader's, a sanitizer runtime's) are not counted: the
+ * environment has not been read yet, and they never fail.
  */
 static bool should_fail(void)
 {

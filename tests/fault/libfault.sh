@@ -7,7 +7,8 @@
 #       no longer reaches allocation N. With RSR_FAULT_STRIDE=K > 1 it tries
 #       every allocation among the first and the last RSR_FAULT_DENSE (100)
 #       (the command's own setup and its output) and every K-th between
-#       (mostly OpenSSL initialising itself).
+#       (mostly OpenSSL initialising itself). With FAULT_PERSIST=1 every
+#       allocation from the N-th on fails (memory exhausted for good).
 #   fault_io_walk LABEL PREPARE CHECK SYSCALLS ERRNOS -- ARGS...
 #       for each syscall and errno, fails call N = 1, 2, ... of that syscall
 #       in every traced process (strace -f -e inject) until no process makes
@@ -106,7 +107,7 @@ fault_alloc_walk() {
 		rm -f "$rep"
 		set +e
 		# env, not the shell, sets LD_PRELOAD: timeout must not count or fail.
-		fault_asan_env timeout -k 5 "$FAULT_TIMEOUT" env LD_PRELOAD="$RSR_FAILMALLOC_SO" RSR_FAILMALLOC=$n \
+		fault_asan_env timeout -k 5 "$FAULT_TIMEOUT" env LD_PRELOAD="$RSR_FAILMALLOC_SO" RSR_FAILMALLOC=$n RSR_FAILMALLOC_PERSIST="${FAULT_PERSIST:-0}" \
 			RSR_FAILMALLOC_REPORT="$rep" "$RSR" "$@" >"$T/out" 2>"$T/err"
 		rc=$?
 		set -e
@@ -125,7 +126,7 @@ fault_alloc_walk() {
 			set +e
 			LSAN_OPTIONS=suppressions=$RSR_SRCDIR/tests/fault/lsan-openssl.supp \
 				ASAN_OPTIONS=fast_unwind_on_malloc=0 fault_asan_env timeout -k 5 "$FAULT_TIMEOUT" \
-				env LD_PRELOAD="$RSR_FAILMALLOC_SO" RSR_FAILMALLOC=$n RSR_FAILMALLOC_REPORT="$rep" \
+				env LD_PRELOAD="$RSR_FAILMALLOC_SO" RSR_FAILMALLOC=$n RSR_FAILMALLOC_PERSIST="${FAULT_PERSIST:-0}" RSR_FAILMALLOC_REPORT="$rep" \
 				"$RSR" "$@" >"$T/out" 2>"$T/err"
 			rc=$?
 			set -e

@@ -38,6 +38,10 @@ fault_alloc_walk "cryptex info" nothing check_info -- cryptex info "$T/ref.cptx"
 fault_alloc_walk "cryptex info --json" nothing check_info_json -- cryptex info --json "$T/ref.cptx" "$T/prev.cptx"
 fault_alloc_walk "cryptex verify" nothing check_verify -- cryptex verify "$T/ref.cptx" --pubkey "$T/key.pub"
 
+# Memory gone for good: every allocation from the N-th on fails.
+FAULT_PERSIST=1 fault_alloc_walk "cryptex verify (persistent)" nothing check_verify -- \
+	cryptex verify "$T/ref.cptx" --pubkey "$T/key.pub"
+
 # Build into an empty directory: afterwards it holds the reproducible
 # result or nothing at all (no staging area, no temporary file).
 empty_o() { rm -rf "$T/o" && mkdir "$T/o"; }
