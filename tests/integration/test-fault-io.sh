@@ -26,6 +26,28 @@ bargs=(--name fault --version 2 --base debian-12 --key "$T/key" --timestamp 1)
 mkdir "$T/o"
 
 empty_o() { rm -rf "$T/o" && mkdir "$T/o"; }
+
+# An mkfs.erofs that loses a write without saying so (as mkfs.erofs 1.5 does
+# when writing the tail of a file fails): the build must refuse to sign it.
+cat >"$T/lossy-mkfs" <<'SH'
+#!/usr/bin/env bash
+mkfs.erofs "$@" || exit
+python3 - "${@: -2:1}" <<'PY'
+import sys
+p = sys.argv[1]
+b = bytearray(open(p, "rb").read())
+i = b.find(b"fault injection")
+assert i >= 0, "README not found in the image"
+b[i:i + 5] = b"FAULT"
+open(p, "wb").write(b)
+PY
+SH
+chmod +x "$T/lossy-mkfs"
+expect 1 cryptex build "$T/src" -o "$T/o/x.cptx" "${bargs[@]}" --mkfs "$T/lossy-mkfs"
+assert_grep "mkfs.erofs made an image that does not hold" "$T/err"
+assert_grep "/usr/share/doc/fault/README: the content differs" "$T/err"
+[ -z "$(dir_listing "$T/o")" ] || fail "a refused build left: $(dir_listing "$T/o" | tr '\n' ' ')"
+ok "an image that lost a write in mkfs.erofs is refused before it is signed"
 prev_o() { empty_o && cp "$T/prev.cptx" "$T/o/x.cptx"; }
 
 # After a failure the output is what was there before, or (when only the
