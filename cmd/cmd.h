@@ -69,5 +69,14 @@ int cmd_ungraft(struct cmd_env *env, int argc, char **argv);
 int cmd_status(struct cmd_env *env, int argc, char **argv);
 int cmd_restart_services(struct cmd_env *env, int argc, char **argv);
 int cmd_patch(struct cmd_env *env, int argc, char **argv);
+int cmd_response(struct cmd_env *env, int argc, char **argv);
+int cmd_install(struct cmd_env *env, int argc, char **argv);
+int cmd_remove(struct cmd_env *env, int argc, char **argv);
+
+/* Finishes or rolls back an interrupted install or remove under `root` (NULL: "/"). */
+int cmd_recover_first(struct cmd_env *env, const char *root);
+struct rsr_device_state;
+void cmd_print_response_state(const struct rsr_device_state *st);
+json_t *cmd_response_state_json(const struct rsr_device_state *st);
 
 #endif

@@ -9,6 +9,7 @@
 
 #include "cmd.h"
 #include "rsr/graft.h"
+#include "rsr/response.h"
 
 /*
  * These commands take no verb: the dispatcher hands them the words after
@@ -23,19 +24,21 @@
 
 static int open_root(struct cmd_env *env, const char *root, struct rsr_graft **ret)
 {
-	int r = rsr_graft_open(env->ctx, root ? root : "/", ret);
+	int r;
+
+	/* Every command first finishes or rolls back an interrupted install or remove. */
+	if (cmd_recover_first(env, root) != EXIT_OK)
+		return EXIT_FAIL;
+	r = rsr_graft_open(env->ctx, root ? root : "/", ret);
 	return r < 0 ? cmd_fail(env, r) : EXIT_OK;
 }
 
 int cmd_graft(struct cmd_env *env, int argc, char **argv)
 {
 	static const struct option opts[] = {
-		{"root", required_argument, NULL, 'r'},
-		{"add", required_argument, NULL, 'a'},
-		{"remove", required_argument, NULL, 'R'},
-		{"no-mount", no_argument, NULL, 'n'},
-		{"help", no_argument, NULL, 'h'},
-		{NULL, 0, NULL, 0},
+	    {"root", required_argument, NULL, 'r'},   {"add", required_argument, NULL, 'a'},
+	    {"remove", required_argument, NULL, 'R'}, {"no-mount", no_argument, NULL, 'n'},
+	    {"help", no_argument, NULL, 'h'},	      {NULL, 0, NULL, 0},
 	};
 	const char *root = NULL, *add[64], *remove[64];
 	size_t n_add = 0, n_remove = 0;
@@ -123,9 +126,9 @@ out:
 int cmd_ungraft(struct cmd_env *env, int argc, char **argv)
 {
 	static const struct option opts[] = {
-		{"root", required_argument, NULL, 'r'},
-		{"help", no_argument, NULL, 'h'},
-		{NULL, 0, NULL, 0},
+	    {"root", required_argument, NULL, 'r'},
+	    {"help", no_argument, NULL, 'h'},
+	    {NULL, 0, NULL, 0},
 	};
 	const char *root = NULL;
 	struct rsr_graft *g = NULL;
@@ -178,18 +181,21 @@ static json_t *report_json(const struct rsr_graft_report *rep)
 	json_t *o = json_object(), *slots = json_array(), *stale = json_array();
 
 	json_object_set_new(o, "root", json_string(rep->root));
-	json_object_set_new(o, "base", json_pack("{s:o, s:o, s:o}", "name", jstr_or_null(rep->base_name), "version",
-						 jstr_or_null(rep->base_version), "build", jstr_or_null(rep->base_build)));
+	json_object_set_new(o, "base",
+			    json_pack("{s:o, s:o, s:o}", "name", jstr_or_null(rep->base_name), "version",
+				      jstr_or_null(rep->base_version), "build", jstr_or_null(rep->base_build)));
 	json_object_set_new(o, "verity_available", json_boolean(rep->verity_available));
 	for (size_t i = 0; i < rep->n_slots; i++) {
 		const struct rsr_graft_slot_info *s = &rep->slots[i];
 		json_array_append_new(
-			slots, json_pack("{s:s, s:o, s:o, s:o, s:o, s:b, s:b, s:o, s:o, s:b, s:b, s:o}", "slot", s->slot,
-					 "version", jstr_or_null(s->version), "grafted_version",
-					 jstr_or_null(s->grafted_version), "root_hash", jstr_or_null(s->root_hash), "image",
-					 jstr_or_null(s->image), "grafted", s->grafted, "pending", s->pending, "mount",
-					 jstr_or_null(s->mount), "device", jstr_or_null(s->device), "verity", s->verity,
-					 "direct_io", s->direct_io, "covers", strv_json(s->covers, s->n_covers)));
+		    slots, json_pack("{s:s, s:o, s:o, s:o, s:o, s:b, s:b, s:o, s:o, s:b, s:b, s:o}", "slot", s->slot,
+				     "version", jstr_or_null(s->version), "grafted_version",
+				     jstr_or_null(s->grafted_version), "root_hash", jstr_or_null(s->root_hash), "image",
+				     jstr_or_null(s->image), "grafted", s->grafted, "pending", s->pending, "mount",
+				     jstr_or_null(s->mount), "device", jstr_or_null(s->device), "verity", s->verity,
+				     "direct_io", s->direct_io, "covers", strv_json(s->covers, s->n_covers)));
+		json_object_set_new(json_array_get(slots, json_array_size(slots) - 1), "removed",
+				    json_boolean(s->removed));
 	}
 	json_object_set_new(o, "slots", slots);
 	json_object_set_new(o, "grafted_paths", strv_json(rep->grafted_paths, rep->n_grafted_paths));
@@ -197,8 +203,8 @@ static json_t *report_json(const struct rsr_graft_report *rep)
 		const struct rsr_graft_stale_process *p = &rep->stale[i];
 		json_array_append_new(stale, json_pack("{s:i, s:o, s:o, s:o, s:o, s:I}", "pid", p->pid, "command",
 						       jstr_or_null(p->comm), "unit", jstr_or_null(p->unit), "file",
-						       jstr_or_null(p->file), "reason", jstr_or_null(p->reason), "files",
-						       (json_int_t)p->n_files));
+						       jstr_or_null(p->file), "reason", jstr_or_null(p->reason),
+						       "files", (json_int_t)p->n_files));
 	}
 	json_object_set_new(o, "stale_processes", stale);
 	return o;
@@ -233,11 +239,14 @@ static void print_report(const struct rsr_graft_report *rep)
 		printf("\nSlot %s\n", s->slot);
 		if (s->version)
 			printf("  Version:   %s\n", s->version);
-		if (s->grafted_version && !s->grafted)
+		if (s->grafted_version && s->removed)
+			printf("  Grafted:   %s (the slot has no current image; 'rsr graft' ungrafts it)\n",
+			       s->grafted_version);
+		else if (s->grafted_version && !s->grafted)
 			printf("  Grafted:   %s (the current image differs; run 'rsr graft')\n", s->grafted_version);
 		printf("  State:     %s\n", s->grafted ? "grafted"
-					    : s->mount    ? "grafted image is not the current one"
-							  : "installed, not grafted");
+					    : s->mount ? "grafted image is not the current one"
+						       : "installed, not grafted");
 		if (s->root_hash)
 			printf("  Root hash: %s\n", s->root_hash);
 		printf("  Covers:   ");
@@ -266,11 +275,11 @@ static int get_report(struct cmd_env *env, int argc, char **argv, const char *us
 		      struct rsr_graft_report **ret)
 {
 	static const struct option opts[] = {
-		{"root", required_argument, NULL, 'r'},
-		{"json", no_argument, NULL, 'J'},
-		{"dry-run", no_argument, NULL, 'N'},
-		{"help", no_argument, NULL, 'h'},
-		{NULL, 0, NULL, 0},
+	    {"root", required_argument, NULL, 'r'},
+	    {"json", no_argument, NULL, 'J'},
+	    {"dry-run", no_argument, NULL, 'N'},
+	    {"help", no_argument, NULL, 'h'},
+	    {NULL, 0, NULL, 0},
 	};
 	const char *root = NULL;
 	struct rsr_graft *g = NULL;
@@ -324,10 +333,23 @@ int cmd_status(struct cmd_env *env, int argc, char **argv)
 	}
 	if (r != EXIT_OK)
 		return r;
-	if (json)
-		r = cmd_print_json(report_json(rep)) != EXIT_OK ? EXIT_FAIL : EXIT_OK;
-	else
-		print_report(rep);
+	{
+		struct rsr_device *dev = NULL;
+		struct rsr_device_state *st = NULL;
+
+		if (rsr_device_open(env->ctx, rep->root, &dev) < 0 || rsr_device_get_state(env->ctx, dev, &st) < 0) {
+			r = cmd_fail(env, -1);
+		} else if (json) {
+			json_t *o = report_json(rep);
+			json_object_set_new(o, "response", cmd_response_state_json(st));
+			r = cmd_print_json(o) != EXIT_OK ? EXIT_FAIL : EXIT_OK;
+		} else {
+			cmd_print_response_state(st);
+			print_report(rep);
+		}
+		rsr_device_state_free(st);
+		rsr_device_free(dev);
+	}
 	rsr_graft_report_free(rep);
 	return r;
 }

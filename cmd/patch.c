@@ -85,7 +85,7 @@ static int patch_create(struct cmd_env *env, int argc, char **argv)
 			       "  -f, --full             a full replacement that needs no input\n"
 			       "  -j, --threads N        worker threads (default: one per CPU)\n"
 			       "  -l, --level N          zstd level 1..22 (default 19)\n"
-			       "      --chunk-size N     output bytes per chunk (default 8 MiB)\n"
+			       "      --chunk-size N     output bytes per chunk (default: automatic)\n"
 			       "      --no-deflate       do not re-encode gzip members\n");
 			return EXIT_OK;
 		default:
@@ -224,12 +224,14 @@ static int patch_info(struct cmd_env *env, int argc, char **argv)
 			hex32(rsr_patch_input_digest(p, i), h);
 		if (json) {
 			json_t *o = json_pack(
-			    "{s:I, s:I, s:{s:I, s:I}, s:{s:I, s:I}, s:{s:I, s:I}, s:{s:I, s:I}}", "compressed_bytes",
-			    (json_int_t)st.compressed_bytes, "payload_bytes", (json_int_t)st.payload_bytes, "copy",
-			    "ops", (json_int_t)st.copy_ops, "bytes", (json_int_t)st.copy_bytes, "add", "ops",
-			    (json_int_t)st.add_ops, "bytes", (json_int_t)st.add_bytes, "literal", "ops",
-			    (json_int_t)st.literal_ops, "bytes", (json_int_t)st.literal_bytes, "deflate", "ops",
-			    (json_int_t)st.deflate_ops, "bytes", (json_int_t)st.deflate_bytes);
+			    "{s:I, s:I, s:{s:I, s:I}, s:{s:I, s:I}, s:{s:I, s:I}, s:{s:I, s:I}, s:{s:I, s:I}}",
+			    "compressed_bytes", (json_int_t)st.compressed_bytes, "payload_bytes",
+			    (json_int_t)st.payload_bytes, "copy", "ops", (json_int_t)st.copy_ops, "bytes",
+			    (json_int_t)st.copy_bytes, "add", "ops", (json_int_t)st.add_ops, "bytes",
+			    (json_int_t)st.add_bytes, "literal", "ops", (json_int_t)st.literal_ops, "bytes",
+			    (json_int_t)st.literal_bytes, "deflate", "ops", (json_int_t)st.deflate_ops, "bytes",
+			    (json_int_t)st.deflate_bytes, "hash", "ops", (json_int_t)st.hash_ops, "bytes",
+			    (json_int_t)st.hash_bytes);
 			if (o && rsr_patch_input_count(p)) {
 				json_object_set_new(o, "sha256", json_string(h));
 				json_object_set_new(o, "size", json_integer((json_int_t)rsr_patch_input_size(p, i)));
@@ -251,6 +253,8 @@ static int patch_info(struct cmd_env *env, int argc, char **argv)
 			       (unsigned long long)st.literal_bytes);
 			printf("  deflate  %10llu ops %14llu bytes\n", (unsigned long long)st.deflate_ops,
 			       (unsigned long long)st.deflate_bytes);
+			printf("  hash     %10llu ops %14llu bytes\n", (unsigned long long)st.hash_ops,
+			       (unsigned long long)st.hash_bytes);
 		}
 	}
 	rsr_patch_free(p);

@@ -24,6 +24,9 @@ static const struct group groups[] = {
 	{"status", cmd_status, "base, grafted cryptexes, processes running old code"},
 	{"restart-services", cmd_restart_services, "restart services that run superseded code"},
 	{"patch", cmd_patch, "make, apply and inspect image patches"},
+	{"response", cmd_response, "make and inspect signed security responses"},
+	{"install", cmd_install, "install a response on the device (no verb)"},
+	{"remove", cmd_remove, "remove the installed response, back to the base (no verb)"},
 	{NULL, NULL, NULL},
 };
 

@@ -77,26 +77,27 @@ int rsr_graft_deactivate(struct rsr_ctx *ctx, struct rsr_graft *g);
 
 struct rsr_graft_slot_info {
 	char *slot;
-	char *version;         /* of the installed current image; NULL if none or unreadable */
+	char *version;	       /* of the installed current image; NULL if none or unreadable */
 	char *grafted_version; /* of the grafted image; NULL if none */
 	char *root_hash;       /* hex, of the current image (else of the grafted one) */
-	char *image;           /* the current .cptx file, absolute */
-	char *mount;           /* where the grafted image is mounted, absolute; NULL if not grafted */
-	char *device;          /* /dev/loopN or /dev/dm-N; NULL if not grafted */
-	bool grafted;          /* the current image is the grafted one */
-	bool pending;          /* the next graft changes this slot */
-	bool verity;     /* mounted through dm-verity */
-	bool direct_io;  /* the loop device does direct I/O */
-	char **covers;   /* covered top-level directories */
+	char *image;	       /* the current .cptx file, absolute (of a removed slot: the grafted one) */
+	char *mount;	       /* where the grafted image is mounted, absolute; NULL if not grafted */
+	char *device;	       /* /dev/loopN or /dev/dm-N; NULL if not grafted */
+	bool grafted;	       /* the current image is the grafted one */
+	bool pending;	       /* the next graft changes this slot */
+	bool removed;	       /* grafted, but the slot has no current image any more */
+	bool verity;	       /* mounted through dm-verity */
+	bool direct_io;	       /* the loop device does direct I/O */
+	char **covers;	       /* covered top-level directories */
 	size_t n_covers;
 };
 
 struct rsr_graft_stale_process {
 	int pid;
-	char *comm;   /* from /proc/PID/comm */
-	char *unit;   /* systemd unit from /proc/PID/cgroup, or NULL */
-	char *file;   /* one superseded file it runs or maps */
-	char *reason; /* e.g. "superseded: os 1.0 (swapped out)" or "base file shadowed by slot os" */
+	char *comm;	/* from /proc/PID/comm */
+	char *unit;	/* systemd unit from /proc/PID/cgroup, or NULL */
+	char *file;	/* one superseded file it runs or maps */
+	char *reason;	/* e.g. "superseded: os 1.0 (swapped out)" or "base file shadowed by slot os" */
 	size_t n_files; /* how many superseded files it maps */
 };
 

@@ -22,11 +22,15 @@ extern "C" {
 
 struct rsr_patch_create_opts {
 	unsigned level;	     /* zstd level 1..22; 0: 19 */
-	uint32_t chunk_size; /* nominal output bytes per chunk; 0: 8 MiB */
+	uint32_t chunk_size; /* nominal output bytes per chunk, 4 KiB..32 MiB; 0: automatic (see below) */
 	bool no_deflate;     /* do not re-encode embedded deflate (gzip) streams */
 };
 
 /*
+ * Automatic chunk size: images up to 8 MiB are one chunk; larger ones are
+ * cut in quarters of at most 8 MiB. It depends only on the new image, so
+ * the same inputs always give the same patch, whatever the thread count.
+ *
  * Writes a patch from each of `olds` (n_olds of them; 0 makes a full
  * replacement) to `new_path` into `patch_path` (temp, fsync, rename). If
  * `reverse_path` is not NULL (and n_olds is 1) also writes the patch from
@@ -81,6 +85,7 @@ struct rsr_patch_stats {
 	uint64_t add_ops, add_bytes;
 	uint64_t literal_ops, literal_bytes;
 	uint64_t deflate_ops, deflate_bytes; /* re-encoded deflate streams, output bytes */
+	uint64_t hash_ops, hash_bytes;	     /* SHA-256 hashes of output blocks (hash trees) */
 };
 
 /*

@@ -20,7 +20,8 @@
 struct rsr_graft {
 	char *root;   /* absolute, no trailing slash except for "/" itself */
 	char *prefix; /* root with a trailing '/', to join relative paths */
-	int rootfd;
+	int rootfd;   /* also the lock: flock() while changing the root */
+	bool locked;
 	struct rsr_keyring *keys;
 };
 
@@ -37,6 +38,14 @@ struct image_mount {
 
 /* True if the kernel has device-mapper (and so may have dm-verity). */
 bool graft_verity_available(void);
+
+/*
+ * The dm-verity table line for an image and its hash tree on one device
+ * (data blocks from 0, the tree from hash_start_block; 4 KiB blocks, SHA-256,
+ * format 1; salt "-" when empty). Returns what snprintf() returns.
+ */
+int graft_verity_table(char *buf, size_t size, dev_t dev, uint64_t data_blocks, uint64_t hash_start_block,
+		       const char *root_hex, const char *salt_hex);
 
 /*
  * Attaches the EROFS image of cx (opened at file_fd) read-only and mounts it

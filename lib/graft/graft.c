@@ -10,6 +10,7 @@
 #include <linux/openat2.h>
 #include <stdio.h>
 #include <sys/stat.h>
+#include <sys/file.h>
 #include <sys/mount.h>
 #include <sys/statfs.h>
 #include <sys/sysmacros.h>
@@ -95,6 +96,27 @@ const char *rsr_graft_root(const struct rsr_graft *g)
 	return g->root;
 }
 
+/*
+ * Serialises the commands that change a root: an advisory lock on the root
+ * directory itself, so that taking it creates nothing. Held until the
+ * handle is freed.
+ */
+static int graft_lock(struct rsr_ctx *ctx, struct rsr_graft *g)
+{
+	if (g->locked)
+		return 0;
+	if (flock(g->rootfd, LOCK_EX | LOCK_NB) < 0) {
+		if (errno != EWOULDBLOCK)
+			return rsr_error_errno(ctx, -errno, "%s: cannot lock", g->root);
+		rsr_info(ctx, "waiting for another rsr working on %s", g->root);
+		while (flock(g->rootfd, LOCK_EX) < 0)
+			if (errno != EINTR)
+				return rsr_error_errno(ctx, -errno, "%s: cannot lock", g->root);
+	}
+	g->locked = true;
+	return 0;
+}
+
 /* mkdir -p of a path relative to the root. */
 static int mkdir_rel(struct rsr_ctx *ctx, const struct rsr_graft *g, const char *rel, mode_t mode)
 {
@@ -154,14 +176,14 @@ static bool top_is_graft(const char *path, dev_t *ret_dev)
 /* Every top-level directory of the root that has an rsr overlay on top. */
 static int grafted_dirs(struct rsr_ctx *ctx, const struct rsr_graft *g, char ***ret, size_t *ret_n)
 {
-	_cleanup_close_ int fd = dup(g->rootfd);
+	_cleanup_close_ int fd = openat(g->rootfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	DIR *d;
 	struct dirent *de;
 	char **v = NULL;
 	size_t n = 0;
 	int r = 0;
 
-	if (fd < 0 || lseek(fd, 0, SEEK_SET) < 0 || !(d = fdopendir(fd)))
+	if (fd < 0 || !(d = fdopendir(fd)))
 		return rsr_error_errno(ctx, -errno, "%s", g->root);
 	fd = -1;
 	while ((de = readdir(d))) {
@@ -296,7 +318,8 @@ static void state_reconcile(const struct rsr_graft *g, json_t *st)
 		json_t *e = json_array_get(paths, i);
 		_cleanup_free_ char *p = graft_path(g, jstr(e, "path"));
 		dev_t want, have;
-		if (p && graft_parse_dev(jstr(e, "dev"), &want) && top_is_graft(p, &have) && have == want) {
+		if (p && graft_cover_name_valid(jstr(e, "path")) && graft_parse_dev(jstr(e, "dev"), &want) &&
+		    top_is_graft(p, &have) && have == want) {
 			i++;
 			any = true;
 		} else {
@@ -307,13 +330,14 @@ static void state_reconcile(const struct rsr_graft *g, json_t *st)
 		json_object_del(st, "base");
 }
 
-static void state_retire(json_t *st, dev_t dev, const char *what, const char *dir)
+static void state_retire(json_t *st, dev_t dev, const char *what, const char *dir, bool overlay)
 {
 	json_t *ret = json_object_get(st, "retired");
 	char d[32];
 
 	graft_format_dev(dev, d);
-	json_array_append_new(ret, json_pack("{s:s, s:s, s:s}", "dev", d, "what", what, "dir", dir));
+	json_array_append_new(
+	    ret, json_pack("{s:s, s:s, s:s, s:b}", "dev", d, "what", what, "dir", dir, "overlay", overlay));
 	while (json_array_size(ret) > RETIRED_MAX)
 		json_array_remove(ret, 0);
 }
@@ -333,7 +357,8 @@ static char *describe_graft(json_t *st, const char *dir, const char *how)
 			size_t l = strlen(buf);
 			if (!json_is_string(c) || strcmp(json_string_value(c), dir))
 				continue;
-			snprintf(buf + l, sizeof(buf) - l, "%s%s %s", l ? ", " : "", jstr(e, "slot"), jstr(e, "version"));
+			snprintf(buf + l, sizeof(buf) - l, "%s%s %s", l ? ", " : "", jstr(e, "slot"),
+				 jstr(e, "version"));
 		}
 	}
 	if (asprintf(&s, "the graft of /%s (%s%s%s)", dir, buf, buf[0] ? ", " : "", how) < 0)
@@ -444,16 +469,25 @@ static json_t *base_json(const struct base_id *b)
 
 /* ---- verification of one image against this device ---- */
 
-/* Messages about "/proc/self/fd/N" name the file instead. */
-static int name_file(struct rsr_ctx *ctx, int r, const char *fdpath, const char *path)
+/*
+ * Rewrites the message of a cryptex call made through "/proc/self/fd/N" as
+ * "<path>: <how>: <message><suffix>", naming the file instead.
+ */
+static int name_file(struct rsr_ctx *ctx, int r, const char *fdpath, const char *path, const char *how,
+		     const char *suffix)
 {
-	char buf[RSR_ERRMSG_MAX];
-	char *hit = strstr(ctx->errmsg, fdpath);
+	char msg[RSR_ERRMSG_MAX];
+	const char *m = rsr_ctx_error(ctx);
+	size_t fl = strlen(fdpath);
+	const char *hit;
 
-	if (!hit)
-		return rsr_error_prefix(ctx, r, "%s", path);
-	snprintf(buf, sizeof(buf), "%.*s%s%s", (int)(hit - ctx->errmsg), ctx->errmsg, path, hit + strlen(fdpath));
-	return rsr_error(ctx, r, "%s", buf);
+	if (!strncmp(m, fdpath, fl) && !strncmp(m + fl, ": ", 2))
+		snprintf(msg, sizeof(msg), "%s", m + fl + 2);
+	else if ((hit = strstr(m, fdpath)))
+		snprintf(msg, sizeof(msg), "%.*s%s%s", (int)(hit - m), m, path, hit + fl);
+	else
+		snprintf(msg, sizeof(msg), "%s", m);
+	return rsr_error(ctx, r, "%s: %s%s%s%s", path, how ? how : "", how ? ": " : "", msg, suffix ? suffix : "");
 }
 
 /*
@@ -475,7 +509,7 @@ static int check_image(struct rsr_ctx *ctx, struct rsr_graft *g, const char *pat
 	snprintf(fdpath, sizeof(fdpath), "/proc/self/fd/%d", fd);
 	r = rsr_cryptex_open(ctx, fdpath, &cx);
 	if (r < 0)
-		return name_file(ctx, r, fdpath, path);
+		return name_file(ctx, r, fdpath, path, NULL, NULL);
 	const char *name = rsr_cryptex_name(cx);
 	if (!graft_slot_name_valid(name)) {
 		r = rsr_error(ctx, RSR_E_FORMAT, "%s: slot name '%s' is not valid", path, name);
@@ -488,8 +522,9 @@ static int check_image(struct rsr_ctx *ctx, struct rsr_graft *g, const char *pat
 	}
 	r = rsr_cryptex_verify_signature(ctx, cx, g->keys);
 	if (r < 0) {
-		name_file(ctx, r, fdpath, path);
-		r = rsr_error_prefix(ctx, r, "refused (trusted keys: %s%s)", g->prefix, RSR_GRAFT_KEYS_DIR);
+		char keys[PATH_MAX + 32];
+		snprintf(keys, sizeof(keys), " (trusted keys: %s%s)", g->prefix, RSR_GRAFT_KEYS_DIR);
+		r = name_file(ctx, r, fdpath, path, "refused", keys);
 		goto fail;
 	}
 	if (!base->build) {
@@ -503,7 +538,8 @@ static int check_image(struct rsr_ctx *ctx, struct rsr_graft *g, const char *pat
 		char allowed[512] = "";
 		for (size_t i = 0; i < rsr_cryptex_base_build_count(cx); i++) {
 			size_t l = strlen(allowed);
-			snprintf(allowed + l, sizeof(allowed) - l, "%s'%s'", i ? ", " : "", rsr_cryptex_base_build(cx, i));
+			snprintf(allowed + l, sizeof(allowed) - l, "%s'%s'", i ? ", " : "",
+				 rsr_cryptex_base_build(cx, i));
 		}
 		r = rsr_error(ctx, RSR_E_MISMATCH, "%s: refused: made for base build %s, this base is '%s'", path,
 			      allowed, base->build);
@@ -517,15 +553,15 @@ static int check_image(struct rsr_ctx *ctx, struct rsr_graft *g, const char *pat
 			goto fail;
 		}
 		if (fstatat(g->rootfd, p, &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISDIR(st.st_mode)) {
-			r = rsr_error(ctx, RSR_E_MISMATCH, "%s: refused: covers /%s, which is not a directory of the base %s",
-				      path, p, g->root);
+			r = rsr_error(ctx, RSR_E_MISMATCH,
+				      "%s: refused: covers /%s, which is not a directory of the base %s", path, p,
+				      g->root);
 			goto fail;
 		}
 	}
 	r = rsr_cryptex_verify_blocks(ctx, cx);
 	if (r < 0) {
-		name_file(ctx, r, fdpath, path);
-		r = rsr_error_prefix(ctx, r, "refused");
+		r = name_file(ctx, r, fdpath, path, "refused", NULL);
 		goto fail;
 	}
 	*ret_fd = TAKE_FD(fd);
@@ -581,6 +617,9 @@ int rsr_graft_install(struct rsr_ctx *ctx, struct rsr_graft *g, const char *path
 	DIR *d;
 	int r;
 
+	r = graft_lock(ctx, g);
+	if (r < 0)
+		return r;
 	r = state_load(ctx, g, &st);
 	if (r < 0)
 		return r;
@@ -631,13 +670,13 @@ int rsr_graft_install(struct rsr_ctx *ctx, struct rsr_graft *g, const char *path
 		const char *img = jstr(e, "image"), *b = strrchr(img, '/');
 		grafted = strdup(b ? b + 1 : img);
 	}
-	int dfd = dup(dirfd);
+	int dfd = openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (dfd >= 0 && (d = fdopendir(dfd))) {
 		struct dirent *de;
 		while ((de = readdir(d))) {
 			size_t l = strlen(de->d_name);
-			if (de->d_name[0] == '.' || l < 6 || strcmp(de->d_name + l - 5, ".cptx") || !strcmp(de->d_name, name) ||
-			    (grafted && !strcmp(de->d_name, grafted)))
+			if (de->d_name[0] == '.' || l < 6 || strcmp(de->d_name + l - 5, ".cptx") ||
+			    !strcmp(de->d_name, name) || (grafted && !strcmp(de->d_name, grafted)))
 				continue;
 			if (unlinkat(dirfd, de->d_name, 0) == 0)
 				rsr_debug(ctx, "removed superseded image %s/%s", slot, de->d_name);
@@ -665,6 +704,9 @@ int rsr_graft_uninstall(struct rsr_ctx *ctx, struct rsr_graft *g, const char *sl
 
 	if (!graft_slot_name_valid(slot))
 		return rsr_error(ctx, -EINVAL, "'%s' is not a valid slot name", slot);
+	r = graft_lock(ctx, g);
+	if (r < 0)
+		return r;
 	r = slot_dir_open(ctx, g, slot, false, &dirfd);
 	if (r == -ENOENT || (r >= 0 && unlinkat(dirfd, "current", 0) < 0 && errno == ENOENT))
 		return rsr_error(ctx, -ENOENT, "slot '%s' has no current image in %s%s", slot, g->prefix,
@@ -684,9 +726,9 @@ struct plan {
 	char *mount; /* absolute */
 	struct rsr_cryptex *cx;
 	int fd;
-	json_t *old;     /* live state entry of the slot, borrowed */
-	bool reuse;      /* the grafted image is the current one: keep its mount */
-	bool mounted;    /* mounted by this call */
+	json_t *old;  /* live state entry of the slot, borrowed */
+	bool reuse;   /* the grafted image is the current one: keep its mount */
+	bool mounted; /* mounted by this call */
 	struct image_mount im;
 	char **covers;
 	size_t n_covers;
@@ -883,8 +925,8 @@ static int switch_dir(struct rsr_ctx *ctx, const struct rsr_graft *g, const char
 		if (r < 0)
 			return r;
 	} else if (!graft_is_mount_point(base)) {
-		return rsr_error(ctx, RSR_E_STATE, "%s is grafted but its base bind %s is gone; run 'rsr ungraft' first",
-				 target, base);
+		return rsr_error(ctx, RSR_E_STATE,
+				 "%s is grafted but its base bind %s is gone; run 'rsr ungraft' first", target, base);
 	}
 	lv = calloc(json_array_size(layers), sizeof(*lv));
 	if (!lv)
@@ -924,8 +966,42 @@ static json_t *slot_entry(const struct plan *p)
 		json_array_append_new(covers, json_string(p->covers[i]));
 	graft_format_dev(p->im.dev, d);
 	return json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:b, s:b, s:o}", "slot", p->slot, "version", p->version,
-			 "root_hash", p->root_hash, "image", p->image, "mount", p->mount, "device", p->im.device, "dev", d,
-			 "verity", p->im.verity, "direct_io", p->im.direct_io, "covers", covers);
+			 "root_hash", p->root_hash, "image", p->image, "mount", p->mount, "device", p->im.device, "dev",
+			 d, "verity", p->im.verity, "direct_io", p->im.direct_io, "covers", covers);
+}
+
+/*
+ * After a failed switch: puts back the directories already switched (their
+ * old images are still mounted), keeps the state in step, and keeps the
+ * original failure message.
+ */
+static void rollback_dirs(struct rsr_ctx *ctx, const struct rsr_graft *g, json_t *st, char **dirs, const bool *changed,
+			  json_t **old_layers, size_t n_done, int r)
+{
+	char msg[RSR_ERRMSG_MAX];
+
+	snprintf(msg, sizeof(msg), "%s", rsr_ctx_error(ctx));
+	for (size_t k = 0; k < n_done; k++) {
+		_cleanup_free_ char *t = graft_path(g, dirs[k]);
+		json_t *pe = state_find(json_object_get(st, "paths"), "path", dirs[k]);
+		dev_t went = 0, back = 0;
+		char d[32];
+		if (!changed[k])
+			continue;
+		if (!old_layers[k] || switch_dir(ctx, g, dirs[k], old_layers[k], &went, &back) < 0) {
+			rsr_warn(ctx, "%s%s: could not restore the previous graft", g->prefix, dirs[k]);
+			continue;
+		}
+		/* Files opened through the short-lived new stack belong to images that are going. */
+		if (went)
+			state_retire(st, went, "a graft rolled back after a failure", t ? t : "", true);
+		graft_format_dev(back, d);
+		if (pe && back)
+			json_object_set_new(pe, "dev", json_string(d));
+	}
+	if (n_done > 0)
+		(void)state_save(ctx, g, st);
+	rsr_error(ctx, r, "%s", msg);
 }
 
 int rsr_graft_activate(struct rsr_ctx *ctx, struct rsr_graft *g)
@@ -938,6 +1014,9 @@ int rsr_graft_activate(struct rsr_ctx *ctx, struct rsr_graft *g)
 	bool *changed = NULL;
 	int r, count = 0;
 
+	r = graft_lock(ctx, g);
+	if (r < 0)
+		return r;
 	r = state_load(ctx, g, &st);
 	if (r < 0)
 		return r;
@@ -1051,7 +1130,7 @@ int rsr_graft_activate(struct rsr_ctx *ctx, struct rsr_graft *g)
 	if (!json_is_object(json_object_get(st, "base")))
 		json_object_set_new(st, "base", base_json(&base));
 	for (size_t k = 0; k < n_dirs; k++) {
-		dev_t old_dev, new_dev;
+		dev_t old_dev = 0, new_dev = 0;
 		if (!changed[k])
 			continue;
 		r = switch_dir(ctx, g, dirs[k], new_layers[k], &old_dev, &new_dev);
@@ -1060,9 +1139,10 @@ int rsr_graft_activate(struct rsr_ctx *ctx, struct rsr_graft *g)
 		n_done = k + 1;
 		count++;
 		if (old_dev) {
-			_cleanup_free_ char *t = graft_path(g, dirs[k]), *what = describe_graft(st, dirs[k], "swapped out");
+			_cleanup_free_ char *t = graft_path(g, dirs[k]),
+					    *what = describe_graft(st, dirs[k], "swapped out");
 			if (what)
-				state_retire(st, old_dev, what, t ? t : "");
+				state_retire(st, old_dev, what, t ? t : "", true);
 		}
 		rsr_info(ctx, "%s%s: %s", g->prefix, dirs[k],
 			 json_array_size(new_layers[k]) ? (old_dev ? "graft swapped" : "grafted") : "back to base");
@@ -1088,7 +1168,7 @@ int rsr_graft_activate(struct rsr_ctx *ctx, struct rsr_graft *g)
 		dev_t d;
 		if (graft_parse_dev(jstr(e, "dev"), &d) &&
 		    asprintf(&what, "image %s %s (swapped out)", jstr(e, "slot"), jstr(e, "version")) > 0)
-			state_retire(st, d, what, jstr(e, "mount"));
+			state_retire(st, d, what, jstr(e, "mount"), false);
 		detach_all(jstr(e, "mount"));
 		rmdir(jstr(e, "mount"));
 	}
@@ -1114,14 +1194,7 @@ int rsr_graft_activate(struct rsr_ctx *ctx, struct rsr_graft *g)
 	goto out;
 
 rollback:
-	/* Put back the directories already switched; their old images are still mounted. */
-	for (size_t k = 0; k < n_done; k++) {
-		dev_t a, b;
-		if (!changed[k])
-			continue;
-		if (!old_layers[k] || switch_dir(ctx, g, dirs[k], old_layers[k], &a, &b) < 0)
-			rsr_warn(ctx, "%s%s: could not restore the previous graft", g->prefix, dirs[k]);
-	}
+	rollback_dirs(ctx, g, st, dirs, changed, old_layers, n_done, r);
 undo:
 	for (size_t i = 0; i < n; i++)
 		if (p[i].mounted) {
@@ -1160,7 +1233,7 @@ static void detach_under(const struct rsr_graft *g, json_t *st, const char *sub,
 		if (de->d_name[0] == '.' || asprintf(&p, "%s/%s", dir, de->d_name) < 0)
 			continue;
 		if (what && graft_is_mount_point(p) && stat(p, &sb) == 0)
-			state_retire(st, sb.st_dev, what, p);
+			state_retire(st, sb.st_dev, what, p, false);
 		detach_all(p);
 		rmdir(p);
 	}
@@ -1175,6 +1248,9 @@ int rsr_graft_deactivate(struct rsr_ctx *ctx, struct rsr_graft *g)
 	size_t idx;
 	int r, count = 0;
 
+	r = graft_lock(ctx, g);
+	if (r < 0)
+		return r;
 	r = state_load(ctx, g, &st);
 	if (r < 0)
 		return r;
@@ -1194,7 +1270,7 @@ int rsr_graft_deactivate(struct rsr_ctx *ctx, struct rsr_graft *g)
 			r = graft_detach(ctx, t);
 			if (r < 0)
 				goto out;
-			state_retire(st, dev, what ? what : "an ungrafted overlay", t);
+			state_retire(st, dev, what ? what : "an ungrafted overlay", t, true);
 		}
 		count++;
 		rsr_info(ctx, "%s: back to base", t);
@@ -1205,7 +1281,7 @@ int rsr_graft_deactivate(struct rsr_ctx *ctx, struct rsr_graft *g)
 		dev_t d;
 		if (graft_parse_dev(jstr(e, "dev"), &d) &&
 		    asprintf(&what, "image %s %s (ungrafted)", jstr(e, "slot"), jstr(e, "version")) > 0)
-			state_retire(st, d, what, jstr(e, "mount"));
+			state_retire(st, d, what, jstr(e, "mount"), false);
 		detach_all(jstr(e, "mount"));
 		rmdir(jstr(e, "mount"));
 	}
@@ -1316,9 +1392,11 @@ int rsr_graft_status(struct rsr_ctx *ctx, struct rsr_graft *g, struct rsr_graft_
 		s->verity = json_is_true(json_object_get(e, "verity"));
 		s->direct_io = json_is_true(json_object_get(e, "direct_io"));
 		s->pending = true; /* the next graft removes it */
+		s->removed = true;
 		s->covers = calloc(json_array_size(c) + 1, sizeof(char *));
 		for (size_t j = 0; s->covers && j < json_array_size(c); j++)
-			s->covers[s->n_covers++] = strdup(json_string_value(json_array_get(c, j)) ? json_string_value(json_array_get(c, j)) : "");
+			s->covers[s->n_covers++] = strdup(
+			    json_string_value(json_array_get(c, j)) ? json_string_value(json_array_get(c, j)) : "");
 	}
 	{
 		char **dirs = NULL;

@@ -130,6 +130,14 @@ static void dm_remove(int ctl, const char *name, bool deferred)
 	(void)ioctl(ctl, DM_DEV_REMOVE, &b.io);
 }
 
+int graft_verity_table(char *buf, size_t size, dev_t dev, uint64_t data_blocks, uint64_t hash_start_block,
+		       const char *root_hex, const char *salt_hex)
+{
+	return snprintf(buf, size, "1 %u:%u %u:%u %d %d %llu %llu sha256 %s %s", major(dev), minor(dev), major(dev),
+			minor(dev), RSR_CRYPTEX_BLOCK_SIZE, RSR_CRYPTEX_BLOCK_SIZE, (unsigned long long)data_blocks,
+			(unsigned long long)hash_start_block, root_hex, salt_hex && *salt_hex ? salt_hex : "-");
+}
+
 /*
  * Creates a read-only dm-verity device over the loop device `loop` that
  * holds the image followed (at hash_start_block) by its hash tree.
@@ -158,10 +166,8 @@ static int verity_create(struct rsr_ctx *ctx, struct rsr_cryptex *cx, const char
 	spec->sector_start = 0;
 	spec->length = blocks * (RSR_CRYPTEX_BLOCK_SIZE / 512);
 	snprintf(spec->target_type, sizeof(spec->target_type), "verity");
-	n = snprintf((char *)(spec + 1), sizeof(b.data) - sizeof(*spec),
-		     "1 %u:%u %u:%u %d %d %llu %llu sha256 %s %s", major(loop), minor(loop), major(loop), minor(loop),
-		     RSR_CRYPTEX_BLOCK_SIZE, RSR_CRYPTEX_BLOCK_SIZE, (unsigned long long)blocks,
-		     (unsigned long long)hash_start_block, rsr_cryptex_root_hash_hex(cx), salt && *salt ? salt : "-");
+	n = graft_verity_table((char *)(spec + 1), sizeof(b.data) - sizeof(*spec), loop, blocks, hash_start_block,
+			       rsr_cryptex_root_hash_hex(cx), salt);
 	if (n < 0 || (size_t)n >= sizeof(b.data) - sizeof(*spec)) {
 		dm_remove(ctl, name, false);
 		return rsr_error(ctx, RSR_E_LIMIT, "dm-verity table for %s too long", name);
@@ -294,6 +300,7 @@ int graft_attach(struct rsr_ctx *ctx, int mnt_fd, const char *target, bool repla
 		if (move_mount(mnt_fd, "", AT_FDCWD, target, MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_BENEATH) == 0) {
 			/* Both stacks are there; lookups see the old one until it goes. */
 			if (umount2(target, MNT_DETACH | UMOUNT_NOFOLLOW) < 0)
+				/* The old stack still serves; the new one stays hidden beneath it until ungraft. */
 				return rsr_error_errno(ctx, -errno, "%s: cannot detach the previous graft", target);
 			return 0;
 		}
@@ -380,7 +387,8 @@ int graft_live_mount_devs(struct dev_set *ret)
 		return -errno;
 	while (getline(&line, &cap, f) > 0) {
 		unsigned id, parent, ma, mi;
-		if (sscanf(line, "%u %u %u:%u", &id, &parent, &ma, &mi) == 4 && (r = dev_set_add(&s, makedev(ma, mi))) < 0)
+		if (sscanf(line, "%u %u %u:%u", &id, &parent, &ma, &mi) == 4 &&
+		    (r = dev_set_add(&s, makedev(ma, mi))) < 0)
 			break;
 	}
 	free(line);

@@ -18,11 +18,12 @@ struct retired_dev {
 	dev_t dev;
 	const char *what; /* borrowed from the state */
 	const char *dir;  /* where it was mounted: prefix for paths the kernel shows relative to it */
+	bool overlay;	  /* an overlay (else an image) */
 };
 
 struct grafted_dir {
-	char *prefix; /* "<root>/usr/" */
-	dev_t dev;    /* the overlay */
+	char *prefix;	/* "<root>/usr/" */
+	dev_t dev;	/* the overlay */
 	json_t *layers; /* borrowed: image layer directories, base last */
 };
 
@@ -35,19 +36,72 @@ struct scan {
 	struct dev_set images; /* devices of grafted images: current, not stale */
 };
 
-/* Why a mapped file is old code, or NULL if it is not; the caller frees. */
-static char *classify(const struct scan *sc, dev_t dev, const char *path, char **ret_display)
+static bool is_retired(const struct scan *sc, dev_t dev)
+{
+	for (size_t i = 0; i < sc->n_retired; i++)
+		if (sc->retired[i].dev == dev)
+			return true;
+	return false;
+}
+
+/* The same file: an unchanged base file seen through an old and a new overlay. */
+static bool same_file(const struct stat *a, const struct stat *b)
+{
+	return a->st_size == b->st_size && a->st_mode == b->st_mode && a->st_mtim.tv_sec == b->st_mtim.tv_sec &&
+	       a->st_mtim.tv_nsec == b->st_mtim.tv_nsec && a->st_ctim.tv_sec == b->st_ctim.tv_sec &&
+	       a->st_ctim.tv_nsec == b->st_ctim.tv_nsec;
+}
+
+/* True if a current image layer of a grafted directory has `rel` (a file or a whiteout). */
+static bool shadowed_now(const struct grafted_dir *d, const char *rel)
+{
+	size_t nl = json_array_size(d->layers);
+
+	for (size_t j = 0; j + 1 < nl; j++) {
+		_cleanup_free_ char *cand = NULL;
+		struct stat sb;
+		if (asprintf(&cand, "%s/%s", json_string_value(json_array_get(d->layers, j)), rel) < 0)
+			continue;
+		if (lstat(cand, &sb) == 0)
+			return true;
+	}
+	return false;
+}
+
+/*
+ * Why a mapped file is old code, or NULL if it is not; the caller frees.
+ * `mapped` is the file's stat through the process (NULL if unknown).
+ */
+static char *classify(const struct scan *sc, dev_t dev, const char *path, const struct stat *mapped, char **ret_display)
 {
 	char *reason = NULL;
 
 	*ret_display = NULL;
 	for (size_t i = 0; i < sc->n_retired; i++) {
-		if (sc->retired[i].dev != dev)
+		const struct retired_dev *rd = &sc->retired[i];
+		if (rd->dev != dev)
 			continue;
+		if (rd->overlay && mapped) {
+			/*
+			 * A base file the old overlay merely passed through is
+			 * the same file today, unless an image shadows it now.
+			 */
+			_cleanup_free_ char *now = NULL;
+			struct stat sb;
+			bool shadowed = false;
+			for (size_t k = 0; k < sc->n_dirs; k++) {
+				size_t pl = strlen(sc->dirs[k].prefix);
+				if (pl > 0 && !strncmp(sc->dirs[k].prefix, rd->dir, pl - 1) && rd->dir[pl - 1] == '\0')
+					shadowed |= shadowed_now(&sc->dirs[k], path[0] == '/' ? path + 1 : path);
+			}
+			if (!shadowed && asprintf(&now, "%s%s", rd->dir, path) > 0 && stat(now, &sb) == 0 &&
+			    same_file(&sb, mapped))
+				return NULL;
+		}
 		/* A detached mount shows paths from its own root. */
-		if (asprintf(ret_display, "%s%s", sc->retired[i].dir, path) < 0)
+		if (asprintf(ret_display, "%s%s", rd->dir, path) < 0)
 			*ret_display = NULL;
-		if (asprintf(&reason, "from %s", sc->retired[i].what) < 0)
+		if (asprintf(&reason, "from %s", rd->what) < 0)
 			reason = NULL;
 		return reason;
 	}
@@ -55,21 +109,15 @@ static char *classify(const struct scan *sc, dev_t dev, const char *path, char *
 		return NULL;
 	for (size_t i = 0; i < sc->n_dirs; i++) {
 		const struct grafted_dir *d = &sc->dirs[i];
-		size_t pl = strlen(d->prefix), nl = json_array_size(d->layers);
+		size_t pl = strlen(d->prefix);
 		if (d->dev == dev || strncmp(path, d->prefix, pl))
 			continue;
 		/* A base file mapped before the graft: old code if an image shadows it. */
-		for (size_t j = 0; j + 1 < nl; j++) {
-			_cleanup_free_ char *cand = NULL;
-			struct stat sb;
-			if (asprintf(&cand, "%s/%s", json_string_value(json_array_get(d->layers, j)), path + pl) < 0)
-				continue;
-			if (lstat(cand, &sb) == 0) {
-				*ret_display = strdup(path);
-				if (asprintf(&reason, "base file shadowed by the graft on %.*s", (int)(pl - 1), d->prefix) < 0)
-					reason = NULL;
-				return reason;
-			}
+		if (shadowed_now(d, path + pl)) {
+			*ret_display = strdup(path);
+			if (asprintf(&reason, "base file shadowed by the graft on %.*s", (int)(pl - 1), d->prefix) < 0)
+				reason = NULL;
+			return reason;
 		}
 	}
 	return NULL;
@@ -113,7 +161,9 @@ static int scan_pid(struct rsr_ctx *ctx, const struct scan *sc, int pid, struct 
 			exe[l] = '\0';
 			if (l > 10 && !strcmp(exe + l - 10, " (deleted)"))
 				exe[l - 10] = '\0';
-			first_reason = classify(sc, sb.st_dev, exe, &disp);
+			first_reason = classify(sc, sb.st_dev, exe, &sb, &disp);
+			if (!first_reason)
+				free(disp);
 			if (first_reason) {
 				first_file = disp ? disp : strdup(exe);
 				n_files++;
@@ -147,7 +197,15 @@ static int scan_pid(struct rsr_ctx *ctx, const struct scan *sc, int pid, struct 
 			cap_seen = nc;
 		}
 		seen[n_seen++] = (struct seen){dev, ino};
-		reason = classify(sc, dev, file, &disp);
+		struct stat ms;
+		bool have_ms = false;
+		if (is_retired(sc, dev)) {
+			/* Only then is the mapped file's own stat needed (through map_files, as root). */
+			char mf[96];
+			snprintf(mf, sizeof(mf), "/proc/%d/map_files/%.*s", pid, (int)strcspn(line, " "), line);
+			have_ms = stat(mf, &ms) == 0;
+		}
+		reason = classify(sc, dev, file, have_ms ? &ms : NULL, &disp);
 		if (!reason) {
 			free(disp);
 			continue;
@@ -233,6 +291,7 @@ int graft_scan_processes(struct rsr_ctx *ctx, const struct rsr_graft *g, json_t 
 		sc.retired[sc.n_retired].dev = dev;
 		sc.retired[sc.n_retired].what = str_or(json_object_get(e, "what"), "a retired graft");
 		sc.retired[sc.n_retired].dir = str_or(json_object_get(e, "dir"), "");
+		sc.retired[sc.n_retired].overlay = json_is_true(json_object_get(e, "overlay"));
 		sc.n_retired++;
 	}
 	json_array_foreach(paths, idx, e)
@@ -320,15 +379,17 @@ int rsr_graft_restart_services(struct rsr_ctx *ctx, const struct rsr_graft_repor
 		if (!dup)
 			argv[argc++] = (char *)u;
 	}
+	/* The same test as sd_booted(). */
+	if (rep->n_stale > 0 && access("/run/systemd/system", F_OK) < 0) {
+		free(argv);
+		return rsr_error(ctx, RSR_E_STATE,
+				 "systemd is not running (no /run/systemd/system): cannot restart the %zu process%s "
+				 "running superseded code",
+				 rep->n_stale, rep->n_stale == 1 ? "" : "es");
+	}
 	if (argc == 3) {
 		free(argv);
 		return 0;
-	}
-	/* The same test as sd_booted(). */
-	if (access("/run/systemd/system", F_OK) < 0) {
-		free(argv);
-		return rsr_error(ctx, RSR_E_STATE, "systemd is not running (no /run/systemd/system): cannot restart %zu unit%s",
-				 argc - 3, argc - 3 == 1 ? "" : "s");
 	}
 	for (size_t i = 0; i < ARRAY_SIZE(systemctl) && !prog; i++)
 		if (access(systemctl[i], X_OK) == 0)

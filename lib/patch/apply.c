@@ -4,6 +4,14 @@
  * into a temporary file while hashing the output in order, and renames the
  * result into place only when the output digest matches. Memory is bounded
  * by the threads times the chunk size, plus the mapped input.
+ *
+ * When the input's size singles out one accepted input and there are two or
+ * more threads, its digest is computed on one thread while the others
+ * already produce the output into the temporary file; the output is renamed
+ * into place only if the digest matches, and on a mismatch the temporary
+ * file is removed and the error names both digests, exactly as when the
+ * digest is checked first. Nothing but that temporary file is written
+ * before the input is known to be right.
  */
 #include <fcntl.h>
 #include <openssl/evp.h>
@@ -13,6 +21,8 @@
 #include <sys/stat.h>
 
 #include "format.h"
+
+#define HASH_STEP (4u << 20) /* input bytes hashed between progress reports */
 
 struct apply {
 	struct rsr_ctx *ctx;
@@ -26,10 +36,17 @@ struct apply {
 	uint32_t next_hash; /* chunks are hashed in order */
 	bool failed;
 	EVP_MD_CTX *md;
-	uint64_t done;
+	uint64_t done, total; /* progress: input bytes hashed here plus output bytes */
 	uint32_t fail_chunk;
 	const char *why;
 	int err;
+	/* Speculative mode: task 0 hashes the input. */
+	bool hash_input;
+	uint8_t in_sha256[32];
+	int in_err;
+	/* Per worker: the output buffer, kept across chunks (fresh pages cost page faults). */
+	uint8_t *bufs[256];
+	size_t buf_caps[256];
 };
 
 static int fail(struct apply *a, uint32_t chunk, int err, const char *why)
@@ -46,54 +63,121 @@ static int fail(struct apply *a, uint32_t chunk, int err, const char *why)
 	return err;
 }
 
-static int apply_chunk(void *arg, size_t index, unsigned worker)
+/* Adds to the progress under the lock (the callback is never called from two threads at once). */
+static int progress_add(struct apply *a, uint64_t n)
+{
+	int r;
+
+	pthread_mutex_lock(&a->lock);
+	a->done += n;
+	r = rsr_progress(a->ctx, "applying patch", a->done, a->total);
+	if (r < 0 && !a->failed) {
+		a->failed = true;
+		a->err = r;
+		a->why = "canceled";
+		pthread_cond_broadcast(&a->cond);
+	}
+	pthread_mutex_unlock(&a->lock);
+	return r;
+}
+
+static int hash_input(struct apply *a)
+{
+	EVP_MD_CTX *md = EVP_MD_CTX_new();
+	unsigned int dlen = 32;
+	int r = 0;
+
+	if (!md || EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1) {
+		a->in_err = -ENOMEM;
+		EVP_MD_CTX_free(md);
+		return 0; /* reported after the chunks, as the input's error */
+	}
+	for (uint64_t off = 0; off < a->in_size && r == 0; off += HASH_STEP) {
+		size_t n = (size_t)RSR_MIN(HASH_STEP, a->in_size - off);
+		EVP_DigestUpdate(md, a->in + off, n);
+		r = progress_add(a, n);
+	}
+	EVP_DigestFinal_ex(md, a->in_sha256, &dlen);
+	EVP_MD_CTX_free(md);
+	return r;
+}
+
+struct prior {
+	struct apply *a;
+	uint32_t chunk;
+	bool ready;
+};
+
+/* Output before the chunk: once every earlier chunk is written (they are hashed in order after writing). */
+static int read_prior(void *arg, uint64_t off, void *buf, size_t len)
+{
+	struct prior *pr = arg;
+	struct apply *a = pr->a;
+	int r;
+
+	if (!pr->ready) {
+		pthread_mutex_lock(&a->lock);
+		while (a->next_hash != pr->chunk && !a->failed)
+			pthread_cond_wait(&a->cond, &a->lock);
+		r = a->failed ? RSR_E_CANCELED : 0;
+		pthread_mutex_unlock(&a->lock);
+		if (r < 0)
+			return r;
+		pr->ready = true;
+	}
+	return rsr_pread_all(a->out_fd, buf, len, off);
+}
+
+static int apply_task(void *arg, size_t index, unsigned worker)
 {
 	struct apply *a = arg;
-	uint32_t c = (uint32_t)index;
+	uint32_t c;
 	struct patch_chunk_view v;
 	const char *why = NULL;
 	uint8_t *out;
 	int r;
 
+	if (a->hash_input) {
+		if (index == 0)
+			return hash_input(a);
+		index--;
+	}
+	c = (uint32_t)index;
 	patch_chunk_get(a->p, a->set, c, &v);
-	out = malloc(v.out_size);
-	if (!out)
-		return fail(a, c, -ENOMEM, "out of memory");
-	r = patch_run_chunk(a->p, a->set, c, a->in, a->in_size, out, NULL, &why);
-	if (r < 0) {
-		free(out);
-		return fail(a, c, r, r == RSR_E_FORMAT ? why : "out of memory");
+	if (a->buf_caps[worker] < v.out_size) {
+		free(a->bufs[worker]);
+		a->bufs[worker] = malloc(v.out_size);
+		a->buf_caps[worker] = a->bufs[worker] ? v.out_size : 0;
+		if (!a->bufs[worker])
+			return fail(a, c, -ENOMEM, "out of memory");
 	}
+	out = a->bufs[worker];
+	{
+		struct prior pr = {.a = a, .chunk = c};
+		r = patch_run_chunk(a->p, a->set, c, a->in, a->in_size, out, read_prior, &pr, NULL, &why);
+	}
+	if (r == RSR_E_CANCELED)
+		return r;
+	if (r < 0)
+		return fail(a, c, r, r == RSR_E_FORMAT ? why : r == -ENOMEM ? "out of memory" : "read back");
 	r = rsr_pwrite_all(a->out_fd, out, v.out_size, v.out_offset);
-	if (r < 0) {
-		free(out);
+	if (r < 0)
 		return fail(a, c, r, "write");
-	}
 	pthread_mutex_lock(&a->lock);
 	while (a->next_hash != c && !a->failed)
 		pthread_cond_wait(&a->cond, &a->lock);
 	if (a->failed) {
 		pthread_mutex_unlock(&a->lock);
-		free(out);
 		return RSR_E_CANCELED;
 	}
 	pthread_mutex_unlock(&a->lock);
 	/* Only the owner of next_hash gets here, so hashing needs no lock. */
 	EVP_DigestUpdate(a->md, out, v.out_size);
-	free(out);
 	pthread_mutex_lock(&a->lock);
-	a->done += v.out_size;
 	a->next_hash++;
-	r = rsr_progress(a->ctx, "applying patch", a->done, a->p->output_size);
-	if (r < 0) {
-		a->failed = true;
-		a->err = r;
-		a->why = "canceled";
-		a->fail_chunk = c;
-	}
 	pthread_cond_broadcast(&a->cond);
 	pthread_mutex_unlock(&a->lock);
-	return r;
+	return progress_add(a, v.out_size);
 }
 
 static void hex(const uint8_t *d, char out[65])
@@ -101,22 +185,14 @@ static void hex(const uint8_t *d, char out[65])
 	rsr_hex_encode(d, 32, out);
 }
 
-/* The index of the accepted input `fd` is, by size and digest. */
-static int find_input(struct rsr_ctx *ctx, const struct rsr_patch *p, const char *patch_path, const char *old_path,
-		      int fd, uint64_t size, uint32_t *ret_set)
+/* The error for an input whose size and digest match no accepted input. */
+static int mismatch(struct rsr_ctx *ctx, const struct rsr_patch *p, const char *patch_path, const char *old_path,
+		    const uint8_t d[32], uint64_t size)
 {
-	uint8_t d[32];
 	char have[65], want[65];
-	int r;
+	char list[RSR_ERRMSG_MAX / 2] = "";
+	size_t n = 0;
 
-	r = rsr_sha256_fd(ctx, fd, 0, size, "checking input", d);
-	if (r < 0)
-		return rsr_error_prefix(ctx, r, "input '%s'", old_path);
-	for (uint32_t i = 0; i < p->n_inputs; i++)
-		if (rsr_patch_input_size(p, i) == size && !memcmp(rsr_patch_input_digest(p, i), d, 32)) {
-			*ret_set = i;
-			return 0;
-		}
 	hex(d, have);
 	hex(rsr_patch_input_digest(p, 0), want);
 	if (p->n_inputs == 1)
@@ -125,18 +201,18 @@ static int find_input(struct rsr_ctx *ctx, const struct rsr_patch *p, const char
 		    "patch '%s': input '%s' has digest %s (%llu bytes), the patch accepts only %s (%llu bytes)",
 		    patch_path, old_path, have, (unsigned long long)size, want,
 		    (unsigned long long)rsr_patch_input_size(p, 0));
-	{
-		char list[RSR_ERRMSG_MAX / 2] = "";
-		size_t n = 0;
-		for (uint32_t i = 0; i < p->n_inputs && n < sizeof(list); i++) {
-			hex(rsr_patch_input_digest(p, i), want);
-			n += (size_t)snprintf(list + n, sizeof(list) - n, "%s%s", i ? ", " : "", want);
-		}
-		return rsr_error(
-		    ctx, RSR_E_MISMATCH,
-		    "patch '%s': input '%s' has digest %s, which matches none of the %u accepted inputs (%s)",
-		    patch_path, old_path, have, p->n_inputs, list);
+	for (uint32_t i = 0; i < p->n_inputs && n < sizeof(list); i++) {
+		hex(rsr_patch_input_digest(p, i), want);
+		n += (size_t)snprintf(list + n, sizeof(list) - n, "%s%s", i ? ", " : "", want);
 	}
+	return rsr_error(ctx, RSR_E_MISMATCH,
+			 "patch '%s': input '%s' has digest %s, which matches none of the %u accepted inputs (%s)",
+			 patch_path, old_path, have, p->n_inputs, list);
+}
+
+static bool input_is(const struct rsr_patch *p, uint32_t i, const uint8_t d[32], uint64_t size)
+{
+	return rsr_patch_input_size(p, i) == size && !memcmp(rsr_patch_input_digest(p, i), d, 32);
 }
 
 /* True if `path` already holds exactly the output. */
@@ -166,12 +242,17 @@ int rsr_patch_apply(struct rsr_ctx *ctx, const char *old_path, const char *patch
 	uint8_t d[32];
 	unsigned int dlen = 32;
 	char have[65], want[65];
+	unsigned threads;
+	size_t tasks;
+	bool locks = false;
 	int r;
 
 	r = rsr_patch_open(ctx, patch_path, &p);
 	if (r < 0)
 		return r;
 	a.p = p;
+	a.total = p->output_size;
+	threads = rsr_threads_for(ctx, (uint64_t)p->n_chunks + 1);
 	if (p->n_inputs == 0 && old_path) {
 		r = rsr_error(ctx, -EINVAL, "patch '%s' is a full replacement and takes no input", patch_path);
 		goto out;
@@ -183,15 +264,36 @@ int rsr_patch_apply(struct rsr_ctx *ctx, const char *old_path, const char *patch
 	}
 	if (old_path) {
 		struct stat st;
+		uint32_t by_size = 0;
+
 		in_fd = open(old_path, O_RDONLY | O_CLOEXEC);
 		if (in_fd < 0 || fstat(in_fd, &st) < 0) {
 			r = rsr_error_errno(ctx, -errno, "input '%s'", old_path);
 			goto out;
 		}
 		in_size = (uint64_t)st.st_size;
-		r = find_input(ctx, p, patch_path, old_path, in_fd, in_size, &a.set);
-		if (r < 0)
-			goto out;
+		for (uint32_t i = 0; i < p->n_inputs; i++)
+			if (rsr_patch_input_size(p, i) == in_size) {
+				a.set = i;
+				by_size++;
+			}
+		if (by_size == 1 && threads > 1 && in_size >= HASH_STEP) {
+			/* Speculative: the size singles out the input; its digest is checked in parallel. */
+			a.hash_input = true;
+			a.total += in_size;
+		} else {
+			r = rsr_sha256_fd(ctx, in_fd, 0, in_size, "checking input", d);
+			if (r < 0) {
+				r = rsr_error_prefix(ctx, r, "input '%s'", old_path);
+				goto out;
+			}
+			for (a.set = 0; a.set < p->n_inputs && !input_is(p, a.set, d, in_size); a.set++)
+				;
+			if (a.set == p->n_inputs) {
+				r = mismatch(ctx, p, patch_path, old_path, d, in_size);
+				goto out;
+			}
+		}
 		if (in_size > 0) {
 			map = mmap(NULL, (size_t)in_size, PROT_READ, MAP_PRIVATE, in_fd, 0);
 			if (map == MAP_FAILED) {
@@ -202,6 +304,13 @@ int rsr_patch_apply(struct rsr_ctx *ctx, const char *old_path, const char *patch
 		}
 		a.in = map;
 		a.in_size = in_size;
+	}
+	{
+		struct stat ost;
+		if (stat(out_path, &ost) == 0 && !S_ISREG(ost.st_mode)) {
+			r = rsr_error(ctx, -EINVAL, "%s: exists and is not a regular file", out_path);
+			goto out;
+		}
 	}
 	if (already_done(ctx, p, out_path)) {
 		r = RSR_PATCH_UP_TO_DATE;
@@ -222,9 +331,20 @@ int rsr_patch_apply(struct rsr_ctx *ctx, const char *old_path, const char *patch
 	}
 	pthread_mutex_init(&a.lock, NULL);
 	pthread_cond_init(&a.cond, NULL);
-	r = rsr_parallel_for(rsr_threads_for(ctx, p->n_chunks), p->n_chunks, apply_chunk, &a);
-	pthread_cond_destroy(&a.cond);
-	pthread_mutex_destroy(&a.lock);
+	locks = true;
+	tasks = (size_t)p->n_chunks + (a.hash_input ? 1 : 0);
+	r = rsr_parallel_for(rsr_threads_for(ctx, tasks), tasks, apply_task, &a);
+	if (a.hash_input) {
+		/* A wrong input is the error, whatever the chunks made of it. */
+		if (a.in_err < 0) {
+			r = rsr_error(ctx, a.in_err, "input '%s': out of memory", old_path);
+			goto out;
+		}
+		if (a.err != RSR_E_CANCELED && !input_is(p, a.set, a.in_sha256, in_size)) {
+			r = mismatch(ctx, p, patch_path, old_path, a.in_sha256, in_size);
+			goto out;
+		}
+	}
 	if (a.failed) {
 		if (a.err == RSR_E_CANCELED)
 			r = RSR_E_CANCELED; /* the message is already recorded */
@@ -250,6 +370,12 @@ int rsr_patch_apply(struct rsr_ctx *ctx, const char *old_path, const char *patch
 	if (r >= 0)
 		r = RSR_PATCH_APPLIED;
 out:
+	for (size_t w = 0; w < ARRAY_SIZE(a.bufs); w++)
+		free(a.bufs[w]);
+	if (locks) {
+		pthread_cond_destroy(&a.cond);
+		pthread_mutex_destroy(&a.lock);
+	}
 	if (af)
 		rsr_atomic_abort(af);
 	EVP_MD_CTX_free(a.md);

@@ -9,6 +9,7 @@
  * several threads.
  */
 #include <divsufsort.h>
+#include <openssl/evp.h>
 #include <stddef.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -27,9 +28,11 @@ static double now_ms(void)
 }
 
 #define BLOCK 4096u
-#define DEFAULT_CHUNK (8u << 20)
+#define MAX_AUTO_CHUNK (8u << 20)
+#define MIN_AUTO_CHUNK (2u << 20) /* the smallest automatic chunk: a quarter of 8 MiB */
 #define DEFAULT_LEVEL 19
 #define MIN_COPY_RUN 1024
+#define MAX_SALTS 64 /* candidate hash-tree salts tried */
 
 struct image {
 	const char *path;
@@ -61,14 +64,15 @@ struct matcher {
 	uint64_t r_len;
 	const uint64_t *rmap; /* old offset of each BLOCK of r; NULL if r is old */
 	int32_t *sa;
+	int32_t *bkt; /* 65537 entries: where the suffixes starting with each 2-byte value begin in sa */
 };
 
-enum { REC_COPY, REC_ADD, REC_LIT, REC_DEFLATE };
+/* What the differ decided for a range of the new image, before it is serialized. */
+enum { REC_COPY, REC_ADD, REC_LIT, REC_HASH };
 struct rec {
 	uint8_t type;
-	uint64_t new_off, len, old_off;
-	size_t member; /* REC_DEFLATE: index into new members */
-	size_t ref;    /* REC_DEFLATE: index into old members, or SIZE_MAX */
+	uint64_t new_off, len;
+	uint64_t old_off; /* COPY, ADD: where in the old image; HASH: the source block in the new image */
 };
 struct recs {
 	struct rec *r;
@@ -128,7 +132,7 @@ static int image_open(struct rsr_ctx *ctx, const char *path, struct image *img)
 		return rsr_error_errno(ctx, -errno, "%s", path);
 	if (fstat(fd, &st) < 0)
 		return rsr_error_errno(ctx, -errno, "%s", path);
-	if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
+	if (!S_ISREG(st.st_mode))
 		return rsr_error(ctx, -EINVAL, "%s: not a regular file", path);
 	img->size = (uint64_t)st.st_size;
 	if (img->size > 0) {
@@ -139,7 +143,15 @@ static int image_open(struct rsr_ctx *ctx, const char *path, struct image *img)
 		}
 		img->p = img->map;
 	}
-	rsr_sha256(img->p, (size_t)img->size, img->sha256);
+	return 0;
+}
+
+/* The images' digests, one thread per image. */
+static int hash_task(void *arg, size_t index, unsigned worker)
+{
+	struct image *imgs = arg;
+
+	rsr_sha256(imgs[index].p, (size_t)imgs[index].size, imgs[index].sha256);
 	return 0;
 }
 
@@ -189,7 +201,7 @@ static void members_free(struct members *ms)
 }
 
 /* Finds the gzip members of an image whose deflate stream re-encodes exactly. */
-static int find_members(const struct image *img, struct members *ms)
+static int find_members(const struct image *img, struct members *ms, bool verify)
 {
 	const uint8_t *p = img->p;
 	uint64_t i = 0, size = img->size;
@@ -218,13 +230,13 @@ static int find_members(const struct image *img, struct members *ms)
 			i++;
 			continue;
 		}
-		check = malloc(used);
-		if (!check) {
+		check = verify ? malloc(used) : NULL;
+		if (verify && !check) {
 			buf_free(&tok);
 			return -ENOMEM;
 		}
-		r = deflate_encode(tok.p, tok.len, check, used);
-		if (r == 0 && memcmp(check, p + i + hl, used) == 0) {
+		r = verify ? deflate_encode(tok.p, tok.len, check, used) : 0;
+		if (r == 0 && (!verify || memcmp(check, p + i + hl, used) == 0)) {
 			struct member *m;
 			if (ms->n == cap) {
 				size_t ncap = cap ? cap * 2 : 16;
@@ -274,11 +286,11 @@ static size_t pick_reference(const struct members *olds, const struct member *m)
 {
 	size_t best = SIZE_MAX, best_n = 0;
 
-	for (size_t i = 0; i < olds->n; i++) {
-		size_t n;
+	for (size_t i = 0; i < olds->n; i++)
 		if (olds->m[i].hash == m->hash && olds->m[i].len == m->len)
 			return SIZE_MAX;
-		n = anchor_overlap(&olds->m[i], m);
+	for (size_t i = 0; i < olds->n; i++) {
+		size_t n = anchor_overlap(&olds->m[i], m);
 		if (n > best_n) {
 			best_n = n;
 			best = i;
@@ -316,9 +328,17 @@ static uint64_t search(const struct matcher *m, const uint8_t *nw, uint64_t n, u
 	uint64_t best = 0;
 
 	*pos = 0;
-	if (!m->sa || m->r_len == 0 || n == 0)
-		return 0;
+	if (!m->sa || m->r_len < 2 || n == 0)
+		return best;
 	hi = (int64_t)m->r_len - 1;
+	if (m->bkt && n >= 2) {
+		/* Only the suffixes that start with the same two bytes can match more than one byte. */
+		unsigned key = (unsigned)nw[0] << 8 | nw[1];
+		lo = m->bkt[key];
+		hi = (int64_t)m->bkt[key + 1] - 1;
+		if (hi < lo)
+			return 0;
+	}
 	while (hi - lo > 1) {
 		int64_t mid = lo + (hi - lo) / 2;
 		uint64_t s = (uint64_t)m->sa[mid], l = RSR_MIN(m->r_len - s, n);
@@ -425,6 +445,7 @@ static void approx_diff(const struct matcher *m, const uint8_t *nw, uint64_t gs,
 	}
 }
 
+/* Without a suffix array (nothing to search, or 2 GiB or more of it) only identical blocks are matched. */
 static int build_sa(struct matcher *m)
 {
 	if (m->r_len < 2 || m->r_len > INT32_MAX)
@@ -436,6 +457,21 @@ static int build_sa(struct matcher *m)
 		free(m->sa);
 		m->sa = NULL;
 		return -ENOMEM;
+	}
+	/*
+	 * Bucket starts by the first two bytes; the one-byte suffix at the end
+	 * sorts first among those starting with its byte.
+	 */
+	m->bkt = calloc(65537, sizeof(int32_t));
+	if (m->bkt) {
+		for (uint64_t i = 0; i + 1 < m->r_len; i++)
+			m->bkt[(unsigned)m->r[i] << 8 | m->r[i + 1]]++;
+		m->bkt[(unsigned)m->r[m->r_len - 1] << 8]++;
+		for (unsigned v = 0, sum = 0; v <= 65536; v++) {
+			unsigned c = v < 65536 ? (unsigned)m->bkt[v] : 0;
+			m->bkt[v] = (int32_t)sum;
+			sum += c;
+		}
 	}
 	return 0;
 }
@@ -452,7 +488,20 @@ struct set {
 	uint64_t *rmap;
 };
 
+/* Hashes of the new image's changed blocks, to find hash-tree entries (dm-verity style). */
+struct tree {
+	uint8_t salt[PATCH_MAX_SALT];
+	size_t salt_len;
+	struct tslot {
+		uint8_t h[32];
+		uint64_t off; /* block offset + 1; 0: empty */
+	} * tab;
+	size_t cap;
+};
+
 struct job {
+	struct tree tree;
+	uint32_t chunk_size;
 	struct rsr_ctx *ctx;
 	const struct rsr_patch_create_opts *opts;
 	struct image *nw;
@@ -475,7 +524,7 @@ struct hslot {
 };
 
 /* Matches identical blocks of the new image to blocks of the old one. */
-static int match_blocks(struct set *s, const struct image *nw, const bool *in_member)
+static int match_blocks(struct set *s, const struct image *nw)
 {
 	const struct image *old = s->old;
 	uint64_t nob = old->size / BLOCK, nnb = (nw->size + BLOCK - 1) / BLOCK, cap = 1;
@@ -506,7 +555,7 @@ static int match_blocks(struct set *s, const struct image *nw, const bool *in_me
 		uint64_t h, k, off = b * BLOCK;
 		int64_t prev = b ? s->blk[b - 1] : -1;
 		s->blk[b] = -1;
-		if (off + BLOCK > nw->size || in_member[b])
+		if (off + BLOCK > nw->size)
 			continue;
 		/* Prefer continuing the previous run: the same content is often at more than one place. */
 		if (prev >= 0 && (uint64_t)prev + 2 * BLOCK <= old->size &&
@@ -548,7 +597,7 @@ static int match_blocks(struct set *s, const struct image *nw, const bool *in_me
 			break;
 	}
 	free(used);
-	return build_sa(&s->m);
+	return 0;
 }
 
 static void set_free(struct set *s)
@@ -557,8 +606,215 @@ static void set_free(struct set *s)
 	free(s->ref_of);
 	free(s->blk);
 	free(s->m.sa);
+	free(s->m.bkt);
 	free(s->r_buf);
 	free(s->rmap);
+}
+
+static bool is_hex(uint8_t c)
+{
+	return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+}
+
+static void block_hash(EVP_MD_CTX *md, const uint8_t *salt, size_t salt_len, const uint8_t *blk, uint8_t out[32])
+{
+	unsigned int n = 32;
+	EVP_DigestInit_ex(md, EVP_sha256(), NULL);
+	EVP_DigestUpdate(md, salt, salt_len);
+	EVP_DigestUpdate(md, blk, HASH_BLOCK);
+	EVP_DigestFinal_ex(md, out, &n);
+}
+
+static const struct tslot *tree_find(const struct tree *t, const uint8_t *w)
+{
+	uint64_t k;
+
+	if (!t->tab)
+		return NULL;
+	k = hash64(w, 32);
+	for (k &= t->cap - 1; t->tab[k].off; k = (k + 1) & (t->cap - 1))
+		if (!memcmp(t->tab[k].h, w, 32))
+			return &t->tab[k];
+	return NULL;
+}
+
+static int tree_add(struct tree *t, const uint8_t h[32], uint64_t off)
+{
+	uint64_t k;
+
+	k = hash64(h, 32); /* words of the image are not random like hashes */
+	for (k &= t->cap - 1; t->tab[k].off; k = (k + 1) & (t->cap - 1))
+		if (!memcmp(t->tab[k].h, h, 32))
+			return 0;
+	memcpy(t->tab[k].h, h, 32);
+	t->tab[k].off = off + 1;
+	return 0;
+}
+
+/*
+ * Looks for a hash tree over the new image: 32-byte entries that are
+ * SHA-256(salt || block) of its changed 4 KiB blocks. Candidate salts are
+ * none and every 64-digit hex string in the changed blocks (where manifests
+ * name them); the one whose hashes of a sample of blocks appear most often
+ * among the changed blocks' 32-byte words wins. Then all changed blocks are
+ * hashed with it, so that the patcher can compute those entries.
+ */
+static int find_tree(struct job *j)
+{
+	const struct image *nw = j->nw;
+	const struct set *s = &j->sets[0];
+	uint64_t nb = nw->size / BLOCK, n_changed = 0;
+	uint8_t cands[MAX_SALTS][32];
+	size_t n_cands = 1, best = SIZE_MAX, best_hits = 0;
+	size_t cand_len[MAX_SALTS] = {0};
+	struct tree words = {0};
+	EVP_MD_CTX *md;
+	int r = 0;
+
+	if (!s->old || !s->blk)
+		return 0;
+	for (uint64_t b = 0; b < nb; b++)
+		if (s->blk[b] < 0)
+			n_changed++;
+	if (n_changed < 2)
+		return 0;
+	/* Candidate salts: from the end, where metadata such as a manifest usually is. */
+	for (uint64_t b = (nw->size + BLOCK - 1) / BLOCK; b-- > 0 && n_cands < MAX_SALTS;) {
+		uint64_t e = RSR_MIN((b + 1) * BLOCK, nw->size);
+		if (b < nb && s->blk[b] >= 0)
+			continue;
+		for (uint64_t i = b * BLOCK; i + 64 <= e && n_cands < MAX_SALTS; i++) {
+			size_t k = 0;
+			if (!is_hex(nw->p[i]) || (i > 0 && is_hex(nw->p[i - 1])))
+				continue;
+			while (k < 65 && i + k < nw->size && is_hex(nw->p[i + k]))
+				k++;
+			if (k == 64) {
+				char hex[65];
+				memcpy(hex, nw->p + i, 64);
+				hex[64] = 0;
+				if (rsr_hex_decode(hex, cands[n_cands], 32)) {
+					bool dup = false;
+					for (size_t c = 1; c < n_cands; c++)
+						dup |= !memcmp(cands[c], cands[n_cands], 32);
+					if (!dup)
+						cand_len[n_cands++] = 32;
+				}
+			}
+			i += k;
+		}
+	}
+	md = EVP_MD_CTX_new();
+	words.cap = 64;
+	while (words.cap < 2 * n_changed * (BLOCK / 32))
+		words.cap <<= 1;
+	words.tab = calloc(words.cap, sizeof(*words.tab));
+	if (!md || !words.tab) {
+		EVP_MD_CTX_free(md);
+		free(words.tab);
+		return -ENOMEM;
+	}
+	/* Every 32-byte word of the changed blocks, then a sample of hashes per candidate salt. */
+	for (uint64_t b = 0; b < nb; b++)
+		if (s->blk[b] < 0)
+			for (uint64_t w = b * BLOCK; w < (b + 1) * BLOCK; w += 32)
+				tree_add(&words, nw->p + w, w);
+	for (size_t c = 0; c < n_cands; c++) {
+		size_t hits = 0, sampled = 0;
+		uint64_t step = n_changed / 64 + 1, seen = 0;
+
+		for (uint64_t b = 0; b < nb && sampled < 64; b++) {
+			uint8_t h[32];
+			if (s->blk[b] >= 0 || seen++ % step)
+				continue;
+			block_hash(md, cands[c], cand_len[c], nw->p + b * BLOCK, h);
+			if (tree_find(&words, h))
+				hits++;
+			sampled++;
+		}
+		if (hits > best_hits) {
+			best_hits = hits;
+			best = c;
+		}
+	}
+	free(words.tab);
+	if (best_hits >= 4) {
+		struct tree *t = &j->tree;
+		t->cap = 64;
+		while (t->cap < 2 * n_changed)
+			t->cap <<= 1;
+		t->tab = calloc(t->cap, sizeof(*t->tab));
+		if (!t->tab) {
+			r = -ENOMEM;
+		} else {
+			memcpy(t->salt, cands[best], cand_len[best]);
+			t->salt_len = cand_len[best];
+			for (uint64_t b = 0; b < nb; b++) {
+				uint8_t h[32];
+				if (s->blk[b] >= 0)
+					continue;
+				block_hash(md, t->salt, t->salt_len, nw->p + b * BLOCK, h);
+				tree_add(t, h, b * BLOCK);
+			}
+		}
+	}
+	EVP_MD_CTX_free(md);
+	return r;
+}
+
+/*
+ * The non-identical region [y, ge) of chunk [cs, ce): hash-tree entries the
+ * patcher can compute become hash records, the rest goes to the matcher. A
+ * hash's source block must be final when the patcher computes it: before the
+ * chunk, or in the chunk either after the entry (hashes are computed last
+ * first) or before the chunk's first hash.
+ */
+static void diff_region(struct job *j, struct set *s, uint64_t y, uint64_t ge, uint64_t cs, uint64_t ce,
+			uint64_t *lastpos, uint64_t *first_hash, struct recs *rs)
+{
+	const uint8_t *nw = j->nw->p;
+	uint64_t cur = y, p = (y + 31) & ~(uint64_t)31;
+
+	while (j->tree.tab && p + 32 <= ge) {
+		const struct tslot *t = tree_find(&j->tree, nw + p);
+		uint64_t k = 0;
+		bool run_before = false;
+
+		while (t && p + 32 * (k + 1) <= ge) {
+			uint64_t src = t->off - 1, pos = p + 32 * k, fh = *first_hash ? *first_hash : pos;
+			bool before = src + BLOCK <= cs,
+			     ok = before || (src >= cs && src + BLOCK <= ce && (src >= pos + 32 || src + BLOCK <= fh));
+			/* One operation's sources are all before the chunk or all in it. */
+			if (!ok || (k > 0 && before != run_before))
+				break;
+			run_before = before;
+			if (!*first_hash)
+				*first_hash = pos;
+			k++;
+			if (p + 32 * (k + 1) > ge || src + BLOCK >= j->nw->size)
+				break;
+			t = tree_find(&j->tree, nw + p + 32 * k);
+			if (t && t->off - 1 != src + BLOCK)
+				break;
+		}
+		if (!k) {
+			p += 32;
+			continue;
+		}
+		if (p > cur) {
+			approx_diff(&s->m, nw, cur, p, *lastpos, rs);
+			if (rs->n && rs->r[rs->n - 1].type == REC_ADD)
+				*lastpos = rs->r[rs->n - 1].old_off + rs->r[rs->n - 1].len;
+		}
+		rec_add(rs, REC_HASH, p, 32 * k, (uint64_t)(tree_find(&j->tree, nw + p)->off - 1));
+		p += 32 * k;
+		cur = p;
+	}
+	if (ge > cur) {
+		approx_diff(&s->m, nw, cur, ge, *lastpos, rs);
+		if (rs->n && rs->r[rs->n - 1].type == REC_ADD)
+			*lastpos = rs->r[rs->n - 1].old_off + rs->r[rs->n - 1].len;
+	}
 }
 
 /* Emits the operations of one record range [a, b) of the new image. */
@@ -609,7 +865,8 @@ static void emit_add(struct buf *ctrl, struct buf *diff, const uint8_t *old, con
 
 /* Serializes the records clipped to [cs, ce); returns the input position after them. */
 static int64_t emit_recs(const struct recs *rs, const uint8_t *old, const uint8_t *nw, uint64_t cs, uint64_t ce,
-			 int64_t pos, struct buf *ctrl, struct buf *diff, struct buf *lit)
+			 int64_t pos, struct buf *ctrl, struct buf *diff, struct buf *lit, const struct tree *tree,
+			 bool *salt_sent)
 {
 	for (size_t i = 0; i < rs->n; i++) {
 		const struct rec *r = &rs->r[i];
@@ -632,6 +889,17 @@ static int64_t emit_recs(const struct recs *rs, const uint8_t *old, const uint8_
 			buf_varint(ctrl, b - a);
 			buf_put(lit, nw + a, b - a);
 			break;
+		case REC_HASH:
+			if (!*salt_sent) {
+				buf_byte(ctrl, OP_SALT);
+				buf_varint(ctrl, tree->salt_len);
+				buf_put(ctrl, tree->salt, tree->salt_len);
+				*salt_sent = true;
+			}
+			buf_byte(ctrl, OP_HASH);
+			buf_varint(ctrl, r->old_off);
+			buf_varint(ctrl, r->len / 32);
+			break;
 		}
 	}
 	return pos;
@@ -646,6 +914,8 @@ static int plan_chunk(struct job *j, struct set *s, uint64_t cs, uint64_t ce, st
 	uint64_t x = cs, lastpos = s->old ? RSR_MIN(cs, s->old->size) : 0;
 	int64_t pos = (int64_t)lastpos;
 	size_t mi = 0;
+	uint64_t first_hash = 0;
+	bool salt_sent = false;
 
 	/* Deflate members that start in this chunk (chunks never cut one). */
 	while (x < ce) {
@@ -686,14 +956,13 @@ static int plan_chunk(struct job *j, struct set *s, uint64_t cs, uint64_t ce, st
 					while (ge < gap_end && !(s->blk[ge / BLOCK] >= 0 && ge + BLOCK <= gap_end))
 						ge += BLOCK;
 					ge = RSR_MIN(ge, gap_end);
-					approx_diff(&s->m, nw->p, y, ge, lastpos, &rs);
-					if (rs.n && rs.r[rs.n - 1].type == REC_ADD)
-						lastpos = rs.r[rs.n - 1].old_off + rs.r[rs.n - 1].len;
+					diff_region(j, s, y, ge, cs, ce, &lastpos, &first_hash, &rs);
 					y = ge;
 				}
 			}
 		}
-		pos = emit_recs(&rs, s->old ? s->old->p : NULL, nw->p, x, gap_end, pos, ctrl, diff, lit);
+		pos = emit_recs(&rs, s->old ? s->old->p : NULL, nw->p, x, gap_end, pos, ctrl, diff, lit, &j->tree,
+				&salt_sent);
 		if (rs.oom) {
 			free(rs.r);
 			return -ENOMEM;
@@ -718,9 +987,15 @@ static int plan_chunk(struct job *j, struct set *s, uint64_t cs, uint64_t ce, st
 			buf_varint(ctrl, ref->len);
 			buf_varint(ctrl, dm->len);
 			buf_varint(ctrl, dm->tokens.len);
-			emit_recs(&rs, ref->tokens.p, dm->tokens.p, 0, dm->tokens.len, 0, ctrl, diff, lit);
+			emit_recs(&rs, ref->tokens.p, dm->tokens.p, 0, dm->tokens.len, 0, ctrl, diff, lit, &j->tree,
+				  &salt_sent);
 			buf_byte(ctrl, OP_END);
 			free(tm.sa);
+			free(tm.bkt);
+			if (rs.oom) {
+				free(rs.r);
+				return -ENOMEM;
+			}
 			rs.n = 0;
 			next_x = dm->off + dm->len;
 			mi++;
@@ -728,6 +1003,17 @@ static int plan_chunk(struct job *j, struct set *s, uint64_t cs, uint64_t ce, st
 		x = next_x;
 	}
 	free(rs.r);
+	return 0;
+}
+
+/* The patcher reads earlier output; when checking a chunk, that is the new image itself. */
+static int read_new(void *arg, uint64_t off, void *buf, size_t len)
+{
+	const struct image *nw = arg;
+
+	if (off > nw->size || len > nw->size - off)
+		return RSR_E_FORMAT;
+	memcpy(buf, nw->p + off, len);
 	return 0;
 }
 
@@ -793,7 +1079,7 @@ static int chunk_job(void *arg, size_t index, unsigned worker)
 	}
 	frame->cap = bound;
 	ZSTD_CCtx_setParameter(cctx, ZSTD_c_compressionLevel, (int)j->opts->level);
-	ZSTD_CCtx_setParameter(cctx, ZSTD_c_checksumFlag, 1);
+	ZSTD_CCtx_setParameter(cctx, ZSTD_c_checksumFlag, 0); /* the patch digest covers every byte */
 	ZSTD_CCtx_setParameter(cctx, ZSTD_c_contentSizeFlag, 1);
 	n = ZSTD_compress2(cctx, frame->p, bound, payload.p, payload.len);
 	if (ZSTD_isError(n)) {
@@ -802,6 +1088,35 @@ static int chunk_job(void *arg, size_t index, unsigned worker)
 	}
 	frame->len = n;
 	j->payload_sizes[index] = (uint32_t)payload.len;
+	/* Self-check: the chunk must give back exactly the new image's bytes. */
+	{
+		struct patch_chunk_view v = {.out_offset = j->bounds[c],
+					     .out_size = (uint32_t)(j->bounds[c + 1] - j->bounds[c]),
+					     .comp_size = (uint32_t)n,
+					     .payload_size = (uint32_t)payload.len};
+		const char *why = NULL;
+		uint8_t *out = malloc(v.out_size);
+		if (!out) {
+			r = -ENOMEM;
+			goto out;
+		}
+		r = patch_run_frame(frame->p, &v, s->old ? s->old->p : NULL, s->old ? s->old->size : 0, out, read_new,
+				    j->nw, NULL, &why);
+		if (r == 0 && memcmp(out, j->nw->p + v.out_offset, v.out_size) != 0)
+			r = RSR_E_DIGEST;
+		free(out);
+		if (r < 0) {
+			if (r != -ENOMEM) {
+				pthread_mutex_lock(&j->lock);
+				snprintf(j->errmsg, sizeof(j->errmsg),
+					 "chunk %u of input %zu does not reproduce the new image%s%s", c, si,
+					 why ? ": " : "", why ? why : "");
+				pthread_mutex_unlock(&j->lock);
+				r = RSR_E_DIGEST;
+			}
+			goto out;
+		}
+	}
 	pthread_mutex_lock(&j->lock);
 	j->done += j->bounds[c + 1] - j->bounds[c];
 	if (rsr_progress(j->ctx, "creating patch", j->done, (uint64_t)j->n_sets * j->nw->size) < 0)
@@ -866,7 +1181,7 @@ static int write_patch(struct rsr_ctx *ctx, struct job *j, const char *path)
 	memcpy(hdr.output_sha256, j->nw->sha256, 32);
 	rsr_put_le32(hdr.n_inputs, j->sets[0].old ? (uint32_t)j->n_sets : 0);
 	rsr_put_le32(hdr.n_chunks, j->n_chunks);
-	rsr_put_le32(hdr.chunk_size, j->opts->chunk_size);
+	rsr_put_le32(hdr.chunk_size, j->chunk_size);
 	buf_put(&h, &hdr, sizeof(hdr));
 	for (size_t s = 0; s < j->n_sets && j->sets[0].old; s++) {
 		struct patch_input in = {0};
@@ -892,8 +1207,20 @@ static int write_patch(struct rsr_ctx *ctx, struct job *j, const char *path)
 		buf_free(&h);
 		return rsr_error(ctx, -ENOMEM, "out of memory");
 	}
-	rsr_sha256(h.p, h.len, digest);
-	memcpy(h.p + offsetof(struct patch_header, meta_sha256), digest, 32);
+	{
+		size_t n = j->n_sets * j->n_chunks;
+		struct patch_piece *pc = malloc((n + 1) * sizeof(*pc));
+		if (!pc) {
+			buf_free(&h);
+			return rsr_error(ctx, -ENOMEM, "out of memory");
+		}
+		pc[0] = (struct patch_piece){h.p + sizeof(hdr), h.len - sizeof(hdr)};
+		for (size_t i = 0; i < n; i++)
+			pc[i + 1] = (struct patch_piece){j->frames[i].p, j->frames[i].len};
+		patch_digest((const struct patch_header *)h.p, pc, n + 1, digest);
+		free(pc);
+	}
+	memcpy(h.p + offsetof(struct patch_header, patch_sha256), digest, 32);
 
 	r = rsr_atomic_open(ctx, path, 0644, &af);
 	if (r < 0) {
@@ -911,33 +1238,69 @@ static int write_patch(struct rsr_ctx *ctx, struct job *j, const char *path)
 	return rsr_atomic_commit(ctx, af);
 }
 
+struct prep {
+	struct job *j;
+	struct image *olds;
+	size_t n_olds;
+	bool deflate;
+};
+
+/*
+ * The first steps, in two rounds of independent tasks: block matching per
+ * input and the new image's deflate streams; then the suffix array per input
+ * (the longest task, so first), each old image's deflate streams and the
+ * hash-tree search.
+ */
+static int prep_task(void *arg, size_t index, unsigned worker)
+{
+	struct prep *pr = arg;
+	struct job *j = pr->j;
+
+	if (index < pr->n_olds)
+		return match_blocks(&j->sets[index], j->nw);
+	return pr->deflate ? find_members(j->nw, j->new_members, true) : 0;
+}
+
+static int prep_task2(void *arg, size_t index, unsigned worker)
+{
+	struct prep *pr = arg;
+	struct job *j = pr->j;
+
+	if (index < pr->n_olds)
+		return build_sa(&j->sets[index].m);
+	index -= pr->n_olds;
+	if (index < pr->n_olds)
+		/* Old members are only references: decoding is all the patcher does with them. */
+		return pr->deflate ? find_members(j->sets[index].old, &j->sets[index].old_members, false) : 0;
+	return find_tree(j);
+}
+
 /* One patch: from each of olds (none: full replacement) to nw. */
 static int create_one(struct rsr_ctx *ctx, struct image *olds, size_t n_olds, struct image *nw, const char *path,
 		      const struct rsr_patch_create_opts *opts)
 {
 	struct members nm = {0};
 	struct job j = {.ctx = ctx, .opts = opts, .nw = nw, .new_members = &nm};
-	bool *handled = NULL, *in_member = NULL;
-	uint64_t nnb = (nw->size + BLOCK - 1) / BLOCK;
-	int r;
-
+	struct prep pr = {.j = &j, .olds = olds, .n_olds = n_olds, .deflate = n_olds && !opts->no_deflate};
+	bool *handled = NULL;
 	double t0 = now_ms();
+	int r;
 
 	j.n_sets = n_olds ? n_olds : 1;
 	j.sets = calloc(j.n_sets, sizeof(*j.sets));
-	in_member = calloc((size_t)nnb + 1, 1);
-	if (!j.sets || !in_member) {
+	if (!j.sets) {
 		r = rsr_error(ctx, -ENOMEM, "out of memory");
 		goto out;
 	}
-	if (n_olds && !opts->no_deflate) {
-		r = find_members(nw, &nm);
-		if (r < 0) {
-			r = rsr_error(ctx, r, "%s: out of memory", nw->path);
-			goto out;
-		}
+	for (size_t s = 0; s < n_olds; s++)
+		j.sets[s].old = &olds[s];
+	r = rsr_parallel_for(rsr_threads_for(ctx, n_olds + 1), n_olds + 1, prep_task, &pr);
+	if (r >= 0)
+		r = rsr_parallel_for(rsr_threads_for(ctx, 2 * n_olds + 1), 2 * n_olds + 1, prep_task2, &pr);
+	if (r < 0) {
+		r = rsr_error(ctx, r, "%s: out of memory while matching", nw->path);
+		goto out;
 	}
-	rsr_debug(ctx, "%s: %zu deflate streams, %.0f ms", nw->path, nm.n, now_ms() - t0);
 	handled = calloc(nm.n + 1, 1);
 	if (!handled) {
 		r = rsr_error(ctx, -ENOMEM, "out of memory");
@@ -945,18 +1308,10 @@ static int create_one(struct rsr_ctx *ctx, struct image *olds, size_t n_olds, st
 	}
 	for (size_t s = 0; s < n_olds; s++) {
 		struct set *st = &j.sets[s];
-		st->old = &olds[s];
 		st->ref_of = malloc((nm.n + 1) * sizeof(size_t));
 		if (!st->ref_of) {
 			r = rsr_error(ctx, -ENOMEM, "out of memory");
 			goto out;
-		}
-		if (nm.n) {
-			r = find_members(st->old, &st->old_members);
-			if (r < 0) {
-				r = rsr_error(ctx, r, "%s: out of memory", st->old->path);
-				goto out;
-			}
 		}
 		for (size_t i = 0; i < nm.n; i++) {
 			st->ref_of[i] = pick_reference(&st->old_members, &nm.m[i]);
@@ -966,22 +1321,20 @@ static int create_one(struct rsr_ctx *ctx, struct image *olds, size_t n_olds, st
 				st->ref_of[i] = SIZE_MAX;
 		}
 	}
-	/* A member some input diffs in token form is one for every input (chunk bounds are shared). */
-	for (size_t i = 0; i < nm.n; i++) {
-		if (!handled[i])
-			continue;
-		for (uint64_t b = nm.m[i].off / BLOCK; b * BLOCK < nm.m[i].off + nm.m[i].len; b++)
-			in_member[b] = true;
-	}
-	for (size_t s = 0; s < n_olds; s++) {
-		r = match_blocks(&j.sets[s], nw, in_member);
-		if (r < 0) {
-			r = rsr_error(ctx, r, "%s: out of memory while matching", olds[s].path);
-			goto out;
-		}
-	}
-	rsr_debug(ctx, "block matching and suffix array done at %.0f ms", now_ms() - t0);
-	r = make_bounds(nw, &nm, handled, opts->chunk_size, &j.bounds, &j.n_chunks);
+	rsr_debug(ctx, "%s: %zu deflate streams; matching and suffix arrays done at %.0f ms", nw->path, nm.n,
+		  now_ms() - t0);
+	/*
+	 * By default images up to 8 MiB are one chunk (one zstd context finds the
+	 * most redundancy, e.g. between executables sharing code); larger ones
+	 * are cut in quarters of at most 8 MiB, enough for a few threads. It
+	 * depends only on the image, so that patches are reproducible.
+	 */
+	j.chunk_size = opts->chunk_size;
+	if (!j.chunk_size)
+		j.chunk_size = nw->size <= MAX_AUTO_CHUNK
+				   ? MAX_AUTO_CHUNK
+				   : (uint32_t)RSR_MIN((nw->size / 4 + BLOCK - 1) / BLOCK * BLOCK, MAX_AUTO_CHUNK);
+	r = make_bounds(nw, &nm, handled, j.chunk_size, &j.bounds, &j.n_chunks);
 	if (r < 0) {
 		r = rsr_error(ctx, r, "out of memory");
 		goto out;
@@ -1001,6 +1354,11 @@ static int create_one(struct rsr_ctx *ctx, struct image *olds, size_t n_olds, st
 		r = rsr_error(ctx, r, "%s: a chunk's operations exceed %u bytes", path, PATCH_MAX_CHUNK_PAYLOAD);
 		goto out;
 	}
+	if (r == RSR_E_DIGEST) {
+		/* A bug in the differ: refuse to write a patch that would not apply. */
+		r = rsr_error(ctx, r, "%s: internal error: %s", path, j.errmsg);
+		goto out;
+	}
 	if (r < 0) {
 		r = rsr_error(ctx, r, "%s: out of memory while making the patch", path);
 		goto out;
@@ -1017,7 +1375,7 @@ out:
 	free(j.bounds);
 	free(j.sets);
 	free(handled);
-	free(in_member);
+	free(j.tree.tab);
 	members_free(&nm);
 	return r;
 }
@@ -1033,12 +1391,10 @@ int rsr_patch_create(struct rsr_ctx *ctx, const char *const *olds, size_t n_olds
 		opts = *opts_in;
 	if (opts.level == 0)
 		opts.level = DEFAULT_LEVEL;
-	if (opts.chunk_size == 0)
-		opts.chunk_size = DEFAULT_CHUNK;
 	if (opts.level > (unsigned)ZSTD_maxCLevel())
 		return rsr_error(ctx, -EINVAL, "compression level %u is out of range 1..%d", opts.level,
 				 ZSTD_maxCLevel());
-	if (opts.chunk_size < BLOCK || opts.chunk_size > PATCH_MAX_CHUNK_OUT / 2)
+	if (opts.chunk_size && (opts.chunk_size < BLOCK || opts.chunk_size > PATCH_MAX_CHUNK_OUT / 2))
 		return rsr_error(ctx, -EINVAL, "chunk size %u is out of range %u..%u", opts.chunk_size, BLOCK,
 				 PATCH_MAX_CHUNK_OUT / 2);
 	if (n_olds > PATCH_MAX_INPUTS)
@@ -1046,15 +1402,28 @@ int rsr_patch_create(struct rsr_ctx *ctx, const char *const *olds, size_t n_olds
 				 PATCH_MAX_INPUTS);
 	if (reverse_path && n_olds != 1)
 		return rsr_error(ctx, -EINVAL, "a reverse patch needs exactly one input");
+	for (int k = 0; k < 2; k++) {
+		const char *o = k ? reverse_path : patch_path;
+		struct stat ost;
+		if (o && stat(o, &ost) == 0 && !S_ISREG(ost.st_mode))
+			return rsr_error(ctx, -EINVAL, "%s: exists and is not a regular file", o);
+	}
 	imgs = calloc(n_olds + 1, sizeof(*imgs));
 	if (!imgs)
 		return rsr_error(ctx, -ENOMEM, "out of memory");
-	r = image_open(ctx, new_path, &nw);
+	/* imgs[n_olds] is the new image while the digests are computed. */
+	r = image_open(ctx, new_path, &imgs[n_olds]);
 	for (size_t i = 0; r >= 0 && i < n_olds; i++)
 		r = image_open(ctx, olds[i], &imgs[i]);
+	if (r >= 0)
+		r = rsr_parallel_for(rsr_threads_for(ctx, n_olds + 1), n_olds + 1, hash_task, imgs);
+	nw = imgs[n_olds];
+	imgs[n_olds] = (struct image){0};
 	if (r < 0)
 		goto out;
-	if (nw.size > (uint64_t)PATCH_MAX_CHUNKS * opts.chunk_size) {
+	if (nw.size > (uint64_t)PATCH_MAX_CHUNKS * (opts.chunk_size ? opts.chunk_size : MIN_AUTO_CHUNK) ||
+	    (reverse_path &&
+	     imgs[0].size > (uint64_t)PATCH_MAX_CHUNKS * (opts.chunk_size ? opts.chunk_size : MIN_AUTO_CHUNK))) {
 		r = rsr_error(ctx, RSR_E_LIMIT, "%s: too large for chunks of %u bytes", new_path, opts.chunk_size);
 		goto out;
 	}

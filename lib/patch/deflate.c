@@ -60,9 +60,14 @@ static uint32_t getbits(struct bitin *b, unsigned n)
 	return v;
 }
 
+#define FASTBITS 9
+
 struct huff {
 	uint16_t count[MAXBITS + 1];
 	uint16_t symbol[NLITLEN];
+	/* Codes of at most FASTBITS bits, indexed by the next FASTBITS input bits: symbol << 4 | length; 0: slow path.
+	 */
+	uint16_t fast[1u << FASTBITS];
 };
 
 /* Builds a canonical decoding table; -1 if over-subscribed (incomplete codes are allowed). */
@@ -86,13 +91,40 @@ static int huff_build(struct huff *h, const uint8_t *lens, unsigned n)
 	for (unsigned s = 0; s < n; s++)
 		if (lens[s])
 			h->symbol[offs[lens[s]]++] = (uint16_t)s;
+	/* Canonical codes, bit-reversed because deflate sends them most significant bit first. */
+	memset(h->fast, 0, sizeof(h->fast));
+	{
+		unsigned code = 0, k = 0;
+		for (unsigned l = 1; l <= FASTBITS; l++) {
+			for (unsigned i = 0; i < h->count[l]; i++, k++, code++) {
+				unsigned rev = 0;
+				for (unsigned b = 0; b < l; b++)
+					rev |= ((code >> b) & 1) << (l - 1 - b);
+				for (unsigned fill = rev; fill < (1u << FASTBITS); fill += 1u << l)
+					h->fast[fill] = (uint16_t)(h->symbol[k] << 4 | l);
+			}
+			code <<= 1;
+		}
+	}
 	return 0;
 }
 
 static int huff_decode(struct bitin *b, const struct huff *h)
 {
 	int code = 0, first = 0, index = 0;
+	uint16_t e;
 
+	/* Fast path: enough bits buffered (or available) for a short code. */
+	while (b->nbits < FASTBITS && b->pos < b->len) {
+		b->bits |= (uint32_t)b->p[b->pos++] << b->nbits;
+		b->nbits += 8;
+	}
+	e = h->fast[b->bits & ((1u << FASTBITS) - 1)];
+	if (e && (e & 15) <= b->nbits) {
+		b->bits >>= e & 15;
+		b->nbits -= e & 15;
+		return e >> 4;
+	}
 	for (unsigned l = 1; l <= MAXBITS; l++) {
 		int count = h->count[l];
 		code |= (int)getbits(b, 1);
@@ -274,7 +306,12 @@ int deflate_decode(const uint8_t *in, size_t in_len, size_t max_tokens, struct b
 		if (t.len > max_tokens)
 			goto bad;
 	} while (!final);
-	/* The padding bits of the last byte. */
+	/* Whole bytes read ahead by the decoder are not part of the stream; then the padding bits of the last byte. */
+	while (b.nbits >= 8) {
+		b.pos--;
+		b.nbits -= 8;
+	}
+	b.bits &= (1u << b.nbits) - 1;
 	buf_byte(&t, (uint8_t)getbits(&b, b.nbits & 7));
 	if (t.oom)
 		goto oom;
@@ -487,7 +524,7 @@ int deflate_encode(const uint8_t *tokens, size_t len, uint8_t *out, size_t out_l
 				if (mlen < 258)
 					for (li = 0; li < 28 && len_base[li + 1] <= mlen; li++)
 						;
-				for (unsigned k = 0; k < 30; k++)
+				for (unsigned k = 1; k < 30; k++) /* dist >= 1 == dist_base[0] */
 					if (dist_base[k] > dist) {
 						di = k - 1;
 						break;

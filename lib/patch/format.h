@@ -32,7 +32,7 @@ struct patch_header {
 	uint8_t n_chunks[4];	   /* output chunks */
 	uint8_t chunk_size[4];	   /* nominal output bytes per chunk (informational) */
 	uint8_t flags[4];	   /* 0 */
-	uint8_t meta_sha256[32];   /* SHA-256 of header (this field zero) and tables */
+	uint8_t patch_sha256[32];  /* SHA-256 of the whole patch file, this field zero */
 };
 static_assert(sizeof(struct patch_header) == 104, "patch header layout");
 
@@ -65,9 +65,20 @@ enum {
 	OP_LITERAL = 2, /* varint len: bytes from the literal stream */
 	OP_DEFLATE = 3, /* a re-encoded deflate stream, see docs */
 	OP_END = 4,	/* ends the operations of an OP_DEFLATE */
+	OP_HASH = 5,	/* varint src, varint count: SHA-256(salt || 4 KiB output block), deferred */
+	OP_SALT = 6,	/* varint len, bytes: the salt of the following OP_HASH */
 };
 
-/* Deflate parameters of an OP_DEFLATE. */
+#define HASH_BLOCK 4096u
+#define PATCH_MAX_SALT 256
+
+/*
+ * Reads `len` bytes of output at `off`, which lies before the current chunk
+ * (waiting until it is written). Returns 0 or a negative error.
+ */
+typedef int (*patch_read_prior_fn)(void *arg, uint64_t off, void *buf, size_t len);
+
+/* One chunk of one input set, with its table entries decoded. */
 struct patch_chunk_view {
 	uint64_t out_offset;
 	uint32_t out_size;
@@ -94,6 +105,13 @@ struct rsr_patch {
 	const struct patch_chunk *chunks; /* n_sets * n_chunks, set-major */
 	uint64_t data_start;
 };
+
+/* SHA-256 of a patch: header (with patch_sha256 taken as zero), then `n` pieces of the rest. */
+struct patch_piece {
+	const void *p;
+	size_t len;
+};
+void patch_digest(const struct patch_header *h, const struct patch_piece *pieces, size_t n, uint8_t out[32]);
 
 void patch_chunk_get(const struct rsr_patch *p, uint32_t set, uint32_t chunk, struct patch_chunk_view *v);
 
@@ -151,11 +169,18 @@ static inline void buf_free(struct buf *b)
 /*
  * Executes one chunk: decompresses its frame and runs its operations against
  * `in` (NULL/0 for a full replacement) into `out` (exactly the chunk's output
- * size). `stats` (may be NULL) gets operation counts. Returns 0 or
+ * size). OP_HASH sources before the chunk are read through read_prior (NULL:
+ * such sources are refused). `stats` (may be NULL) gets operation counts. Returns 0 or
  * RSR_E_FORMAT with the reason in `why`.
  */
 int patch_run_chunk(const struct rsr_patch *p, uint32_t set, uint32_t chunk, const uint8_t *in, uint64_t in_size,
-		    uint8_t *out, struct rsr_patch_stats *stats, const char **why);
+		    uint8_t *out, patch_read_prior_fn read_prior, void *read_arg, struct rsr_patch_stats *stats,
+		    const char **why);
+
+/* Runs one chunk's zstd frame (at `frame`, sizes and extent in *v; data_offset unused). */
+int patch_run_frame(const uint8_t *frame, const struct patch_chunk_view *v, const uint8_t *in, uint64_t in_size,
+		    uint8_t *out, patch_read_prior_fn read_prior, void *read_arg, struct rsr_patch_stats *stats,
+		    const char **why);
 
 /* Deflate re-encoding (deflate.c). */
 /*

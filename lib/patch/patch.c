@@ -6,6 +6,7 @@
  * input or writes outside its output.
  */
 #include <fcntl.h>
+#include <openssl/evp.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <zstd.h>
@@ -56,6 +57,26 @@ void buf_svarint(struct buf *b, int64_t v)
 	buf_varint(b, ((uint64_t)v << 1) ^ (uint64_t)(v >> 63));
 }
 
+void patch_digest(const struct patch_header *h, const struct patch_piece *pieces, size_t n, uint8_t out[32])
+{
+	struct patch_header hcopy = *h;
+	EVP_MD_CTX *md = EVP_MD_CTX_new();
+	unsigned int dlen = 32;
+
+	memset(hcopy.patch_sha256, 0, 32);
+	if (!md || EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1) {
+		/* Cannot happen short of memory exhaustion; a zero digest then fails every check. */
+		memset(out, 0, 32);
+		EVP_MD_CTX_free(md);
+		return;
+	}
+	EVP_DigestUpdate(md, &hcopy, sizeof(hcopy));
+	for (size_t i = 0; i < n; i++)
+		EVP_DigestUpdate(md, pieces[i].p, pieces[i].len);
+	EVP_DigestFinal_ex(md, out, &dlen);
+	EVP_MD_CTX_free(md);
+}
+
 static int format_error(struct rsr_ctx *ctx, const char *why)
 {
 	return rsr_error(ctx, RSR_E_FORMAT, "not a valid rsr patch: %s", why);
@@ -64,7 +85,6 @@ static int format_error(struct rsr_ctx *ctx, const char *why)
 int rsr_patch_load(struct rsr_ctx *ctx, const void *buf, size_t len, struct rsr_patch **ret_patch)
 {
 	const struct patch_header *h = buf;
-	struct patch_header hcopy;
 	struct rsr_patch *p;
 	uint64_t tables, off, sets_entries;
 	uint8_t digest[32];
@@ -79,13 +99,14 @@ int rsr_patch_load(struct rsr_ctx *ctx, const void *buf, size_t len, struct rsr_
 				 rsr_get_le32(h->version), PATCH_VERSION);
 	if (rsr_get_le32(h->header_size) != sizeof(*h))
 		return format_error(ctx, "bad header size");
-	if (rsr_get_le32(h->flags) != 0)
-		return format_error(ctx, "unknown flags");
-	if (rsr_get_le32(h->n_inputs) > PATCH_MAX_INPUTS)
-		return rsr_error(ctx, RSR_E_LIMIT, "rsr patch: %u inputs, more than the %u allowed",
-				 rsr_get_le32(h->n_inputs), PATCH_MAX_INPUTS);
-	if (rsr_get_le32(h->n_chunks) > PATCH_MAX_CHUNKS)
-		return rsr_error(ctx, RSR_E_LIMIT, "rsr patch: too many chunks");
+
+	/* The digest covers the whole file: a flipped bit or a truncation anywhere is caught here. */
+	{
+		struct patch_piece rest = {(const uint8_t *)buf + sizeof(*h), len - sizeof(*h)};
+		patch_digest(h, &rest, 1, digest);
+		if (memcmp(digest, h->patch_sha256, 32) != 0)
+			return format_error(ctx, "file corrupt or truncated (patch digest mismatch)");
+	}
 
 	p = calloc(1, sizeof(*p));
 	if (!p)
@@ -100,36 +121,31 @@ int rsr_patch_load(struct rsr_ctx *ctx, const void *buf, size_t len, struct rsr_
 	p->n_chunks = rsr_get_le32(h->n_chunks);
 	p->chunk_size = rsr_get_le32(h->chunk_size);
 
-	/* Bounded above, so this cannot overflow. */
+	/* Counts are 32-bit, so only the last product can overflow. */
 	sets_entries = (uint64_t)p->n_sets * p->n_chunks;
-	tables = (uint64_t)p->n_inputs * sizeof(struct patch_input) +
-		 (uint64_t)p->n_chunks * sizeof(struct patch_extent) + sets_entries * sizeof(struct patch_chunk);
-	if (tables > len - sizeof(*h)) {
+	if (rsr_mul_overflow(sets_entries, (uint64_t)sizeof(struct patch_chunk), &tables) ||
+	    rsr_add_overflow(tables,
+			     (uint64_t)p->n_inputs * sizeof(struct patch_input) +
+				 (uint64_t)p->n_chunks * sizeof(struct patch_extent),
+			     &tables) ||
+	    tables > len - sizeof(*h)) {
 		free(p);
-		return format_error(ctx, "tables extend past the end of the file");
+		return format_error(ctx, "header corrupt or file truncated (tables extend past its end)");
 	}
 	p->data_start = sizeof(*h) + tables;
 
-	/* The meta digest covers the header and the tables: any flipped bit there is caught here. */
-	hcopy = *h;
-	memset(hcopy.meta_sha256, 0, 32);
-	{
-		struct buf b = {0};
-		buf_put(&b, &hcopy, sizeof(hcopy));
-		buf_put(&b, (const uint8_t *)buf + sizeof(*h), (size_t)tables);
-		if (b.oom) {
-			buf_free(&b);
-			free(p);
-			return rsr_error(ctx, -ENOMEM, "out of memory");
-		}
-		rsr_sha256(b.p, b.len, digest);
-		buf_free(&b);
-	}
-	if (memcmp(digest, h->meta_sha256, 32) != 0) {
+	/* Authentic but beyond what this reader accepts. */
+	if (rsr_get_le32(h->flags) != 0) {
 		free(p);
-		return format_error(ctx, "header or tables corrupt (meta digest mismatch)");
+		return rsr_error(ctx, RSR_E_FORMAT, "rsr patch: unknown flags %#x", rsr_get_le32(h->flags));
 	}
-
+	if (p->n_inputs > PATCH_MAX_INPUTS || p->n_chunks > PATCH_MAX_CHUNKS) {
+		uint32_t ni = p->n_inputs, nc = p->n_chunks;
+		free(p);
+		return rsr_error(ctx, RSR_E_LIMIT,
+				 "rsr patch: %u inputs and %u chunks, more than the %u and %u allowed", ni, nc,
+				 PATCH_MAX_INPUTS, PATCH_MAX_CHUNKS);
+	}
 	off = sizeof(*h);
 	p->inputs = (const struct patch_input *)((const uint8_t *)buf + off);
 	off += (uint64_t)p->n_inputs * sizeof(struct patch_input);
@@ -175,7 +191,7 @@ int rsr_patch_load(struct rsr_ctx *ctx, const void *buf, size_t len, struct rsr_
 int rsr_patch_open(struct rsr_ctx *ctx, const char *path, struct rsr_patch **ret_patch)
 {
 	_cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
-	struct rsr_patch *p;
+	struct rsr_patch *p = NULL;
 	struct stat st;
 	void *map;
 	int r;
@@ -192,7 +208,7 @@ int rsr_patch_open(struct rsr_ctx *ctx, const char *path, struct rsr_patch **ret
 	if (map == MAP_FAILED)
 		return rsr_error_errno(ctx, -errno, "patch '%s': mmap", path);
 	r = rsr_patch_load(ctx, map, (size_t)st.st_size, &p);
-	if (r < 0) {
+	if (r < 0 || !p) {
 		munmap(map, (size_t)st.st_size);
 		return rsr_error_prefix(ctx, r, "patch '%s'", path);
 	}
@@ -261,7 +277,20 @@ struct exec {
 	uint64_t zleft, bleft; /* of the current run: zero differences, then explicit ones */
 	struct rsr_patch_stats *stats;
 	const char *why;
-	bool dry; /* only decode and check bounds: no input, no output */
+	bool dry;	    /* only decode and check bounds: no input, no output */
+	uint64_t chunk_off; /* output offset of the chunk */
+	uint8_t salt[PATCH_MAX_SALT];
+	size_t salt_len;
+	struct deferred *defs; /* OP_HASH, evaluated after the other operations */
+	size_t n_defs, cap_defs;
+};
+
+struct deferred {
+	uint64_t pos; /* in the chunk */
+	uint64_t src; /* absolute output offset */
+	uint64_t count;
+	uint8_t salt[PATCH_MAX_SALT];
+	size_t salt_len;
 };
 
 #define FAIL(e, msg)                                                                                                   \
@@ -405,6 +434,8 @@ static int run_ops(struct exec *e, const uint8_t *in, uint64_t in_size, int64_t 
 					*(op == OP_COPY ? &e->stats->copy_ops : &e->stats->add_ops) += 1;
 					*(op == OP_COPY ? &e->stats->copy_bytes : &e->stats->add_bytes) += n;
 				}
+			} else if (n == 0) {
+				/* nothing to move (and `in` may be NULL) */
 			} else if (op == OP_COPY) {
 				memcpy(out + o, in + pos, (size_t)n);
 				if (e->stats) {
@@ -429,7 +460,7 @@ static int run_ops(struct exec *e, const uint8_t *in, uint64_t in_size, int64_t 
 				FAIL(e, "write past the end of the chunk");
 			if (n > e->lit.len - e->lit.pos)
 				FAIL(e, "literal stream too short");
-			if (!e->dry)
+			if (!e->dry && n > 0)
 				memcpy(out + o, e->lit.p + e->lit.pos, (size_t)n);
 			e->lit.pos += (size_t)n;
 			o += n;
@@ -448,6 +479,47 @@ static int run_ops(struct exec *e, const uint8_t *in, uint64_t in_size, int64_t 
 			o += n;
 			break;
 		}
+		case OP_SALT:
+			if (nested || rd_varint(&e->ctrl, &n) < 0 || n > PATCH_MAX_SALT ||
+			    n > e->ctrl.len - e->ctrl.pos)
+				FAIL(e, "bad salt operation");
+			memcpy(e->salt, e->ctrl.p + e->ctrl.pos, (size_t)n);
+			e->salt_len = (size_t)n;
+			e->ctrl.pos += (size_t)n;
+			break;
+		case OP_HASH: {
+			uint64_t src, end, chunk_end = e->chunk_off + out_size;
+			if (nested || rd_varint(&e->ctrl, &src) < 0 || rd_varint(&e->ctrl, &n) < 0)
+				FAIL(e, "bad hash operation");
+			if (n == 0 || n > (out_size - o) / 32)
+				FAIL(e, "hashes past the end of the chunk");
+			/* Sources: whole blocks, all before the chunk or all inside it. */
+			if (src > chunk_end || n > (chunk_end - src) / HASH_BLOCK)
+				FAIL(e, "hash source outside the output so far");
+			end = src + n * HASH_BLOCK;
+			if (src < e->chunk_off && end > e->chunk_off)
+				FAIL(e, "hash source straddles the chunk start");
+			if (e->n_defs == e->cap_defs) {
+				size_t cap = e->cap_defs ? 2 * e->cap_defs : 16;
+				struct deferred *d = realloc(e->defs, cap * sizeof(*d));
+				if (!d)
+					return -ENOMEM;
+				e->defs = d;
+				e->cap_defs = cap;
+			}
+			e->defs[e->n_defs] =
+			    (struct deferred){.pos = o, .src = src, .count = n, .salt_len = e->salt_len};
+			memcpy(e->defs[e->n_defs].salt, e->salt, e->salt_len);
+			e->n_defs++;
+			if (e->stats) {
+				e->stats->hash_ops++;
+				e->stats->hash_bytes += n * 32;
+			}
+			if (!e->dry)
+				memset(out + o, 0, (size_t)n * 32);
+			o += n * 32;
+			break;
+		}
 		case OP_END:
 			if (!nested)
 				FAIL(e, "end operation outside a deflate operation");
@@ -463,10 +535,70 @@ static int run_ops(struct exec *e, const uint8_t *in, uint64_t in_size, int64_t 
 	return 0;
 }
 
+/* Evaluates the deferred hashes, last first (so a hash tree stored top level first is built bottom up). */
+static int run_hashes(struct exec *e, uint8_t *out, patch_read_prior_fn read_prior, void *read_arg)
+{
+	EVP_MD_CTX *md = NULL;
+	uint8_t *blk = NULL;
+	int r = 0;
+
+	if (e->n_defs == 0)
+		return 0;
+	md = EVP_MD_CTX_new();
+	blk = malloc(HASH_BLOCK);
+	if (!md || !blk) {
+		r = -ENOMEM;
+		goto out;
+	}
+	for (size_t k = e->n_defs; k-- > 0;) {
+		const struct deferred *d = &e->defs[k];
+		for (uint64_t i = d->count; i-- > 0;) {
+			uint64_t src = d->src + i * HASH_BLOCK;
+			const uint8_t *b;
+			unsigned int dlen = 32;
+			if (src < e->chunk_off) {
+				if (!read_prior) {
+					e->why = "hash source in an earlier chunk";
+					r = RSR_E_FORMAT;
+					goto out;
+				}
+				r = read_prior(read_arg, src, blk, HASH_BLOCK);
+				if (r < 0)
+					goto out;
+				b = blk;
+			} else {
+				b = out + (src - e->chunk_off);
+			}
+			if (EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1 ||
+			    EVP_DigestUpdate(md, d->salt, d->salt_len) != 1 ||
+			    EVP_DigestUpdate(md, b, HASH_BLOCK) != 1 ||
+			    EVP_DigestFinal_ex(md, out + d->pos + 32 * i, &dlen) != 1) {
+				r = -ENOMEM;
+				goto out;
+			}
+		}
+	}
+out:
+	EVP_MD_CTX_free(md);
+	free(blk);
+	return r;
+}
+
 int patch_run_chunk(const struct rsr_patch *p, uint32_t set, uint32_t chunk, const uint8_t *in, uint64_t in_size,
-		    uint8_t *out, struct rsr_patch_stats *stats, const char **why)
+		    uint8_t *out, patch_read_prior_fn read_prior, void *read_arg, struct rsr_patch_stats *stats,
+		    const char **why)
 {
 	struct patch_chunk_view v;
+
+	patch_chunk_get(p, set, chunk, &v);
+	return patch_run_frame(p->buf + v.data_offset, &v, in, in_size, out, read_prior, read_arg, stats, why);
+}
+
+int patch_run_frame(const uint8_t *frame, const struct patch_chunk_view *vp, const uint8_t *in, uint64_t in_size,
+		    uint8_t *out, patch_read_prior_fn read_prior, void *read_arg, struct rsr_patch_stats *stats,
+		    const char **why)
+{
+	struct patch_chunk_view v = *vp;
 	struct exec e = {.stats = stats, .dry = out == NULL};
 	struct rd hdr;
 	uint64_t lens[4], rest;
@@ -475,8 +607,7 @@ int patch_run_chunk(const struct rsr_patch *p, uint32_t set, uint32_t chunk, con
 	size_t n;
 	int r;
 
-	patch_chunk_get(p, set, chunk, &v);
-	fsz = ZSTD_getFrameContentSize(p->buf + v.data_offset, v.comp_size);
+	fsz = ZSTD_getFrameContentSize(frame, v.comp_size);
 	if (fsz != v.payload_size) {
 		*why = "chunk data is not a zstd frame of the recorded size";
 		return RSR_E_FORMAT;
@@ -484,7 +615,7 @@ int patch_run_chunk(const struct rsr_patch *p, uint32_t set, uint32_t chunk, con
 	payload = malloc(v.payload_size ? v.payload_size : 1);
 	if (!payload)
 		return -ENOMEM;
-	n = ZSTD_decompress(payload, v.payload_size, p->buf + v.data_offset, v.comp_size);
+	n = ZSTD_decompress(payload, v.payload_size, frame, v.comp_size);
 	if (ZSTD_isError(n) || n != v.payload_size) {
 		free(payload);
 		*why = "chunk data corrupt (zstd)";
@@ -514,12 +645,16 @@ int patch_run_chunk(const struct rsr_patch *p, uint32_t set, uint32_t chunk, con
 		stats->compressed_bytes += v.comp_size;
 		stats->payload_bytes += v.payload_size;
 	}
+	e.chunk_off = v.out_offset;
 	r = run_ops(&e, in, in_size, (int64_t)RSR_MIN(v.out_offset, in_size), out, v.out_size, false);
 	if (r == 0 &&
 	    (e.diff.pos != e.diff.len || e.lit.pos != e.lit.len || e.runs.pos != e.runs.len || e.zleft || e.bleft)) {
 		e.why = "unused bytes in the chunk streams";
 		r = RSR_E_FORMAT;
 	}
+	if (r == 0 && !e.dry)
+		r = run_hashes(&e, out, read_prior, read_arg);
+	free(e.defs);
 	if (r == RSR_E_FORMAT)
 		*why = e.why;
 	free(payload);
@@ -536,7 +671,7 @@ int rsr_patch_stats(struct rsr_ctx *ctx, const struct rsr_patch *patch, size_t i
 	/* Operations are decoded and checked against the recorded input size, without the input. */
 	for (uint32_t c = 0; c < patch->n_chunks; c++) {
 		const char *why = NULL;
-		int r = patch_run_chunk(patch, (uint32_t)i, c, NULL, in_size, NULL, &st, &why);
+		int r = patch_run_chunk(patch, (uint32_t)i, c, NULL, in_size, NULL, NULL, NULL, &st, &why);
 		if (r == RSR_E_FORMAT)
 			return rsr_error(ctx, r, "not a valid rsr patch: chunk %u: %s", c, why);
 		if (r < 0)

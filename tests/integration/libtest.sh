@@ -12,7 +12,7 @@ cleanup_hooks=()
 on_exit() {
 	local rc=$?
 	for h in "${cleanup_hooks[@]}"; do eval "$h" || true; done
-	rm -rf "$T"
+	rm -rf --one-file-system "$T"
 	[ -z "${RSR_WRAPPED:-}" ] || rm -rf "$RSR_WRAPPED"
 	exit $rc
 }

@@ -105,6 +105,19 @@ for _ in $(seq 50); do [ "$(losetup -l -n -O BACK-FILE | grep -c "$R")" -le 1 ] 
 [ "$(losetup -l -n -O BACK-FILE | grep -c "$R")" = 1 ] || fail "loop devices of old images remain"
 ok "no mounts or loop devices pile up"
 
+# Two commands at once are serialised by the lock on the root.
+(for i in $(seq 10); do "$RSR" -q graft --root "$R" --add "$W/A.cptx" || exit 1; done) &
+c1=$!
+(for i in $(seq 10); do "$RSR" -q graft --root "$R" --add "$W/B.cptx" || exit 1; done) &
+c2=$!
+wait $c1 || fail "concurrent grafts (A) failed"
+wait $c2 || fail "concurrent grafts (B) failed"
+expect 0 graft --root "$R" --add "$W/$v.cptx"
+[ "$(cat "$R/usr/share/swap/shadowed")" = "$v" ] || fail "after concurrent grafts"
+n_mounts=$(findmnt -rn -o TARGET | awk -v r="$R" 'index($1, r) == 1' | wc -l)
+[ "$n_mounts" = 3 ] || fail "after concurrent grafts: $n_mounts mounts under the root (want overlay, image, base)"
+ok "concurrent grafts are serialised and leave one consistent stack"
+
 # A second slot: "zz" is stacked above "os" (later name on top).
 mkdir -p "$W/Z/usr/share/swap"
 echo Z >"$W/Z/usr/share/swap/shadowed"

@@ -146,6 +146,26 @@ expect 1 graft --root "$R" --remove libssl3
 assert_grep "no current image" "$T/err"
 ok "--remove drops a slot's current image"
 
+# One cryptex covering two directories; one covering a directory the base lacks.
+mkdir -p "$R/opt/vendor" "$W/multi/opt/vendor" "$W/multi/usr/share/multi" "$W/srv/srv/x"
+echo base >"$R/opt/vendor/file"
+echo multi >"$W/multi/opt/vendor/file"
+echo multi >"$W/multi/usr/share/multi/file"
+echo x >"$W/srv/srv/x/file"
+"$RSR" -q cryptex build "$W/multi" -o "$W/multi.cptx" --name multi --version 1 --base test-1 --key "$W/key"
+"$RSR" -q cryptex build "$W/srv" -o "$W/srv.cptx" --name srv --version 1 --base test-1 --key "$W/key"
+expect 0 graft --root "$R" --add "$W/multi.cptx"
+[ "$(cat "$R/opt/vendor/file")" = multi ] && [ "$(cat "$R/usr/share/multi/file")" = multi ] ||
+	fail "a cryptex covering /opt and /usr is not visible in both"
+[ "$(mounts_of_root | grep -c overlay)" = 2 ] || fail "expected one overlay on /opt and one on /usr"
+expect 1 graft --root "$R" --add "$W/srv.cptx"
+assert_grep "covers /srv, which is not a directory of the base" "$T/err"
+expect 0 ungraft --root "$R"
+[ "$(cat "$R/opt/vendor/file")" = base ] || fail "/opt not back to base"
+[ -z "$(mounts_of_root)" ] || fail "mounts left after ungraft"
+expect 0 graft --root "$R" --remove multi --no-mount
+ok "a cryptex covering two directories grafts both; one covering a directory the base lacks is refused"
+
 expect 2 graft --root "$R" extra
 expect 2 status --bogus
 expect 0 graft --help

@@ -1,0 +1,196 @@
+#!/usr/bin/env bash
+# Responses end to end on scratch roots: create, info, notes; install, stack,
+# remove; every refusal leaves the device unchanged; disk full; the lock;
+# grafting in a private mount namespace.
+. "$(dirname "$0")/libtest.sh"
+. "$(dirname "$0")/libresponse.sh"
+
+vendor_setup
+ok "vendor: responses (a) and (b) created"
+
+expect 0 response info "$V/b" --pubkey "$V/key.pub"
+assert_grep "Response:   (b), sequence 2" "$T/out"
+assert_grep "Signature:  verified" "$T/out"
+assert_grep "libssl3/x86_64: .*forward .* from 2 inputs" "$T/out"
+assert_grep "DSA-9002-1  medium" "$T/out"
+expect 0 response info --json "$V/b"
+python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); assert r["letter"]=="b" and r["sequence"]==2 and len(r["images"])==2 and r["restart"]=="services", r' "$T/out"
+expect 0 response notes "$V/b" --os-name "Test OS 12"
+assert_grep "^# About the security content of Test OS 12 (b)" "$T/out"
+assert_grep "CVE-2026-0003" "$T/out"
+expect 1 response info "$V/b" --pubkey "$V/other.pub"
+assert_grep "no valid signature by a trusted key" "$T/err"
+ok "response info (text, JSON, signature check) and notes"
+
+D=$T/dev
+device_root "$D"
+device_is "$D" base
+expect 0 status --root "$D"
+assert_grep "Version:   Test OS 12 (no response installed)" "$T/out"
+expect 0 install "$V/a" --root "$D" --no-graft
+device_is "$D" a
+assert_grep "Version:   Test OS 12 (a)" "$T/out"
+grep -q '^RSR_VERSION_SUFFIX="(a)"$' "$D/run/rsr/response" || fail "run/rsr/response lacks the letter"
+grep -q '(a)' "$D/etc/os-release" && fail "os-release was changed"
+expect 0 status --root "$D" --json
+python3 -c 'import json,sys; r=json.load(open(sys.argv[1]))["response"]; assert r["letter"]=="a" and r["version_suffix"]=="(a)" and r["advisories"][0]["id"]=="DSA-9001-1", r' "$T/out"
+ok "install (a): slots and state switched, letter in status and run/rsr/response, os-release untouched"
+
+expect 0 install "$V/b" --root "$D" --no-graft
+device_is "$D" b
+ok "install (b) straight from (a)"
+
+expect 0 install "$V/b" --root "$D" --no-graft
+assert_grep "already installed" "$T/out"
+expect 1 install "$V/a" --root "$D" --no-graft
+assert_grep "not newer than the highest" "$T/err"
+device_is "$D" b
+ok "reinstalling (b) is a no-op; (a) is refused as older"
+
+expect 0 remove --root "$D" --no-graft
+device_is "$D" base
+expect 1 install "$V/a" --root "$D" --no-graft
+assert_grep "not newer than the highest this device has installed (2)" "$T/err"
+device_is "$D" base
+expect 0 remove --root "$D" --no-graft
+assert_grep "nothing to remove" "$T/out"
+ok "remove goes back to the base images; the high-water mark survives removal"
+
+device_root "$D"
+expect 0 install "$V/b" --root "$D" --no-graft --keep-base
+device_is "$D" b
+[ -f "$D/var/lib/rsr/response/base/libssl3.cptx" ] || fail "base copy not kept"
+expect 0 --verbose remove --root "$D" --no-graft
+assert_grep "using the kept base image" "$T/err"
+device_is "$D" base
+ok "base -> (b) straight from the base; --keep-base keeps and uses the base copies"
+
+# Refusals: each leaves the device exactly as it was.
+snapshot() { (cd "$D" && find . -path ./run -prune -o ! -name lock -print0 | sort -z | xargs -0 -I{} sh -c 'if [ -f "{}" ]; then sha256sum "{}"; else echo "{}"; fi'); }
+device_root "$D"
+expect 0 install "$V/a" --root "$D" --no-graft
+before=$(snapshot)
+refuse() { # DESCRIPTION RESPONSE-DIR MESSAGE
+	expect 1 install "$2" --root "$D" --no-graft
+	assert_grep "$3" "$T/err"
+	[ "$(snapshot)" = "$before" ] || fail "$1: the device changed"
+	device_is "$D" a
+	ok "refused, device unchanged: $1"
+}
+cp -r "$V/b" "$T/b-flip-patch"
+python3 - "$T/b-flip-patch/patches/libxml2-x86_64.forward.rsrp" <<'PY'
+import sys
+p = sys.argv[1]; b = bytearray(open(p, "rb").read()); b[len(b) // 2] ^= 1; open(p, "wb").write(b)
+PY
+refuse "a patch with one flipped bit" "$T/b-flip-patch" "the response signed"
+cp -r "$V/b" "$T/b-flip-manifest"
+sed -i 's/"letter": "b"/"letter": "c"/' "$T/b-flip-manifest/response.json"
+refuse "a manifest with one changed field" "$T/b-flip-manifest" "no valid signature"
+"$RSR" -q response create -o "$T/b-other-key" --base-build test-1 --letter b --key "$V/other" \
+	--slot libxml2="$V/xml-base.cptx:$V/xml-b.cptx" --slot libssl3="$V/ssl-base.cptx:$V/ssl-b.cptx" \
+	--advisories "$V/adv-b.json" 2>/dev/null && fail "a response with images of another key was made"
+mkdir -p "$T/ok2" && "$RSR" key generate -o "$T/ok2/k" >/dev/null 2>&1
+"$RSR" -q cryptex build "$(corpus_pair libxml2)/new" -o "$T/ok2/x.cptx" --name libxml2 --version x --base test-1 --key "$T/ok2/k"
+"$RSR" -q cryptex build "$(corpus_pair libxml2)/old" -o "$T/ok2/xb.cptx" --name libxml2 --version xb --base test-1 --key "$T/ok2/k"
+"$RSR" -q response create -o "$T/wrong-key" --base-build test-1 --letter c --key "$T/ok2/k" \
+	--slot libxml2="$T/ok2/xb.cptx:$T/ok2/x.cptx" --advisories "$V/adv-b.json"
+refuse "a response signed by an unknown key" "$T/wrong-key" "no valid signature by a trusted key"
+"$RSR" -q cryptex build "$(corpus_pair libxml2)/new" -o "$T/xml-other-base.cptx" --name libxml2 --version 2 --base test-2 --key "$V/key"
+"$RSR" -q cryptex build "$(corpus_pair libxml2)/old" -o "$T/xml-other-base0.cptx" --name libxml2 --version 1 --base test-2 --key "$V/key"
+"$RSR" -q response create -o "$T/wrong-base" --base-build test-2 --letter c --key "$V/key" \
+	--slot libxml2="$T/xml-other-base0.cptx:$T/xml-other-base.cptx" --advisories "$V/adv-b.json"
+refuse "a response for another base build" "$T/wrong-base" "is for base build 'test-2'; this device runs 'test-1'"
+# A patch whose output is a validly signed image, but not the one the response signed.
+cp -r "$V/b" "$T/b-wrong-output"
+"$RSR" -q patch create "$V/xml-base.cptx" "$V/ssl-b.cptx" -o "$T/b-wrong-output/patches/libxml2-x86_64.forward.rsrp" 2>/dev/null ||
+	"$RSR" -q patch create "$V/xml-base.cptx" "$V/ssl-b.cptx" -o "$T/b-wrong-output/patches/libxml2-x86_64.forward.rsrp"
+python3 - "$T/b-wrong-output" "$V/key" <<'PY'
+import json, sys, hashlib, subprocess
+d, key = sys.argv[1], sys.argv[2]
+m = json.load(open(d + "/response.json"))
+p = d + "/patches/libxml2-x86_64.forward.rsrp"
+data = open(p, "rb").read()
+for im in m["signed"]["images"]:
+    if im["slot"] == "libxml2":
+        im["forward"]["sha256"] = hashlib.sha256(data).hexdigest(); im["forward"]["size"] = len(data)
+canon = json.dumps(m["signed"], sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+msg = b"RSR-RESPONSE-V1\0" + canon
+open(d + "/msg", "wb").write(msg)
+sig = subprocess.run(["openssl", "pkeyutl", "-sign", "-inkey", key, "-rawin", "-in", d + "/msg"], capture_output=True, check=True).stdout
+m["signatures"][0]["sig"] = sig.hex()
+json.dump(m, open(d + "/response.json", "w"), indent=1, sort_keys=True)
+PY
+refuse "a patch whose output does not match the signed root hash" "$T/b-wrong-output" "the patched image has root hash"
+
+# The lock: a second operation fails clearly, or waits with --wait.
+exec 9>>"$D/var/lib/rsr/response/lock"
+flock -x 9
+expect 1 remove --root "$D" --no-graft
+assert_grep "another rsr operation .* is installing or removing" "$T/err"
+(sleep 1; flock -u 9) &
+expect 0 remove --root "$D" --no-graft --wait
+exec 9>&-
+wait
+device_is "$D" base
+ok "a second operation fails with a clear message while one runs; --wait waits"
+
+# Disk full: the state directory on a small filesystem.
+need_root
+if command -v mkfs.ext4 >/dev/null; then
+	device_root "$D"
+	dd if=/dev/zero of="$T/small.img" bs=1M count=40 status=none
+	mkfs.ext4 -q -F "$T/small.img"
+	if unshare -m bash -c "
+		set -e
+		mount --make-rprivate /
+		mkdir -p '$T/small'
+		mount -o loop '$T/small.img' '$T/small'
+		cp -a '$D/var/lib/rsr/.' '$T/small/'
+		mount --bind '$T/small' '$D/var/lib/rsr'
+		fallocate -l \$(( \$(stat -f -c '%a*%S' '$T/small') - 2*1024*1024 )) '$T/small/filler' 2>/dev/null ||
+			dd if=/dev/zero of='$T/small/filler' bs=1M count=\$(( \$(stat -f -c '%a*%S/1048576' '$T/small') - 2 )) status=none
+		set +e
+		'$RSR' install '$V/b' --root '$D' --no-graft >'$T/out' 2>'$T/err'
+		rc=\$?
+		set -e
+		[ \$rc = 1 ] || { echo \"install exit \$rc\"; cat '$T/err'; exit 1; }
+		grep -q 'No space left on device' '$T/err' || { cat '$T/err'; exit 1; }
+		[ ! -e '$T/small/response/incoming' ] || { echo 'incoming left behind'; exit 1; }
+		rm '$T/small/filler'
+		cp -a '$T/small/.' '$D/var/lib/rsr.after/' 2>/dev/null || { mkdir -p '$D/var/lib/rsr.after'; cp -a '$T/small/.' '$D/var/lib/rsr.after/'; }
+	"; then
+		rm -rf "$D/var/lib/rsr" && mv "$D/var/lib/rsr.after" "$D/var/lib/rsr"
+		device_is "$D" base
+		expect 0 install "$V/b" --root "$D" --no-graft
+		device_is "$D" b
+		ok "disk full during install: clean failure, old state intact, incoming cleaned up, next install works"
+	else
+		fail "disk-full scenario failed"
+	fi
+else
+	fail "mkfs.ext4 is missing (e2fsprogs)"
+fi
+
+# With grafting, in a private mount namespace: the files under the root's /usr change.
+cp -a "$(corpus_pair libssl3)/old/usr/." "$D/usr/" 2>/dev/null || true
+device_root "$D"
+cp -a "$(corpus_pair libssl3)/old/usr/." "$D/usr/"
+unshare -m bash -c "
+	set -e
+	mount --make-rprivate /
+	'$RSR' -q graft --root '$D'
+	lib='$D/usr/lib/x86_64-linux-gnu/libcrypto.so.3'
+	cmp \"\$lib\" '$(corpus_pair libssl3)/old/usr/lib/x86_64-linux-gnu/libcrypto.so.3'
+	'$RSR' -q install '$V/a' --root '$D'
+	cmp \"\$lib\" '$(corpus_pair libssl3)/new/usr/lib/x86_64-linux-gnu/libcrypto.so.3'
+	'$RSR' status --root '$D' | grep -q 'Version:   Test OS 12 (a)'
+	'$RSR' -q install '$V/b' --root '$D'
+	cmp '$D/usr/lib/x86_64-linux-gnu/libxml2.so.2' '$(corpus_pair libxml2)/new/usr/lib/x86_64-linux-gnu/libxml2.so.2'
+	'$RSR' -q remove --root '$D'
+	cmp \"\$lib\" '$(corpus_pair libssl3)/old/usr/lib/x86_64-linux-gnu/libcrypto.so.3'
+	cmp '$D/usr/lib/x86_64-linux-gnu/libxml2.so.2' '$(corpus_pair libxml2)/old/usr/lib/x86_64-linux-gnu/libxml2.so.2'
+	'$RSR' -q ungraft --root '$D'
+" || fail "grafted lifecycle failed"
+device_is "$D" base
+ok "grafted: base -> (a) -> (b) -> remove, the files under /usr follow each step"
+echo "1..$TESTS_RUN"
