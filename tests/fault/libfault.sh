@@ -250,3 +250,29 @@ check_slot() { # ALLOWED-IMAGE...
 	done
 	[ -n "$ok" ] || fail "slot os: current is $cur, expected one of: $*"
 }
+
+# Responses (tests/integration/libresponse.sh): a device root on the base
+# images ($T/dev, reset from a template before each run) and the vendor's
+# responses (a) and (b). After a failed run, any rsr command first finishes
+# or rolls back an interrupted install or remove; `rsr status` does that, and
+# then the device must be entirely in one of the allowed states.
+fault_response_setup() {
+	. "$RSR_SRCDIR/tests/integration/libresponse.sh"
+	vendor_setup
+	device_root "$T/dev.base"
+	cp -a "$T/dev.base" "$T/dev.a"
+	"$RSR" -q install "$V/a" --root "$T/dev.a" --no-graft >/dev/null || fail "installing (a) without faults"
+}
+fault_dev_base() { rm -rf "$T/dev" && cp -a "$T/dev.base" "$T/dev"; }
+fault_dev_a() { rm -rf "$T/dev" && cp -a "$T/dev.a" "$T/dev"; }
+check_device() { # RC STATE-ON-SUCCESS OTHER-STATE-ON-FAILURE
+	if [ "$1" = 0 ]; then
+		device_is "$T/dev" "$2" || fail "the device is not in state $2 after success"
+		return 0
+	fi
+	"$RSR" -q status --root "$T/dev" >/dev/null 2>&1 || fail "rsr status (recovery) failed after the fault"
+	device_is "$T/dev" "$3" 2>/dev/null || device_is "$T/dev" "$2" ||
+		fail "after a failure and recovery the device is neither in state $3 nor in state $2"
+}
+check_install_a() { check_device "$1" a base; }
+check_remove_a() { check_device "$1" base a; }

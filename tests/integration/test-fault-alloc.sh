@@ -9,6 +9,9 @@
 # (scripts/fault-suite).
 . "$(dirname "$0")/libtest.sh"
 . "$RSR_SRCDIR/tests/fault/libfault.sh"
+# install and remove make some 28000 allocations and take 0.2 s each: every
+# 509th between the dense ends.
+SLOW_STRIDE=${RSR_FAULT_STRIDE:-509}
 RSR_FAULT_STRIDE=${RSR_FAULT_STRIDE:-61}
 
 # A small tree keeps each of the thousands of runs short.
@@ -91,6 +94,16 @@ check_install() { if [ "$1" = 0 ]; then check_slot "$T/os2.cptx"; else check_slo
 check_remove() { if [ "$1" = 0 ]; then check_slot none; else check_slot none "$T/os1.cptx"; fi; }
 fault_alloc_walk "graft --add (install)" fault_root_reset check_install -- graft --root "$T/root" --add "$T/os2.cptx" --no-mount
 fault_alloc_walk "graft --remove" fault_root_reset check_remove -- graft --root "$T/root" --remove os --no-mount
+
+# Install and remove a response (no grafting): the device is on the base or
+# on (a), completely, after the failure and the recovery any rsr command does.
+if [ -d "$RSR_CORPUS/debs" ]; then
+	fault_response_setup
+	RSR_FAULT_STRIDE=$SLOW_STRIDE fault_alloc_walk "install" fault_dev_base check_install_a -- install "$V/a" --root "$T/dev" --no-graft
+	RSR_FAULT_STRIDE=$SLOW_STRIDE fault_alloc_walk "remove" fault_dev_a check_remove_a -- remove --root "$T/dev" --no-graft
+else
+	echo "# SKIP install and remove: the corpus is not at $RSR_CORPUS"
+fi
 
 echo "# $FAULT_POINTS allocation failures in all (stride $RSR_FAULT_STRIDE)"
 echo "1..$TESTS_RUN"

@@ -11,7 +11,7 @@ command -v strace >/dev/null || fail "strace is not installed (scripts/install-d
 strace -f -qq -o /dev/null -e trace=write -e inject=write:error=EIO:when=1000 true 2>/dev/null ||
 	skip_all "strace cannot trace here (no ptrace permission in this container?)"
 
-SYSCALLS="write pwrite64 fsync fdatasync rename renameat renameat2 copy_file_range symlinkat mkdir mkdirat"
+SYSCALLS="write pwrite64 fsync fdatasync rename renameat renameat2 copy_file_range symlinkat linkat mkdir mkdirat"
 ERRNOS="EIO ENOSPC"
 
 mkdir -p "$T/src/usr/lib/x86_64-linux-gnu" "$T/src/usr/share/doc/fault"
@@ -108,6 +108,16 @@ check_install() { if [ "$1" = 0 ]; then check_slot "$T/os2.cptx"; else check_slo
 check_remove() { if [ "$1" = 0 ]; then check_slot none; else check_slot none "$T/os1.cptx"; fi; }
 fault_io_walk "graft --add (install)" fault_root_reset check_install "$SYSCALLS" "$ERRNOS" -- graft --root "$T/root" --add "$T/os2.cptx" --no-mount
 fault_io_walk "graft --remove" fault_root_reset check_remove "$SYSCALLS" "$ERRNOS" -- graft --root "$T/root" --remove os --no-mount
+
+# Install and remove a response (no grafting): the device is on the base or
+# on (a), completely, after the failure and the recovery any rsr command does.
+if [ -d "$RSR_CORPUS/debs" ]; then
+	fault_response_setup
+	fault_io_walk "install" fault_dev_base check_install_a "$SYSCALLS" "$ERRNOS" -- install "$V/a" --root "$T/dev" --no-graft
+	fault_io_walk "remove" fault_dev_a check_remove_a "$SYSCALLS" "$ERRNOS" -- remove --root "$T/dev" --no-graft
+else
+	echo "# SKIP install and remove: the corpus is not at $RSR_CORPUS"
+fi
 
 echo "# $FAULT_POINTS I/O faults in all"
 echo "1..$TESTS_RUN"
