@@ -46,7 +46,8 @@ int cmd_usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Prints "rsr: <formatted message>" to stderr and returns EXIT_FAIL. */
 int cmd_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
-/* Prints a JSON value to stdout, indented, with a newline; takes ownership. */
+/* Prints a JSON value (NULL: out of memory) to stdout, indented, with a newline; takes
+ * ownership. Returns EXIT_OK, or EXIT_FAIL after an error message. */
 int cmd_print_json(json_t *v);
 
 /* Turns on the progress bar when stderr is a terminal and --quiet is not set. */

@@ -177,14 +177,20 @@ static int cryptex_verify(struct cmd_env *env, int argc, char **argv)
 	return ret;
 }
 
+/* The --json description of one cryptex; NULL when out of memory. */
 static json_t *info_json(struct rsr_cryptex *cx)
 {
 	json_t *bases = json_array(), *paths = json_array();
 
-	for (size_t i = 0; i < rsr_cryptex_base_build_count(cx); i++)
-		json_array_append_new(bases, json_string(rsr_cryptex_base_build(cx, i)));
-	for (size_t i = 0; i < rsr_cryptex_path_count(cx); i++)
-		json_array_append_new(paths, json_string(rsr_cryptex_covered_path(cx, i)));
+	for (size_t i = 0; bases && i < rsr_cryptex_base_build_count(cx); i++)
+		if (json_array_append_new(bases, json_string(rsr_cryptex_base_build(cx, i))) < 0)
+			goto fail;
+	for (size_t i = 0; paths && i < rsr_cryptex_path_count(cx); i++)
+		if (json_array_append_new(paths, json_string(rsr_cryptex_covered_path(cx, i))) < 0)
+			goto fail;
+	if (!bases || !paths)
+		goto fail;
+	/* "o" hands both arrays to the result, also when packing fails. */
 	return json_pack("{s:s, s:s, s:s, s:o, s:o, s:s, s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "file",
 			 rsr_cryptex_path(cx), "name", rsr_cryptex_name(cx), "version", rsr_cryptex_version(cx),
 			 "base_builds", bases, "paths", paths, "root_hash", rsr_cryptex_root_hash_hex(cx), "salt",
@@ -195,6 +201,10 @@ static json_t *info_json(struct rsr_cryptex *cx)
 			 (json_int_t)rsr_cryptex_image_offset(cx), "image_size", (json_int_t)rsr_cryptex_image_size(cx),
 			 "hash_tree_size", (json_int_t)rsr_cryptex_tree_size(cx), "data_blocks",
 			 (json_int_t)rsr_cryptex_data_blocks(cx));
+fail:
+	json_decref(bases);
+	json_decref(paths);
+	return NULL;
 }
 
 static void info_text(struct rsr_cryptex *cx)
@@ -228,7 +238,7 @@ static int cryptex_info(struct cmd_env *env, int argc, char **argv)
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
 	};
-	bool json = false;
+	bool json = false, oom = false;
 	json_t *all = NULL;
 	int c, ret = EXIT_OK;
 
@@ -249,8 +259,8 @@ static int cryptex_info(struct cmd_env *env, int argc, char **argv)
 	}
 	if (optind >= argc)
 		return cmd_usage_error("usage: rsr cryptex info FILE.cptx [--json]");
-	if (json && argc - optind > 1)
-		all = json_array();
+	if (json && argc - optind > 1 && !(all = json_array()))
+		return cmd_error("out of memory");
 	for (int i = optind; i < argc; i++) {
 		struct rsr_cryptex *cx;
 		int r = rsr_cryptex_open(env->ctx, argv[i], &cx);
@@ -259,16 +269,23 @@ static int cryptex_info(struct cmd_env *env, int argc, char **argv)
 			ret = cmd_fail(env, r);
 			continue;
 		}
-		if (all)
-			json_array_append_new(all, info_json(cx));
-		else if (json)
-			cmd_print_json(info_json(cx));
-		else
+		if (all) {
+			if (json_array_append_new(all, info_json(cx)) < 0) {
+				ret = cmd_error("%s: out of memory", argv[i]);
+				oom = true;
+			}
+		} else if (json) {
+			if (cmd_print_json(info_json(cx)) != EXIT_OK)
+				ret = EXIT_FAIL;
+		} else
 			info_text(cx), fputs(i + 1 < argc ? "\n" : "", stdout);
 		rsr_cryptex_free(cx);
 	}
-	if (all)
-		cmd_print_json(all);
+	/* A list with an entry lost to memory would read as complete: print none. */
+	if (all && !oom && cmd_print_json(all) != EXIT_OK)
+		ret = EXIT_FAIL;
+	else if (all && oom)
+		json_decref(all);
 	return ret;
 }
 

@@ -342,7 +342,7 @@ int cmd_status(struct cmd_env *env, int argc, char **argv)
 		} else if (json) {
 			json_t *o = report_json(rep);
 			json_object_set_new(o, "response", cmd_response_state_json(st));
-			r = cmd_print_json(o) < 0 ? EXIT_FAIL : EXIT_OK;
+			r = cmd_print_json(o) != EXIT_OK ? EXIT_FAIL : EXIT_OK;
 		} else {
 			cmd_print_response_state(st);
 			print_report(rep);

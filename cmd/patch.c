@@ -265,7 +265,7 @@ static int patch_info(struct cmd_env *env, int argc, char **argv)
 			return ret;
 		}
 		json_object_set_new(root, "inputs", inputs);
-		return cmd_print_json(root) < 0 ? EXIT_FAIL : EXIT_OK;
+		return cmd_print_json(root) != EXIT_OK ? EXIT_FAIL : EXIT_OK;
 	}
 	return ret;
 }

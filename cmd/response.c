@@ -255,7 +255,8 @@ static int response_info(struct cmd_env *env, int argc, char **argv)
 	if ((r = open_with_keys(env, argv[optind], keys, nkeys, &resp)) != EXIT_OK)
 		return r;
 	if (json) {
-		cmd_print_json(response_json(resp));
+		if (cmd_print_json(response_json(resp)) != EXIT_OK)
+			r = EXIT_FAIL;
 	} else {
 		char a[32], b[32], s[32];
 		printf("Response:   (%s), sequence %llu\n", rsr_response_letter(resp),
@@ -284,7 +285,7 @@ static int response_info(struct cmd_env *env, int argc, char **argv)
 		}
 	}
 	rsr_response_free(resp);
-	return EXIT_OK;
+	return r;
 }
 
 static int response_notes(struct cmd_env *env, int argc, char **argv)

@@ -76,13 +76,24 @@ int cmd_error(const char *fmt, ...)
 
 int cmd_print_json(json_t *v)
 {
-	int r = 0;
+	char *s;
+	json_t *back;
+	int r = EXIT_OK;
 
 	if (!v)
 		return cmd_error("out of memory");
-	if (json_dumpf(v, stdout, JSON_INDENT(2) | JSON_PRESERVE_ORDER) < 0)
+	/*
+	 * Through a string that is parsed back: jansson 2.14 drops an object
+	 * key whose append fails and still succeeds (see lib/common/json.c).
+	 */
+	s = json_dumps(v, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+	back = s ? json_loads(s, JSON_DECODE_ANY, NULL) : NULL;
+	if (!back || !json_equal(v, back))
+		r = cmd_error("out of memory");
+	else if (fputs(s, stdout) == EOF || fputc('\n', stdout) == EOF)
 		r = cmd_error("cannot write JSON output");
-	fputc('\n', stdout);
+	free(s);
+	json_decref(back);
 	json_decref(v);
 	return r;
 }

@@ -11,8 +11,11 @@
 
 int rsr_ctx_new(struct rsr_ctx **ret_ctx)
 {
-	struct rsr_ctx *ctx = calloc(1, sizeof(*ctx));
+	struct rsr_ctx *ctx;
 
+	if (rsr_crypto_init() < 0)
+		return -ENOMEM;
+	ctx = calloc(1, sizeof(*ctx));
 	if (!ctx)
 		return -ENOMEM;
 	ctx->log_level = RSR_LOG_INFO;

@@ -15,6 +15,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <jansson.h>
+
 #include "rsr/common.h"
 
 #define RSR_ERRMSG_MAX 1024
@@ -183,8 +185,26 @@ void rsr_atomic_abort(struct rsr_atomic_file *af);
 /* Writes a whole small file atomically. */
 int rsr_write_file_atomic(struct rsr_ctx *ctx, const char *path, const void *buf, size_t len, unsigned mode);
 
-/* SHA-256 of a buffer. */
-void rsr_sha256(const void *buf, size_t len, uint8_t out[32]);
+/*
+ * Initialises OpenSSL where a failure can be seen: when an allocation fails
+ * in its implicit initialisation, OpenSSL leaves its default library context
+ * without a lock and the next call crashes. Returns 0 or -ENOMEM; OpenSSL
+ * runs it once and later calls return the first result.
+ */
+int rsr_crypto_init(void);
+
+/*
+ * SHA-256 of a buffer. Returns 0, or -ENOMEM when OpenSSL cannot allocate
+ * (then `out` is all zeroes, never a stale or undefined digest).
+ */
+int rsr_sha256(const void *buf, size_t len, uint8_t out[32]);
+/*
+ * json_dumps() that checks its result: the text is parsed again and must
+ * equal `v`. NULL when out of memory (also where jansson itself would have
+ * returned a document with a key missing). Free the result with free().
+ */
+char *rsr_json_dumps(const json_t *v, size_t flags);
+
 /* SHA-256 of `len` bytes of fd from `off`, with progress reported as `what`. */
 int rsr_sha256_fd(struct rsr_ctx *ctx, int fd, uint64_t off, uint64_t len, const char *what, uint8_t out[32]);
 

@@ -2,15 +2,28 @@
 /*
  * SHA-256 of buffers and file ranges, on OpenSSL's EVP interface.
  */
+#include <openssl/crypto.h>
 #include <openssl/evp.h>
 
 #include "internal.h"
 
-void rsr_sha256(const void *buf, size_t len, uint8_t out[32])
+int rsr_crypto_init(void)
+{
+	if (OPENSSL_init_crypto(0, NULL) != 1 || !OSSL_LIB_CTX_get0_global_default())
+		return -ENOMEM;
+	return 0;
+}
+
+int rsr_sha256(const void *buf, size_t len, uint8_t out[32])
 {
 	unsigned int n = 32;
 
-	EVP_Digest(buf, len, out, &n, EVP_sha256(), NULL);
+	/* OpenSSL allocates a context here; a failure must not leave `out` undefined. */
+	if (EVP_Digest(buf, len, out, &n, EVP_sha256(), NULL) != 1) {
+		memset(out, 0, 32);
+		return -ENOMEM;
+	}
+	return 0;
 }
 
 int rsr_sha256_fd(struct rsr_ctx *ctx, int fd, uint64_t off, uint64_t len, const char *what, uint8_t out[32])
@@ -42,13 +55,17 @@ int rsr_sha256_fd(struct rsr_ctx *ctx, int fd, uint64_t off, uint64_t len, const
 			r = rsr_error_errno(ctx, r, "%s: read", what);
 			goto out;
 		}
-		EVP_DigestUpdate(md, buf, chunk);
+		if (EVP_DigestUpdate(md, buf, chunk) != 1) {
+			r = rsr_error(ctx, -ENOMEM, "%s: SHA-256 failed: out of memory", what);
+			goto out;
+		}
 		done += chunk;
 		r = rsr_progress(ctx, what, done, len);
 		if (r < 0)
 			goto out;
 	}
-	EVP_DigestFinal_ex(md, out, &n);
+	if (EVP_DigestFinal_ex(md, out, &n) != 1)
+		r = rsr_error(ctx, -ENOMEM, "%s: SHA-256 failed: out of memory", what);
 out:
 	EVP_MD_CTX_free(md);
 	return r;

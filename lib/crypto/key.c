@@ -47,7 +47,10 @@ static int key_wrap(struct rsr_ctx *ctx, EVP_PKEY *pkey, bool private, const cha
 		rsr_key_free(key);
 		return rsr_error(ctx, RSR_E_KEY, "%s: cannot read the public key", what);
 	}
-	rsr_sha256(key->raw, sizeof(key->raw), key->id);
+	if (rsr_sha256(key->raw, sizeof(key->raw), key->id) < 0) {
+		rsr_key_free(key);
+		return rsr_error(ctx, -ENOMEM, "%s: out of memory", what);
+	}
 	rsr_hex_encode(key->id, sizeof(key->id), key->id_hex);
 	*ret = key;
 	return 0;
@@ -117,7 +120,14 @@ int rsr_key_generate(struct rsr_ctx *ctx, const char *path, struct rsr_key **ret
 		unlink(path);
 		goto fail;
 	}
-	rsr_fsync_dir_of(path);
+	/* Both names must be durable, or neither key is reported as made. */
+	r = rsr_fsync_dir_of(path);
+	if (r < 0) {
+		rsr_error_errno(ctx, r, "%s: fsync of its directory", path);
+		unlink(pub);
+		unlink(path);
+		goto fail;
+	}
 	if (ret_key)
 		*ret_key = key;
 	else

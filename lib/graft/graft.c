@@ -264,7 +264,7 @@ static int state_save(struct rsr_ctx *ctx, const struct rsr_graft *g, json_t *st
 	if (r < 0)
 		return r;
 	json_object_set_new(st, "version", json_integer(1));
-	buf = json_dumps(st, JSON_INDENT(2) | JSON_SORT_KEYS);
+	buf = rsr_json_dumps(st, JSON_INDENT(2) | JSON_SORT_KEYS);
 	if (!buf)
 		return rsr_error(ctx, -ENOMEM, "out of memory");
 	size_t len = strlen(buf);

@@ -7,7 +7,6 @@
 #include <assert.h>
 #include <dirent.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <limits.h>
 #include <spawn.h>
 #include <stdio.h>
@@ -61,32 +60,34 @@ struct rsr_cryptex {
 	size_t n_base_builds, n_paths;
 };
 
-static void derive_salt(const char *name, uint8_t salt[32])
+/* Both derivations return -ENOMEM when hashing cannot allocate: the image must not change then. */
+static int derive_salt(const char *name, uint8_t salt[32])
 {
 	/* Stable across versions of a slot, so unchanged blocks keep their hashes and patches stay small. */
 	char buf[128];
 	int n = snprintf(buf, sizeof(buf), "rsr-cryptex-salt%c%s", 0, name);
-	rsr_sha256(buf, (size_t)n, salt);
+	return rsr_sha256(buf, (size_t)n, salt);
 }
 
-static void derive_uuid(const char *name, const char *version, char out[37])
+static int derive_uuid(const char *name, const char *version, char out[37])
 {
 	uint8_t d[32];
 	char hex[65];
 	_cleanup_free_ char *s = NULL;
 	size_t len = strlen(name) + strlen(version) + 32;
+	int n;
 
 	s = malloc(len);
-	if (s) {
-		int n = snprintf(s, len, "rsr-cryptex-uuid%c%s%c%s", 0, name, 0, version);
-		rsr_sha256(s, (size_t)n, d);
-	} else {
-		rsr_sha256(name, strlen(name), d);
-	}
+	if (!s)
+		return -ENOMEM;
+	n = snprintf(s, len, "rsr-cryptex-uuid%c%s%c%s", 0, name, 0, version);
+	if (rsr_sha256(s, (size_t)n, d) < 0)
+		return -ENOMEM;
 	d[6] = (uint8_t)((d[6] & 0x0f) | 0x80); /* RFC 9562 version 8: custom */
 	d[8] = (uint8_t)((d[8] & 0x3f) | 0x80);
 	rsr_hex_encode(d, 16, hex);
 	snprintf(out, 37, "%.8s-%.4s-%.4s-%.4s-%.12s", hex, hex + 8, hex + 12, hex + 16, hex + 20);
+	return 0;
 }
 
 /* ---- building ---- */
@@ -133,18 +134,57 @@ static int count_tree(int dfd, struct counts *c, unsigned depth)
 	return r;
 }
 
-static int rm_cb(const char *path, const struct stat *st, int type, struct FTW *ftw)
+/*
+ * Removes everything below dfd. It reads directories with getdents64 into a
+ * stack buffer, not opendir, so that the staging area is removed also when
+ * memory has run out (nftw gave up then and left it behind). Entries are
+ * removed while the directory is read, so it rereads until a pass removes
+ * nothing.
+ */
+static void remove_contents(int dfd, unsigned depth)
 {
-	if (type == FTW_DP || type == FTW_D)
-		rmdir(path);
-	else
-		unlink(path);
-	return 0;
+	_Alignas(struct dirent64) char buf[1024];
+	bool removed = true;
+
+	while (removed) {
+		removed = false;
+		if (lseek(dfd, 0, SEEK_SET) < 0)
+			return;
+		for (;;) {
+			ssize_t n = getdents64(dfd, buf, sizeof(buf));
+			if (n <= 0)
+				break;
+			for (ssize_t off = 0; off < n;) {
+				struct dirent64 *de = (struct dirent64 *)(void *)(buf + off);
+				off += de->d_reclen;
+				if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
+					continue;
+				if (unlinkat(dfd, de->d_name, 0) == 0) {
+					removed = true;
+				} else if (errno == EISDIR && depth < 256) {
+					int sub =
+					    openat(dfd, de->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+					if (sub >= 0) {
+						remove_contents(sub, depth + 1);
+						close(sub);
+					}
+					if (unlinkat(dfd, de->d_name, AT_REMOVEDIR) == 0)
+						removed = true;
+				}
+			}
+		}
+	}
 }
 
 static void remove_tree(const char *path)
 {
-	nftw(path, rm_cb, 32, FTW_DEPTH | FTW_PHYS);
+	int fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+
+	if (fd >= 0) {
+		remove_contents(fd, 0);
+		close(fd);
+	}
+	rmdir(path);
 }
 
 static int cmp_str(const void *a, const void *b)
@@ -159,6 +199,160 @@ static void free_strv(char **v, size_t n)
 	for (size_t i = 0; i < n; i++)
 		free(v[i]);
 	free(v);
+}
+
+/* ---- checking what mkfs.erofs made ---- */
+
+struct tree_cmp {
+	struct rsr_ctx *ctx;
+	char path[PATH_MAX]; /* of the entry being compared, relative, for messages */
+	uint8_t *a, *b;	     /* TREE_CMP_BUF bytes each */
+};
+#define TREE_CMP_BUF (64 * 1024)
+
+static int tree_differs(struct tree_cmp *c, const char *what)
+{
+	return rsr_error(c->ctx, RSR_E_TOOL, "/%s: %s", c->path, what);
+}
+
+static int same_contents(struct tree_cmp *c, int afd, int bfd, const char *name, uint64_t size)
+{
+	_cleanup_close_ int fa = openat(afd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	_cleanup_close_ int fb = openat(bfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+
+	if (fa < 0 || fb < 0)
+		return rsr_error_errno(c->ctx, -errno, "/%s", c->path);
+	for (uint64_t off = 0; off < size;) {
+		size_t n = (size_t)RSR_MIN(size - off, TREE_CMP_BUF);
+		int r = rsr_pread_all(fa, c->a, n, off);
+		if (r == 0)
+			r = rsr_pread_all(fb, c->b, n, off);
+		if (r == -ENODATA)
+			return tree_differs(c, "changed size while being compared");
+		if (r < 0)
+			return rsr_error_errno(c->ctx, r, "/%s: read", c->path);
+		if (memcmp(c->a, c->b, n) != 0)
+			return tree_differs(c, "the content differs");
+		off += n;
+	}
+	return 0;
+}
+
+/* Number of entries of a directory, without . and .. (-errno on failure). */
+static long count_entries(int dfd)
+{
+	int fd = openat(dfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	DIR *d = fd < 0 ? NULL : fdopendir(fd);
+	struct dirent *de;
+	long n = 0;
+
+	if (!d) {
+		n = -errno;
+		if (fd >= 0)
+			close(fd);
+		return n;
+	}
+	while ((de = readdir(d)))
+		if (strcmp(de->d_name, ".") && strcmp(de->d_name, ".."))
+			n++;
+	closedir(d);
+	return n;
+}
+
+/*
+ * Compares directory b (the extracted image) with a (the tree): the same
+ * names, types, file contents, symlink targets and device numbers (overlayfs
+ * whiteouts are character devices). Modes and owners are not compared: the
+ * extraction applies its own.
+ */
+static int same_dir(struct tree_cmp *c, int afd, int bfd, unsigned depth)
+{
+	size_t plen = strlen(c->path);
+	long na = count_entries(afd), nb = count_entries(bfd);
+	int fd, r = 0;
+	DIR *d;
+	struct dirent *de;
+
+	if (na < 0 || nb < 0)
+		return rsr_error_errno(c->ctx, (int)(na < 0 ? na : nb), "/%s", c->path);
+	if (na != nb)
+		return tree_differs(c, "the image's directory has another number of entries");
+	if (depth > 256)
+		return tree_differs(c, "nested too deeply");
+	fd = openat(afd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	d = fd < 0 ? NULL : fdopendir(fd);
+	if (!d) {
+		r = rsr_error_errno(c->ctx, -errno, "/%s", c->path);
+		if (fd >= 0)
+			close(fd);
+		return r;
+	}
+	while (r == 0 && (de = readdir(d))) {
+		struct stat sa, sb;
+
+		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
+			continue;
+		if ((size_t)snprintf(c->path + plen, sizeof(c->path) - plen, "%s%s", plen ? "/" : "", de->d_name) >=
+		    sizeof(c->path) - plen) {
+			r = tree_differs(c, "path too long");
+			break;
+		}
+		if (fstatat(afd, de->d_name, &sa, AT_SYMLINK_NOFOLLOW) < 0) {
+			r = rsr_error_errno(c->ctx, -errno, "/%s", c->path);
+			break;
+		}
+		if (fstatat(bfd, de->d_name, &sb, AT_SYMLINK_NOFOLLOW) < 0) {
+			r = errno == ENOENT ? tree_differs(c, "missing from the image")
+					    : rsr_error_errno(c->ctx, -errno, "/%s", c->path);
+			break;
+		}
+		if ((sa.st_mode & S_IFMT) != (sb.st_mode & S_IFMT)) {
+			r = tree_differs(c, "has another file type in the image");
+		} else if (S_ISREG(sa.st_mode)) {
+			r = sa.st_size != sb.st_size ? tree_differs(c, "has another size in the image")
+						     : same_contents(c, afd, bfd, de->d_name, (uint64_t)sa.st_size);
+		} else if (S_ISLNK(sa.st_mode)) {
+			ssize_t la = readlinkat(afd, de->d_name, (char *)c->a, TREE_CMP_BUF);
+			ssize_t lb = readlinkat(bfd, de->d_name, (char *)c->b, TREE_CMP_BUF);
+			if (la < 0 || lb < 0)
+				r = rsr_error_errno(c->ctx, -errno, "/%s", c->path);
+			else if (la != lb || memcmp(c->a, c->b, (size_t)la) != 0)
+				r = tree_differs(c, "the symbolic link's target differs");
+		} else if (S_ISCHR(sa.st_mode) || S_ISBLK(sa.st_mode)) {
+			if (sa.st_rdev != sb.st_rdev)
+				r = tree_differs(c, "has another device number in the image");
+		} else if (S_ISDIR(sa.st_mode)) {
+			_cleanup_close_ int sub_a =
+			    openat(afd, de->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+			_cleanup_close_ int sub_b =
+			    openat(bfd, de->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+			if (sub_a < 0 || sub_b < 0)
+				r = rsr_error_errno(c->ctx, -errno, "/%s", c->path);
+			else
+				r = same_dir(c, sub_a, sub_b, depth + 1);
+		}
+		c->path[plen] = '\0';
+	}
+	closedir(d);
+	return r;
+}
+
+/* 0 if the tree below `b` holds what the tree below `a` holds, else an error naming the first difference. */
+static int same_tree(struct rsr_ctx *ctx, const char *a, const char *b)
+{
+	_cleanup_close_ int afd = open(a, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	_cleanup_close_ int bfd = open(b, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	_cleanup_free_ struct tree_cmp *c = calloc(1, sizeof(*c));
+	_cleanup_free_ uint8_t *buf = malloc(2 * TREE_CMP_BUF);
+
+	if (!c || !buf)
+		return rsr_error(ctx, -ENOMEM, "out of memory");
+	if (afd < 0 || bfd < 0)
+		return rsr_error_errno(ctx, -errno, "%s", afd < 0 ? a : b);
+	c->ctx = ctx;
+	c->a = buf;
+	c->b = buf + TREE_CMP_BUF;
+	return same_dir(c, afd, bfd, 0);
 }
 
 /* The top-level directories of src: sorted, each a real directory. */
@@ -443,7 +637,10 @@ int rsr_cryptex_build(struct rsr_ctx *ctx, const char *src_dir, const char *out_
 	r = rsr_progress(ctx, "mkfs.erofs", 0, 1);
 	if (r < 0)
 		goto out;
-	derive_uuid(opts->name, opts->version, uuid);
+	if (derive_uuid(opts->name, opts->version, uuid) < 0) {
+		r = rsr_error(ctx, -ENOMEM, "out of memory");
+		goto out;
+	}
 	snprintf(tbuf, sizeof(tbuf), "-T%llu", (unsigned long long)opts->timestamp);
 	{
 		char ubuf[48];
@@ -467,6 +664,30 @@ int rsr_cryptex_build(struct rsr_ctx *ctx, const char *src_dir, const char *out_
 		if (r < 0)
 			goto out;
 	}
+	/*
+	 * mkfs.erofs 1.5 does not report every failed write: when writing the
+	 * tail of a file's data fails, it exits 0 with zeros in its place (found
+	 * by injecting EIO into its pwrite64 calls). What is signed must be the
+	 * tree, so extract the image again and compare before hashing it.
+	 */
+	r = rsr_progress(ctx, "checking the image", 0, 1);
+	if (r < 0)
+		goto out;
+	{
+		_cleanup_free_ char *check = NULL, *xopt = NULL;
+		if (asprintf(&check, "%s/check", stage) < 0 || asprintf(&xopt, "--extract=%s", check) < 0) {
+			r = rsr_error(ctx, -ENOMEM, "out of memory");
+			goto out;
+		}
+		char *fsck[] = {"fsck.erofs", xopt, img, NULL};
+		r = run_tool(ctx, fsck, log);
+		if (r == 0)
+			r = same_tree(ctx, root, check);
+		if (r < 0) {
+			r = rsr_error_prefix(ctx, r, "mkfs.erofs made an image that does not hold %s", src_real);
+			goto out;
+		}
+	}
 	img_fd = open(img, O_RDONLY | O_CLOEXEC);
 	if (img_fd < 0 || fstat(img_fd, &st) < 0) {
 		r = rsr_error_errno(ctx, -errno, "%s", img);
@@ -478,7 +699,10 @@ int rsr_cryptex_build(struct rsr_ctx *ctx, const char *src_dir, const char *out_
 			      (unsigned long long)image_size);
 		goto out;
 	}
-	derive_salt(opts->name, salt);
+	if (derive_salt(opts->name, salt) < 0) {
+		r = rsr_error(ctx, -ENOMEM, "out of memory");
+		goto out;
+	}
 	r = rsr_verity_build(ctx, img_fd, 0, image_size / RSR_CRYPTEX_BLOCK_SIZE, salt, sizeof(salt), &tree, root_hash);
 	if (r < 0)
 		goto out;
@@ -499,7 +723,7 @@ int rsr_cryptex_build(struct rsr_ctx *ctx, const char *src_dir, const char *out_
 		      (json_int_t)(image_size / RSR_CRYPTEX_BLOCK_SIZE), "offset",
 		      (json_int_t)(RSR_CRYPTEX_HEADER_SIZE + image_size), "size", (json_int_t)tree_size, "salt",
 		      salt_hex, "root_hash", root_hex);
-	if (!m || !(manifest = json_dumps(m, JSON_COMPACT | JSON_SORT_KEYS))) {
+	if (!m || !(manifest = rsr_json_dumps(m, JSON_COMPACT | JSON_SORT_KEYS))) {
 		r = rsr_error(ctx, -ENOMEM, "cannot build the manifest");
 		goto out;
 	}

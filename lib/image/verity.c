@@ -62,15 +62,19 @@ static void hasher_free(struct hasher *h)
 	EVP_MD_CTX_free(h->work);
 }
 
-static void hash_block(struct hasher *h, const uint8_t *block, uint8_t out[32])
+/*
+ * Returns -ENOMEM when OpenSSL fails: re-initialising may allocate a new
+ * provider context, and a context left without one must not be used.
+ */
+static int hash_block(struct hasher *h, const uint8_t *block, uint8_t out[32])
 {
 	unsigned int n = 32;
 
 	/* Re-initialising with the digest already fetched costs less than copying a salted context. */
-	EVP_DigestInit_ex(h->work, NULL, NULL);
-	EVP_DigestUpdate(h->work, h->salt, h->salt_len);
-	EVP_DigestUpdate(h->work, block, RSR_VERITY_BLOCK);
-	EVP_DigestFinal_ex(h->work, out, &n);
+	if (EVP_DigestInit_ex(h->work, NULL, NULL) != 1 || EVP_DigestUpdate(h->work, h->salt, h->salt_len) != 1 ||
+	    EVP_DigestUpdate(h->work, block, RSR_VERITY_BLOCK) != 1 || EVP_DigestFinal_ex(h->work, out, &n) != 1)
+		return -ENOMEM;
+	return 0;
 }
 
 /* One parallel pass: hash data blocks into `leaves` (build) or compare with them (verify). */
@@ -117,7 +121,13 @@ static int pass_item(void *arg, size_t index, unsigned worker)
 	}
 	for (uint64_t i = 0; i < n; i++) {
 		uint8_t *slot = p->leaves + (first + i) * RSR_VERITY_DIGEST;
-		hash_block(&p->hashers[worker], buf + i * RSR_VERITY_BLOCK, digest);
+		if (hash_block(&p->hashers[worker], buf + i * RSR_VERITY_BLOCK, digest) < 0) {
+			pthread_mutex_lock(&p->lock);
+			if (!p->err)
+				p->err = rsr_error(p->ctx, -ENOMEM, "%s: SHA-256 failed: out of memory", p->what);
+			pthread_mutex_unlock(&p->lock);
+			return -ENOMEM;
+		}
 		if (!p->verify) {
 			memcpy(slot, digest, RSR_VERITY_DIGEST);
 		} else if (memcmp(slot, digest, RSR_VERITY_DIGEST) != 0) {
@@ -196,13 +206,15 @@ out:
 }
 
 /* Hashes the blocks of level `lvl - 1` into level `lvl` of `tree` (both in memory). */
-static void hash_level(struct hasher *h, uint8_t *tree, const struct rsr_verity_layout *l, unsigned lvl)
+static int hash_level(struct hasher *h, uint8_t *tree, const struct rsr_verity_layout *l, unsigned lvl)
 {
 	const uint8_t *in = tree + l->level_offset[lvl - 1] * RSR_VERITY_BLOCK;
 	uint8_t *out = tree + l->level_offset[lvl] * RSR_VERITY_BLOCK;
 
 	for (uint64_t b = 0; b < l->level_blocks[lvl - 1]; b++)
-		hash_block(h, in + b * RSR_VERITY_BLOCK, out + b * RSR_VERITY_DIGEST);
+		if (hash_block(h, in + b * RSR_VERITY_BLOCK, out + b * RSR_VERITY_DIGEST) < 0)
+			return -ENOMEM;
+	return 0;
 }
 
 int rsr_verity_build(struct rsr_ctx *ctx, int fd, uint64_t data_off, uint64_t data_blocks, const uint8_t *salt,
@@ -232,10 +244,12 @@ int rsr_verity_build(struct rsr_ctx *ctx, int fd, uint64_t data_off, uint64_t da
 		r = rsr_pread_all(fd, block, sizeof(block), data_off);
 		if (r < 0)
 			return rsr_error_errno(ctx, r, "hash tree: read");
-		if ((r = hasher_init(&h, salt, salt_len)) < 0)
+		if (hasher_init(&h, salt, salt_len) < 0 || hash_block(&h, block, ret_root) < 0) {
+			r = rsr_error(ctx, -ENOMEM, "hash tree: SHA-256 failed: out of memory");
 			goto out;
-		hash_block(&h, block, ret_root);
+		}
 		*ret_tree = TAKE_PTR(tree);
+		r = 0;
 		goto out;
 	}
 	p.leaves = tree + l.level_offset[0] * RSR_VERITY_BLOCK;
@@ -246,9 +260,12 @@ int rsr_verity_build(struct rsr_ctx *ctx, int fd, uint64_t data_off, uint64_t da
 		r = rsr_error(ctx, r, "hash tree: SHA-256 unavailable");
 		goto out;
 	}
-	for (unsigned lvl = 1; lvl < l.levels; lvl++)
-		hash_level(&h, tree, &l, lvl);
-	hash_block(&h, tree + l.level_offset[l.levels - 1] * RSR_VERITY_BLOCK, ret_root);
+	for (unsigned lvl = 1; lvl < l.levels && r == 0; lvl++)
+		r = hash_level(&h, tree, &l, lvl);
+	if (r < 0 || hash_block(&h, tree + l.level_offset[l.levels - 1] * RSR_VERITY_BLOCK, ret_root) < 0) {
+		r = rsr_error(ctx, -ENOMEM, "hash tree: SHA-256 failed: out of memory");
+		goto out;
+	}
 	*ret_tree = TAKE_PTR(tree);
 out:
 	hasher_free(&h);
@@ -286,7 +303,10 @@ int rsr_verity_verify(struct rsr_ctx *ctx, int fd, uint64_t data_off, uint64_t d
 			r = rsr_error_errno(ctx, r, "%s: read", what);
 			goto out;
 		}
-		hash_block(&h, block, digest);
+		if (hash_block(&h, block, digest) < 0) {
+			r = rsr_error(ctx, -ENOMEM, "%s: SHA-256 failed: out of memory", what);
+			goto out;
+		}
 		if (memcmp(digest, root, 32) != 0)
 			r = rsr_error(ctx, RSR_E_DIGEST, "%s: data block 0 of 1 does not match the signed root hash",
 				      what);
@@ -304,7 +324,10 @@ int rsr_verity_verify(struct rsr_ctx *ctx, int fd, uint64_t data_off, uint64_t d
 				  : rsr_error_errno(ctx, r, "%s: read of the hash tree", what);
 		goto out;
 	}
-	hash_block(&h, tree + l.level_offset[l.levels - 1] * RSR_VERITY_BLOCK, digest);
+	if (hash_block(&h, tree + l.level_offset[l.levels - 1] * RSR_VERITY_BLOCK, digest) < 0) {
+		r = rsr_error(ctx, -ENOMEM, "%s: SHA-256 failed: out of memory", what);
+		goto out;
+	}
 	if (memcmp(digest, root, 32) != 0) {
 		r = rsr_error(ctx, RSR_E_DIGEST, "%s: hash tree level %u does not match the signed root hash", what,
 			      l.levels - 1);
@@ -316,7 +339,10 @@ int rsr_verity_verify(struct rsr_ctx *ctx, int fd, uint64_t data_off, uint64_t d
 		uint64_t n = l.level_blocks[lvl - 1];
 
 		for (uint64_t b = 0; b < n; b++) {
-			hash_block(&h, child + b * RSR_VERITY_BLOCK, digest);
+			if (hash_block(&h, child + b * RSR_VERITY_BLOCK, digest) < 0) {
+				r = rsr_error(ctx, -ENOMEM, "%s: SHA-256 failed: out of memory", what);
+				goto out;
+			}
 			if (memcmp(digest, parent + b * RSR_VERITY_DIGEST, 32) != 0) {
 				r = rsr_error(ctx, RSR_E_DIGEST,
 					      "%s: hash tree level %u block %llu does not match its parent", what,

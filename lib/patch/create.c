@@ -151,8 +151,7 @@ static int hash_task(void *arg, size_t index, unsigned worker)
 {
 	struct image *imgs = arg;
 
-	rsr_sha256(imgs[index].p, (size_t)imgs[index].size, imgs[index].sha256);
-	return 0;
+	return rsr_sha256(imgs[index].p, (size_t)imgs[index].size, imgs[index].sha256);
 }
 
 static void image_close(struct image *img)
@@ -1415,8 +1414,8 @@ int rsr_patch_create(struct rsr_ctx *ctx, const char *const *olds, size_t n_olds
 	r = image_open(ctx, new_path, &imgs[n_olds]);
 	for (size_t i = 0; r >= 0 && i < n_olds; i++)
 		r = image_open(ctx, olds[i], &imgs[i]);
-	if (r >= 0)
-		r = rsr_parallel_for(rsr_threads_for(ctx, n_olds + 1), n_olds + 1, hash_task, imgs);
+	if (r >= 0 && (r = rsr_parallel_for(rsr_threads_for(ctx, n_olds + 1), n_olds + 1, hash_task, imgs)) < 0)
+		r = rsr_error(ctx, r, "hashing the images: out of memory");
 	nw = imgs[n_olds];
 	imgs[n_olds] = (struct image){0};
 	if (r < 0)

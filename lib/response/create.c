@@ -301,7 +301,7 @@ int rsr_response_create(struct rsr_ctx *ctx, const char *out_dir, const struct r
 	rsr_hex_encode(sig, 64, sig_hex);
 	doc = json_pack("{s:O, s:[{s:s, s:s}]}", "signed", signed_obj, "signatures", "keyid", rsr_key_id_hex(o->key),
 			"sig", sig_hex);
-	text = doc ? json_dumps(doc, JSON_INDENT(1) | JSON_SORT_KEYS) : NULL;
+	text = doc ? rsr_json_dumps(doc, JSON_INDENT(1) | JSON_SORT_KEYS) : NULL;
 	if (!text) {
 		r = rsr_error(ctx, -ENOMEM, "out of memory");
 		goto out;

@@ -310,6 +310,7 @@ static int lock_device(struct rsr_ctx *ctx, struct rsr_device *dev, unsigned fla
 static int state_load(struct rsr_ctx *ctx, struct rsr_device *dev, struct state *st)
 {
 	_cleanup_free_ char *buf = NULL;
+	json_error_t jerr;
 	json_t *doc, *inst;
 	size_t len;
 	int r;
@@ -325,7 +326,9 @@ static int state_load(struct rsr_ctx *ctx, struct rsr_device *dev, struct state 
 		return 0;
 	if (r < 0)
 		return rsr_error_errno(ctx, r, "%s/%s/state.json", dev->root, STATE_DIR);
-	doc = json_loadb(buf, len, JSON_REJECT_DUPLICATES, NULL);
+	doc = json_loadb(buf, len, JSON_REJECT_DUPLICATES, &jerr);
+	if (!doc && json_error_code(&jerr) == json_error_out_of_memory)
+		return rsr_error(ctx, -ENOMEM, "%s/%s/state.json: out of memory", dev->root, STATE_DIR);
 	inst = json_object_get(doc, "installed");
 	if (!json_is_object(doc) || !json_is_integer(json_object_get(doc, "high_water")) ||
 	    json_integer_value(json_object_get(doc, "high_water")) < 0 ||
@@ -356,7 +359,7 @@ static int state_save(struct rsr_ctx *ctx, struct rsr_device *dev, const struct 
 							  (json_int_t)st->sequence, "base_build",
 							  dev->base_build ? dev->base_build : "")
 					      : json_null());
-	_cleanup_free_ char *text = doc ? json_dumps(doc, JSON_INDENT(2) | JSON_SORT_KEYS) : NULL;
+	_cleanup_free_ char *text = doc ? rsr_json_dumps(doc, JSON_INDENT(2) | JSON_SORT_KEYS) : NULL;
 
 	json_decref(doc);
 	if (!text)
@@ -519,8 +522,12 @@ static int roll_forward(struct rsr_ctx *ctx, struct rsr_device *dev, json_t *j)
 		return r;
 	if (unlinkat(dev->statefd, "journal.json", 0) < 0 && errno != ENOENT)
 		return rsr_error_errno(ctx, -errno, "cannot remove the journal");
-	if (fsync(dev->statefd) < 0)
-		return rsr_error_errno(ctx, -errno, "%s/%s", dev->root, STATE_DIR);
+	/*
+	 * The switch is done. A failing fsync is still reported, but only after
+	 * the clean-up: nothing would redo it (no journal, and `incoming` is
+	 * removed by the caller), and the superseded images would stay for good.
+	 */
+	r = fsync(dev->statefd) < 0 ? rsr_error_errno(ctx, -errno, "%s/%s", dev->root, STATE_DIR) : 0;
 	write_run_file(ctx, dev, &st);
 	/* Clean-up; `incoming` goes last, so that recovery redoes an interrupted clean-up. */
 	json_object_foreach(slots, slot, v)
@@ -529,7 +536,7 @@ static int roll_forward(struct rsr_ctx *ctx, struct rsr_device *dev, json_t *j)
 	}
 	response_rm_rf(dev->statefd, "incoming");
 	fsync(dev->statefd);
-	return 0;
+	return r;
 }
 
 /* Removes the images of every slot other than its current one. */
@@ -566,6 +573,7 @@ static int check_journal(json_t *j)
 static int recover_locked(struct rsr_ctx *ctx, struct rsr_device *dev)
 {
 	_cleanup_free_ char *buf = NULL;
+	json_error_t jerr;
 	json_t *j;
 	size_t len;
 	int r;
@@ -585,7 +593,10 @@ static int recover_locked(struct rsr_ctx *ctx, struct rsr_device *dev)
 	}
 	if (r < 0)
 		return rsr_error_errno(ctx, r, "%s/%s/journal.json", dev->root, STATE_DIR);
-	j = json_loadb(buf, len, JSON_REJECT_DUPLICATES, NULL);
+	j = json_loadb(buf, len, JSON_REJECT_DUPLICATES, &jerr);
+	/* Out of memory is not damage: the journal must stay for the next attempt. */
+	if (!j && json_error_code(&jerr) == json_error_out_of_memory)
+		return rsr_error(ctx, -ENOMEM, "%s/%s/journal.json: out of memory", dev->root, STATE_DIR);
 	if (!j || check_journal(j) < 0) {
 		json_decref(j);
 		return rsr_error(ctx, RSR_E_FORMAT, "%s/%s/journal.json is damaged", dev->root, STATE_DIR);
@@ -610,7 +621,7 @@ int rsr_device_recover(struct rsr_ctx *ctx, struct rsr_device *dev, unsigned fla
 /* Writes the journal (the point of no return), then switches. */
 static int commit(struct rsr_ctx *ctx, struct rsr_device *dev, json_t *j)
 {
-	_cleanup_free_ char *text = json_dumps(j, JSON_INDENT(2) | JSON_SORT_KEYS);
+	_cleanup_free_ char *text = rsr_json_dumps(j, JSON_INDENT(2) | JSON_SORT_KEYS);
 	int r;
 
 	if (!text)

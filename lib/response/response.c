@@ -36,7 +36,7 @@ struct rsr_response {
 
 char *response_canonical(json_t *v)
 {
-	return json_dumps(v, JSON_COMPACT | JSON_SORT_KEYS);
+	return rsr_json_dumps(v, JSON_COMPACT | JSON_SORT_KEYS);
 }
 
 int response_rm_rf(int parent, const char *name)

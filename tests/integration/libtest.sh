@@ -13,9 +13,20 @@ on_exit() {
 	local rc=$?
 	for h in "${cleanup_hooks[@]}"; do eval "$h" || true; done
 	rm -rf --one-file-system "$T"
+	[ -z "${RSR_WRAPPED:-}" ] || rm -rf "$RSR_WRAPPED"
 	exit $rc
 }
 trap on_exit EXIT
+
+# RSR_WRAPPER, empty by default, is put in front of every run of rsr, e.g.
+# "valgrind --leak-check=full --error-exitcode=99" (scripts/valgrind-suite).
+# $RSR then names a small script outside $T that runs the wrapper.
+if [ -n "${RSR_WRAPPER:-}" ]; then
+	RSR_WRAPPED=$(mktemp -d /var/tmp/rsr-wrapped.XXXXXX)
+	printf '#!/usr/bin/env bash\nexec %s %q "$@"\n' "$RSR_WRAPPER" "$RSR" >"$RSR_WRAPPED/rsr"
+	chmod +x "$RSR_WRAPPED/rsr"
+	RSR=$RSR_WRAPPED/rsr
+fi
 
 TESTS_RUN=0
 ok() { TESTS_RUN=$((TESTS_RUN + 1)); echo "ok $TESTS_RUN - $*"; }

@@ -1,0 +1,28 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * JSON serialisation that stays correct when memory runs short. jansson
+ * 2.14's json_dumps() ignores a failed append of an object key and returns a
+ * document with that key missing (found by failing allocations one at a time);
+ * what rsr signs or keeps as state must never be such a document.
+ */
+#include <jansson.h>
+
+#include "internal.h"
+
+char *rsr_json_dumps(const json_t *v, size_t flags)
+{
+	char *s = json_dumps(v, flags);
+	json_t *back;
+	bool same;
+
+	if (!s)
+		return NULL;
+	back = json_loads(s, JSON_DECODE_ANY | JSON_REJECT_DUPLICATES, NULL);
+	same = back && json_equal((json_t *)v, back);
+	json_decref(back);
+	if (!same) {
+		free(s);
+		return NULL;
+	}
+	return s;
+}

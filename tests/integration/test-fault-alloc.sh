@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# Allocation failure: every command is run with its 1st, 2nd, 3rd ...
+# allocation failing (tests/fault/failmalloc.c), until a run gets through.
+# Each failed run must exit 1 with a message, leak nothing (LeakSanitizer in
+# the sanitized build), leave no output or temporary file behind, and a run
+# that survives its failure must give exactly the unfaulted result.
+# In the test suite, every allocation among the first and last 100 of each
+# command and every 61st between; RSR_FAULT_STRIDE=1 tries every one
+# (scripts/fault-suite).
+. "$(dirname "$0")/libtest.sh"
+. "$RSR_SRCDIR/tests/fault/libfault.sh"
+# install and remove make some 28000 allocations and take 0.2 s each: every
+# 509th between the dense ends.
+SLOW_STRIDE=${RSR_FAULT_STRIDE:-509}
+RSR_FAULT_STRIDE=${RSR_FAULT_STRIDE:-61}
+
+# A small tree keeps each of the thousands of runs short.
+mkdir -p "$T/src/usr/lib/x86_64-linux-gnu" "$T/src/usr/share/doc/fault"
+head -c 200000 /dev/urandom >"$T/src/usr/lib/x86_64-linux-gnu/libfault.so.1.0"
+ln -s libfault.so.1.0 "$T/src/usr/lib/x86_64-linux-gnu/libfault.so.1"
+echo "fault injection" >"$T/src/usr/share/doc/fault/README"
+"$RSR" key generate -o "$T/key" >/dev/null 2>&1
+bargs=(--name fault --version 2 --base debian-12 --key "$T/key" --timestamp 1)
+"$RSR" cryptex build "$T/src" -o "$T/ref.cptx" "${bargs[@]}" >/dev/null
+"$RSR" cryptex build "$T/src" -o "$T/prev.cptx" --name fault --version 1 --base debian-12 --key "$T/key" \
+	--timestamp 1 >/dev/null
+"$RSR" cryptex verify "$T/ref.cptx" --pubkey "$T/key.pub" >"$T/verify.ref"
+"$RSR" cryptex info "$T/ref.cptx" >"$T/info.ref"
+"$RSR" cryptex info --json "$T/ref.cptx" "$T/prev.cptx" >"$T/info-json.ref"
+mkdir "$T/o"
+
+# Read-only commands: on success the output is exactly the unfaulted one.
+same_stdout() { # REF RC
+	[ "$2" != 0 ] || cmp -s "$1" "$T/out" || { diff "$1" "$T/out" >&2; fail "output differs from the unfaulted run"; }
+}
+nothing() { :; }
+check_verify() { same_stdout "$T/verify.ref" "$1"; }
+check_info() { same_stdout "$T/info.ref" "$1"; }
+check_info_json() { same_stdout "$T/info-json.ref" "$1"; }
+fault_alloc_walk "cryptex info" nothing check_info -- cryptex info "$T/ref.cptx"
+fault_alloc_walk "cryptex info --json" nothing check_info_json -- cryptex info --json "$T/ref.cptx" "$T/prev.cptx"
+fault_alloc_walk "cryptex verify" nothing check_verify -- cryptex verify "$T/ref.cptx" --pubkey "$T/key.pub"
+
+# Memory gone for good: every allocation from the N-th on fails.
+FAULT_PERSIST=1 fault_alloc_walk "cryptex verify (persistent)" nothing check_verify -- \
+	cryptex verify "$T/ref.cptx" --pubkey "$T/key.pub"
+
+# Build into an empty directory: afterwards it holds the reproducible
+# result or nothing at all (no staging area, no temporary file).
+empty_o() { rm -rf "$T/o" && mkdir "$T/o"; }
+check_build_new() {
+	if [ "$1" = 0 ]; then
+		cmp -s "$T/o/x.cptx" "$T/ref.cptx" || fail "a build that survived a fault made other bytes"
+		[ "$(dir_listing "$T/o")" = x.cptx ] || fail "left behind: $(dir_listing "$T/o")"
+	else
+		[ -z "$(dir_listing "$T/o")" ] || fail "a failed build left: $(dir_listing "$T/o")"
+	fi
+}
+fault_alloc_walk "cryptex build" empty_o check_build_new -- cryptex build "$T/src" -o "$T/o/x.cptx" "${bargs[@]}"
+
+# Key generation: both files or neither.
+check_keygen() {
+	if [ "$1" = 0 ]; then
+		[ "$(dir_listing "$T/o")" = "$(printf 'k\nk.pub')" ] || fail "keys: $(dir_listing "$T/o")"
+		[ "$("$RSR" key id "$T/o/k" | cut -c1-64)" = "$("$RSR" key id "$T/o/k.pub" | cut -c1-64)" ] ||
+			fail "the public key does not belong to the private key"
+	else
+		[ -z "$(dir_listing "$T/o")" ] || fail "a failed key generation left: $(dir_listing "$T/o")"
+	fi
+}
+fault_alloc_walk "key generate" empty_o check_keygen -- key generate -o "$T/o/k"
+
+# Patch apply (where the patch module is built): the output is the new image
+# or absent.
+if "$RSR" patch --help >/dev/null 2>&1; then
+	"$RSR" patch create "$T/prev.cptx" "$T/ref.cptx" -o "$T/fwd.rsrp" >/dev/null 2>&1 ||
+		fail "rsr patch create failed without faults"
+	check_patch() {
+		if [ "$1" = 0 ]; then
+			cmp -s "$T/o/x.cptx" "$T/ref.cptx" || fail "a patch that survived a fault made other bytes"
+			[ "$(dir_listing "$T/o")" = x.cptx ] || fail "left behind: $(dir_listing "$T/o")"
+		else
+			[ -z "$(dir_listing "$T/o")" ] || fail "a failed patch apply left: $(dir_listing "$T/o")"
+		fi
+	}
+	fault_alloc_walk "patch apply" empty_o check_patch -- patch apply "$T/prev.cptx" "$T/fwd.rsrp" -o "$T/o/x.cptx"
+fi
+
+# Install and remove on a device root (rsr graft --no-mount): the slot's
+# current image is the old one or the new one, complete, and nothing else is
+# left in the slot directory.
+fault_make_root "$T/key"
+check_install() { if [ "$1" = 0 ]; then check_slot "$T/os2.cptx"; else check_slot "$T/os1.cptx" "$T/os2.cptx"; fi; }
+check_remove() { if [ "$1" = 0 ]; then check_slot none; else check_slot none "$T/os1.cptx"; fi; }
+fault_alloc_walk "graft --add (install)" fault_root_reset check_install -- graft --root "$T/root" --add "$T/os2.cptx" --no-mount
+fault_alloc_walk "graft --remove" fault_root_reset check_remove -- graft --root "$T/root" --remove os --no-mount
+
+# Install and remove a response (no grafting): the device is on the base or
+# on (a), completely, after the failure and the recovery any rsr command does.
+if [ -d "$RSR_CORPUS/debs" ]; then
+	fault_response_setup
+	RSR_FAULT_STRIDE=$SLOW_STRIDE fault_alloc_walk "install" fault_dev_base check_install_a -- install "$V/a" --root "$T/dev" --no-graft
+	RSR_FAULT_STRIDE=$SLOW_STRIDE fault_alloc_walk "remove" fault_dev_a check_remove_a -- remove --root "$T/dev" --no-graft
+else
+	echo "# SKIP install and remove: the corpus is not at $RSR_CORPUS"
+fi
+
+echo "# $FAULT_POINTS allocation failures in all (stride $RSR_FAULT_STRIDE)"
+echo "1..$TESTS_RUN"
