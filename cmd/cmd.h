@@ -71,6 +71,9 @@ int cmd_patch(struct cmd_env *env, int argc, char **argv);
 int cmd_response(struct cmd_env *env, int argc, char **argv);
 int cmd_install(struct cmd_env *env, int argc, char **argv);
 int cmd_remove(struct cmd_env *env, int argc, char **argv);
+int cmd_repo(struct cmd_env *env, int argc, char **argv);
+int cmd_check(struct cmd_env *env, int argc, char **argv);
+int cmd_update(struct cmd_env *env, int argc, char **argv);
 
 /* Finishes or rolls back an interrupted install or remove under `root` (NULL: "/"). */
 int cmd_recover_first(struct cmd_env *env, const char *root);
