@@ -89,7 +89,7 @@ static int role_keys(struct rsr_ctx *ctx, const struct tuf_root *root, enum tuf_
 		     const struct rsr_repo_sign_opts *sign, const struct rsr_key **out, size_t *n_out)
 {
 	const struct tuf_role_keys *rk = &root->roles[role];
-	size_t n = *n_out;
+	size_t n = *n_out, found = 0;
 
 	for (size_t i = 0; i < sign->n_keys; i++) {
 		char id[65];
@@ -104,14 +104,15 @@ static int role_keys(struct rsr_ctx *ctx, const struct tuf_root *root, enum tuf_
 			listed |= !strcmp(rk->keyids[k], id);
 		for (size_t k = 0; k < n; k++)
 			dup |= out[k] == sign->keys[i];
+		found += listed;
 		if (listed && !dup)
 			out[n++] = sign->keys[i];
 	}
-	if (n - *n_out < rk->threshold)
+	if (found < rk->threshold)
 		return rsr_error(ctx, RSR_E_KEY,
 				 "the %s role needs signatures by %llu of its %zu keys; %zu of the given keys %s",
-				 tuf_role_names[role], (unsigned long long)rk->threshold, rk->n, n - *n_out,
-				 n - *n_out == 1 ? "is one" : "are among them");
+				 tuf_role_names[role], (unsigned long long)rk->threshold, rk->n, found,
+				 found == 1 ? "is one" : "are among them");
 	*n_out = n;
 	return 0;
 }
