@@ -18,6 +18,7 @@ struct http {
 	unsigned timeout;
 	const char *ca_file;
 	uint64_t fetched; /* body bytes received, over all transfers */
+	size_t preferred; /* the mirror that answered last: tried first */
 };
 
 int http_init(struct rsr_ctx *ctx, struct http *h, char *const *mirrors, size_t n_mirrors, unsigned timeout,

@@ -189,9 +189,11 @@ int http_get_mem(struct rsr_ctx *ctx, struct http *h, const char *rel, uint64_t 
 	if (max > SIZE_MAX - 1 || !(buf = malloc((size_t)max + 1)))
 		return rsr_error(ctx, -ENOMEM, "out of memory");
 	for (size_t i = 0; i < h->n_mirrors; i++) {
+		size_t m = (h->preferred + i) % h->n_mirrors;
 		struct sink s = {.ctx = ctx, .h = h, .buf = buf, .fd = -1, .max = max};
-		r = transfer(ctx, h, h->mirrors[i], rel, &s);
+		r = transfer(ctx, h, h->mirrors[m], rel, &s);
 		if (r == 0) {
+			h->preferred = m;
 			buf[s.off] = '\0';
 			*ret_len = (size_t)s.off;
 			*ret_buf = TAKE_PTR(buf);
@@ -214,6 +216,7 @@ int http_get_file(struct rsr_ctx *ctx, struct http *h, const char *rel, int fd, 
 	if (h->n_mirrors == 0)
 		return rsr_error(ctx, -EINVAL, "no repository mirror is configured (mirror = URL in rsr.conf)");
 	for (size_t i = 0; i < h->n_mirrors; i++) {
+		size_t m = (h->preferred + i) % h->n_mirrors;
 		for (int attempt = 0; attempt < FILE_ATTEMPTS; attempt++) {
 			struct stat st;
 			struct sink s = {.ctx = ctx, .h = h, .fd = fd, .max = length, .what = what};
@@ -228,12 +231,14 @@ int http_get_file(struct rsr_ctx *ctx, struct http *h, const char *rel, int fd, 
 			if (s.start)
 				rsr_info(ctx, "%s: resuming at byte %llu of %llu", what, (unsigned long long)s.start,
 					 (unsigned long long)length);
-			r = transfer(ctx, h, h->mirrors[i], rel, &s);
+			r = transfer(ctx, h, h->mirrors[m], rel, &s);
 			if (r == 0 && s.off != length)
 				r = rsr_error(ctx, -EIO, "%s: the server sent %llu of %llu bytes", what,
 					      (unsigned long long)s.off, (unsigned long long)length);
-			if (r == 0)
+			if (r == 0) {
+				h->preferred = m;
 				return 0;
+			}
 			if (r == RSR_E_LIMIT || r == RSR_E_CANCELED)
 				return r;
 			/* Retry on this mirror only when the last attempt moved forward. */

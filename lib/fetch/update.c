@@ -11,6 +11,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <stdio.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 
 #include "../repo/tuf.h"
@@ -50,6 +51,7 @@ struct rsr_updater {
 	const char **cves;
 	struct candidate chosen;
 	bool checked;
+	int lockfd;
 };
 
 static char *path_join(const char *a, const char *b)
@@ -163,6 +165,8 @@ void rsr_update_free(struct rsr_updater *u)
 	drop_trusted(u);
 	rsr_device_state_free(u->dst);
 	rsr_device_free(u->dev);
+	if (u->lockfd >= 0)
+		close(u->lockfd);
 	free(u->advs);
 	free(u->cves);
 	free(u->root);
@@ -180,6 +184,7 @@ int rsr_update_open(struct rsr_ctx *ctx, const struct rsr_update_opts *opts, str
 
 	if (!u)
 		return rsr_error(ctx, -ENOMEM, "out of memory");
+	u->lockfd = -1;
 	u->policy = opts->policy;
 	u->now = opts->now;
 	u->root = strdup(opts->root ? opts->root : "/");
@@ -197,6 +202,25 @@ int rsr_update_open(struct rsr_ctx *ctx, const struct rsr_update_opts *opts, str
 		r = rsr_error_errno(ctx, r, "cannot tell the machine's architecture");
 		goto fail;
 	}
+	/* One client at a time per device: the timer and a user may both start one. */
+	if ((r = mkdir_p(ctx, u->state)) < 0)
+		goto fail;
+	if (!(p = path_join(u->state, "lock"))) {
+		r = rsr_error(ctx, -ENOMEM, "out of memory");
+		goto fail;
+	}
+	u->lockfd = open(p, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	if (u->lockfd < 0) {
+		r = rsr_error_errno(ctx, -errno, "%s", p);
+		goto fail;
+	}
+	if (flock(u->lockfd, LOCK_EX | LOCK_NB) < 0) {
+		r = errno == EWOULDBLOCK ? rsr_error(ctx, RSR_E_STATE, "another rsr check or update is running (%s)", p)
+					 : rsr_error_errno(ctx, -errno, "%s", p);
+		goto fail;
+	}
+	free(p);
+	p = NULL;
 	/* The trusted root: the newest this device verified, else the one the OS shipped. */
 	if (!(p = path_join(u->state, "root.json"))) {
 		r = rsr_error(ctx, -ENOMEM, "out of memory");
