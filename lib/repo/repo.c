@@ -305,8 +305,6 @@ int rsr_repo_init(struct rsr_ctx *ctx, const char *dir, const struct rsr_repo_in
 		return rsr_error(ctx, -ENOMEM, "out of memory");
 	if (stat(meta, &st) == 0)
 		return rsr_error(ctx, -EEXIST, "%s: a repository is already there", dir);
-	if ((r = mkdir_p(ctx, meta)) < 0 || (r = mkdir_p(ctx, tdir)) < 0)
-		return r;
 	role_key[TUF_TARGETS] = init->targets_key ? init->targets_key : init->root_keys[0];
 	role_key[TUF_SNAPSHOT] = init->snapshot_key ? init->snapshot_key : init->root_keys[0];
 	role_key[TUF_TIMESTAMP] = init->timestamp_key ? init->timestamp_key : init->root_keys[0];
@@ -356,7 +354,8 @@ int rsr_repo_init(struct rsr_ctx *ctx, const char *dir, const struct rsr_repo_in
 				goto out;
 		}
 	}
-	if ((r = write_root(ctx, dir, root)) < 0 || (r = publish(ctx, &rp, true, sign)) < 0)
+	if ((r = mkdir_p(ctx, meta)) < 0 || (r = mkdir_p(ctx, tdir)) < 0 || (r = write_root(ctx, dir, root)) < 0 ||
+	    (r = publish(ctx, &rp, true, sign)) < 0)
 		goto out;
 out:
 	json_decref(root);
