@@ -64,10 +64,11 @@ static int read_small(const char *path, size_t max, char **ret, size_t *ret_len)
 	return 0;
 }
 
-static int client_open(struct cmd_env *env, struct client *c)
+/* Reads the policy file (ROOT/etc/rsr/rsr.conf or `config`) into c->policy; a missing file means defaults. */
+static int policy_load(struct cmd_env *env, struct client *c)
 {
 	char *path = c->config ? strdup(c->config) : under_root(c->root, RSR_UPDATE_POLICY_FILE);
-	char *buf = NULL, *mid = NULL;
+	char *buf = NULL;
 	size_t len = 0;
 	int r;
 
@@ -80,13 +81,35 @@ static int client_open(struct cmd_env *env, struct client *c)
 		free(path);
 		return EXIT_FAIL;
 	}
-	if (buf && rsr_update_policy_parse(env->ctx, buf, len, path, &c->policy) < 0) {
-		free(buf);
-		free(path);
-		return cmd_fail(env, -1);
-	}
+	r = EXIT_OK;
+	if (buf && rsr_update_policy_parse(env->ctx, buf, len, path, &c->policy) < 0)
+		r = cmd_fail(env, -1);
 	free(buf);
 	free(path);
+	return r;
+}
+
+int cmd_policy_check_remove(struct cmd_env *env, const char *root)
+{
+	struct client c = {.root = root};
+	int r = policy_load(env, &c);
+
+	if (r == EXIT_OK && !c.policy.allow_remove)
+		r = cmd_error("the policy (%s%s) does not allow removing responses (allow_remove = no); --force "
+			      "overrides it",
+			      strcmp(root, "/") ? root : "", "/" RSR_UPDATE_POLICY_FILE);
+	rsr_update_policy_clear(&c.policy);
+	return r;
+}
+
+static int client_open(struct cmd_env *env, struct client *c)
+{
+	char *path, *mid = NULL;
+	size_t len = 0;
+	int r;
+
+	if ((r = policy_load(env, c)) != EXIT_OK)
+		return r;
 	if (c->policy.n_mirrors == 0)
 		return cmd_error("no repository mirror configured: add 'mirror = URL' to %s",
 				 c->config ? c->config : "etc/rsr/rsr.conf under the root");

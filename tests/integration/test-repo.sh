@@ -98,7 +98,23 @@ repo_device "$D3" "auto_install = no"
 expect 0 update --root "$D3" --no-graft --auto
 assert_grep "Automatic install is off" "$T/out"
 device_is "$D3" base
-ok "policy file: errors name the line; auto_install = no keeps the timer to checking"
+# allow_remove = no: rsr remove refuses without --force.
+D7=$T/dev7
+repo_device "$D7" "allow_remove = no"
+expect 0 install "$V/a" --root "$D7" --no-graft
+expect 1 remove --root "$D7" --no-graft
+assert_grep "does not allow removing responses (allow_remove = no)" "$T/err"
+device_is "$D7" a
+expect 0 remove --root "$D7" --no-graft --force
+device_is "$D7" base
+# One client at a time.
+mkdir -p "$D7/var/lib/rsr/tuf"
+flock "$D7/var/lib/rsr/tuf/lock" sleep 5 &
+sleep 0.5
+expect 1 check --root "$D7"
+assert_grep "another rsr check or update is running" "$T/err"
+wait
+ok "policy file: errors name the line; auto_install = no keeps the timer to checking; allow_remove = no; lock"
 
 # Staged rollout: (b) to 30% of devices, chosen by a hash of the machine id and the response.
 R_SAVE=$R
