@@ -84,3 +84,51 @@ repo_device() {
 
 # device_unchanged DIR STATE: like device_is, and no download left behind but partial files.
 json_get() { python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(eval(sys.argv[2], {"d": d}))' "$@"; }
+
+# nginx_start_https DOCROOT: the nginx configuration of docs/repository.md, as documented,
+# on 127.0.0.1:$PORT with a self-signed certificate for 127.0.0.1 ($T/tls/ca.pem).
+nginx_start_https() {
+	local docroot=$1
+	mkdir -p "$T/nginx/logs" "$T/tls"
+	PORT=$(free_port)
+	openssl req -x509 -newkey ed25519 -nodes -days 2 -subj "/CN=127.0.0.1" \
+		-addext "subjectAltName=IP:127.0.0.1" -keyout "$T/tls/key.pem" -out "$T/tls/ca.pem" 2>/dev/null
+	python3 - "$RSR_SRCDIR/docs/repository.md" "$T/nginx/server.conf" "$PORT" "$T/tls" "$docroot" <<'PY'
+import re, sys
+doc, out, port, tls, root = sys.argv[1:]
+block = re.search(r"```nginx\n(.*?)```", open(doc).read(), re.S).group(1)
+block = block.replace("listen 443 ssl http2;", "listen 127.0.0.1:%s ssl http2;" % port)
+block = re.sub(r"\n\s*listen \[::\]:443[^\n]*", "", block)
+block = re.sub(r"ssl_certificate\s+(\S+);", "ssl_certificate %s/ca.pem;" % tls, block)
+block = re.sub(r"ssl_certificate_key\s+(\S+);", "ssl_certificate_key %s/key.pem;" % tls, block)
+block = block.replace("root /srv/rsr;", "root %s;" % root)
+block = block.replace("server_name updates.example.com;", "server_name 127.0.0.1;")
+open(out, "w").write(block)
+PY
+	cat >"$T/nginx/nginx.conf" <<CONF
+user root;
+worker_processes 1;
+daemon on;
+pid $T/nginx/nginx.pid;
+error_log $T/nginx/logs/error.log warn;
+events { worker_connections 64; }
+http {
+	log_format rsr '\$request_method \$uri \$status \$body_bytes_sent "\$http_range"';
+	access_log $T/nginx/access.log rsr;
+	client_body_temp_path $T/nginx/body;
+	proxy_temp_path $T/nginx/proxy;
+	fastcgi_temp_path $T/nginx/fastcgi;
+	uwsgi_temp_path $T/nginx/uwsgi;
+	scgi_temp_path $T/nginx/scgi;
+	include $T/nginx/server.conf;
+}
+CONF
+	"$NGINX" -p "$T/nginx" -c "$T/nginx/nginx.conf" -e "$T/nginx/logs/error.log"
+	cleanup_hooks+=("nginx_stop")
+	for _ in $(seq 50); do
+		curl -s -o /dev/null --cacert "$T/tls/ca.pem" "https://127.0.0.1:$PORT/metadata/1.root.json" && return 0
+		sleep 0.1
+	done
+	cat "$T/nginx/logs/error.log" >&2
+	fail "nginx (https) did not start"
+}

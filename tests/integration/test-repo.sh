@@ -82,6 +82,20 @@ want=$(( $(stat -c %s "$V/b/response.json") + $(cat "$V"/b/patches/* | wc -c) ))
 [ "$fetched" = "$want" ] || fail "device on (a) fetched $fetched target bytes, expected $want"
 ok "rsr update: (a) -> (b) with (b)'s patches only ($fetched bytes)"
 
+# HTTPS with the nginx configuration of docs/repository.md: the server's certificate must verify.
+nginx_stop
+nginx_start_https "$R"
+D8=$T/dev8
+repo_device "$D8"
+sed -i "s|^mirror = .*|mirror = https://127.0.0.1:$PORT|" "$D8/etc/rsr/rsr.conf"
+expect 1 check --root "$D8"
+assert_grep "SSL certificate problem\|certificate" "$T/err"
+RSR_CA_FILE=$T/tls/ca.pem expect 0 update --root "$D8" --no-graft
+device_is "$D8" b
+ok "HTTPS with docs/repository.md's nginx configuration: untrusted certificate refused, trusted one works"
+nginx_stop
+nginx_start "$R"
+
 # Policy file: unknown keys and bad values are refused with the line.
 D3=$T/dev3
 repo_device "$D3" "auto_install = maybe"
