@@ -96,10 +96,14 @@ static int finish_common(struct common *c)
 static int repo_init(struct cmd_env *env, int argc, char **argv)
 {
 	static const struct option opts[] = {
-	    {"root-key", required_argument, NULL, 'R'},	  {"targets-key", required_argument, NULL, 'T'},
-	    {"snapshot-key", required_argument, NULL, 'S'}, {"timestamp-key", required_argument, NULL, 'M'},
-	    {"threshold", required_argument, NULL, 't'},	  {"expires", required_argument, NULL, 'e'},
-	    {"help", no_argument, NULL, 'h'},		  {NULL, 0, NULL, 0},
+	    {"root-key", required_argument, NULL, 'R'},
+	    {"targets-key", required_argument, NULL, 'T'},
+	    {"snapshot-key", required_argument, NULL, 'S'},
+	    {"timestamp-key", required_argument, NULL, 'M'},
+	    {"threshold", required_argument, NULL, 't'},
+	    {"expires", required_argument, NULL, 'e'},
+	    {"help", no_argument, NULL, 'h'},
+	    {NULL, 0, NULL, 0},
 	};
 	struct common c = {0};
 	struct rsr_repo_init_opts io = {0};
@@ -127,7 +131,8 @@ static int repo_init(struct cmd_env *env, int argc, char **argv)
 			break;
 		case 'e':
 			if (!parse_expires(optarg, &c.so))
-				r = cmd_usage_error("--expires takes ROLE=SECONDS (root, targets, snapshot, timestamp)");
+				r = cmd_usage_error(
+				    "--expires takes ROLE=SECONDS (root, targets, snapshot, timestamp)");
 			break;
 		case 'h':
 			printf("Usage: rsr repo init DIR --root-key KEY [--root-key KEY...] [--threshold N]\n"
@@ -167,10 +172,10 @@ static int repo_verb(struct cmd_env *env, int argc, char **argv, enum verb_kind 
 		     const char *help)
 {
 	static const struct option opts[] = {
-	    {"key", required_argument, NULL, 'k'},   {"expires", required_argument, NULL, 'e'},
+	    {"key", required_argument, NULL, 'k'},     {"expires", required_argument, NULL, 'e'},
 	    {"rollout", required_argument, NULL, 'p'}, {"role", required_argument, NULL, 'r'},
-	    {"new", required_argument, NULL, 'n'},   {"threshold", required_argument, NULL, 't'},
-	    {"help", no_argument, NULL, 'h'},	     {NULL, 0, NULL, 0},
+	    {"new", required_argument, NULL, 'n'},     {"threshold", required_argument, NULL, 't'},
+	    {"help", no_argument, NULL, 'h'},	       {NULL, 0, NULL, 0},
 	};
 	struct common c = {0};
 	struct keys newk = {0};
@@ -186,7 +191,8 @@ static int repo_verb(struct cmd_env *env, int argc, char **argv, enum verb_kind 
 			break;
 		case 'e':
 			if (!parse_expires(optarg, &c.so))
-				r = cmd_usage_error("--expires takes ROLE=SECONDS (root, targets, snapshot, timestamp)");
+				r = cmd_usage_error(
+				    "--expires takes ROLE=SECONDS (root, targets, snapshot, timestamp)");
 			break;
 		case 'p':
 			if (kind != V_ADD || !cmd_parse_uint(optarg, 100, &n) || n == 0)
@@ -195,7 +201,8 @@ static int repo_verb(struct cmd_env *env, int argc, char **argv, enum verb_kind 
 			break;
 		case 'r':
 			if (kind != V_ROTATE || (role = rsr_repo_role_from_name(optarg)) < 0)
-				r = cmd_usage_error("--role takes root, targets, snapshot or timestamp (rsr repo rotate-key)");
+				r = cmd_usage_error(
+				    "--role takes root, targets, snapshot or timestamp (rsr repo rotate-key)");
 			break;
 		case 'n': {
 			struct rsr_key *k;
@@ -266,7 +273,8 @@ static int repo_verb(struct cmd_env *env, int argc, char **argv, enum verb_kind 
 
 static int repo_add(struct cmd_env *env, int argc, char **argv)
 {
-	return repo_verb(env, argc, argv, V_ADD, 2, "usage: rsr repo add DIR RESPONSE_DIR --key KEY... [--rollout PERCENT]",
+	return repo_verb(env, argc, argv, V_ADD, 2,
+			 "usage: rsr repo add DIR RESPONSE_DIR --key KEY... [--rollout PERCENT]",
 			 "Publishes a response: its manifest and patches become targets under\n"
 			 "BASE_BUILD/LETTER/ with custom metadata (base build, letter, sequence,\n"
 			 "advisories, patch sizes, rollout percentage), then signs new targets,\n"
@@ -275,7 +283,8 @@ static int repo_add(struct cmd_env *env, int argc, char **argv)
 
 static int repo_refresh(struct cmd_env *env, int argc, char **argv)
 {
-	return repo_verb(env, argc, argv, V_REFRESH, 1, "usage: rsr repo refresh DIR --key KEY... [--expires ROLE=SECONDS]",
+	return repo_verb(env, argc, argv, V_REFRESH, 1,
+			 "usage: rsr repo refresh DIR --key KEY... [--expires ROLE=SECONDS]",
 			 "Signs new snapshot and timestamp metadata with fresh expiry times. Run it\n"
 			 "from cron more often than the timestamp lifetime (one day by default).\n");
 }

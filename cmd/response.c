@@ -396,9 +396,12 @@ static void print_after(struct cmd_env *env, const char *root, bool installed)
 static int device_verb(struct cmd_env *env, int argc, char **argv, bool install)
 {
 	static const struct option opts[] = {
-	    {"root", required_argument, NULL, 'r'}, {"no-graft", no_argument, NULL, 'n'},
-	    {"wait", no_argument, NULL, 'w'},	    {"keep-base", no_argument, NULL, 'K'},
-	    {"force", no_argument, NULL, 'f'},	    {"help", no_argument, NULL, 'h'},
+	    {"root", required_argument, NULL, 'r'},
+	    {"no-graft", no_argument, NULL, 'n'},
+	    {"wait", no_argument, NULL, 'w'},
+	    {"keep-base", no_argument, NULL, 'K'},
+	    {"force", no_argument, NULL, 'f'},
+	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
 	};
 	const char *root = "/";

@@ -154,8 +154,8 @@ static json_t *offer_json(const struct rsr_update_offer *o)
 			json_t *cves = json_array();
 			for (size_t k = 0; k < o->advisories[i].n_cves; k++)
 				json_array_append_new(cves, json_string(o->advisories[i].cves[k]));
-			json_array_append_new(advs, json_pack("{s:s, s:s, s:s, s:o}", "id", o->advisories[i].id, "title",
-							      o->advisories[i].title, "severity",
+			json_array_append_new(advs, json_pack("{s:s, s:s, s:s, s:o}", "id", o->advisories[i].id,
+							      "title", o->advisories[i].title, "severity",
 							      o->advisories[i].severity, "cves", cves));
 		}
 		avail = json_pack("{s:s, s:o, s:I, s:s?, s:i, s:o, s:I, s:I}", "letter", o->letter, "version_suffix",
@@ -239,11 +239,12 @@ static int update_verb(struct cmd_env *env, int argc, char **argv, bool install)
 			break;
 		case 'h':
 			if (install)
-				printf("Usage: rsr update [--root DIR] [--config FILE] [--auto] [--no-graft] [--wait]\n\n"
-				       "Checks the repository (as rsr check), downloads the files this device needs\n"
-				       "(resuming earlier partial downloads) and installs the newest response for\n"
-				       "its base build; removes a withdrawn response when the policy says so. With\n"
-				       "--auto (the timer), installs only when the policy's auto_install is on.\n");
+				printf(
+				    "Usage: rsr update [--root DIR] [--config FILE] [--auto] [--no-graft] [--wait]\n\n"
+				    "Checks the repository (as rsr check), downloads the files this device needs\n"
+				    "(resuming earlier partial downloads) and installs the newest response for\n"
+				    "its base build; removes a withdrawn response when the policy says so. With\n"
+				    "--auto (the timer), installs only when the policy's auto_install is on.\n");
 			else
 				printf("Usage: rsr check [--root DIR] [--config FILE] [--json]\n\n"
 				       "Updates the trusted TUF metadata from the repository mirrors in\n"
@@ -256,7 +257,8 @@ static int update_verb(struct cmd_env *env, int argc, char **argv, bool install)
 		}
 	}
 	if (optind != argc)
-		return cmd_usage_error(install ? "usage: rsr update [--root DIR] [--auto]" : "usage: rsr check [--root DIR] [--json]");
+		return cmd_usage_error(install ? "usage: rsr update [--root DIR] [--auto]"
+					       : "usage: rsr check [--root DIR] [--json]");
 	if ((r = cmd_recover_first(env, c.root)) != EXIT_OK)
 		return r;
 	if ((r = client_open(env, &c)) != EXIT_OK) {

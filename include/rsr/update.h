@@ -44,8 +44,8 @@ enum rsr_withdrawn_policy {
 struct rsr_update_policy {
 	char *mirrors[RSR_UPDATE_MAX_MIRRORS]; /* base URLs, tried in turn */
 	size_t n_mirrors;
-	bool auto_install;	/* the timer installs, not just checks */
-	bool allow_remove;	/* users may remove responses */
+	bool auto_install; /* the timer installs, not just checks */
+	bool allow_remove; /* users may remove responses */
 	enum rsr_restart_policy restart;
 	bool staged_rollout; /* honour rollout percentages (default on) */
 	enum rsr_withdrawn_policy withdrawn;
@@ -71,11 +71,11 @@ void rsr_update_policy_clear(struct rsr_update_policy *p);
 unsigned rsr_update_rollout_bucket(const char *machine_id, const char *base_build, const char *letter);
 
 struct rsr_update_opts {
-	const char *root;		     /* device root, "/" for the running system */
+	const char *root;			/* device root, "/" for the running system */
 	const struct rsr_update_policy *policy; /* borrowed */
-	const char *machine_id;		     /* for staged rollout; NULL: every rollout applies */
-	int64_t now;			     /* seconds since 1970, for expiry */
-	const char *ca_file;		     /* extra CA bundle for HTTPS; NULL: the system store */
+	const char *machine_id;			/* for staged rollout; NULL: every rollout applies */
+	int64_t now;				/* seconds since 1970, for expiry */
+	const char *ca_file;			/* extra CA bundle for HTTPS; NULL: the system store */
 };
 
 struct rsr_updater;

@@ -30,8 +30,7 @@ void http_done(struct http *h);
  * buffer of at most `max` bytes (more is refused: RSR_E_LIMIT). -ENOENT
  * when every mirror says 404 or 403 (no such file).
  */
-int http_get_mem(struct rsr_ctx *ctx, struct http *h, const char *rel, uint64_t max, char **ret_buf,
-		 size_t *ret_len);
+int http_get_mem(struct rsr_ctx *ctx, struct http *h, const char *rel, uint64_t max, char **ret_buf, size_t *ret_len);
 
 /*
  * Downloads MIRROR/rel into fd until it holds exactly `length` bytes,

@@ -27,8 +27,8 @@ static void curl_init_once(void)
 int http_init(struct rsr_ctx *ctx, struct http *h, char *const *mirrors, size_t n_mirrors, unsigned timeout,
 	      const char *ca_file)
 {
-	*h = (struct http){.mirrors = mirrors, .n_mirrors = n_mirrors, .timeout = timeout ? timeout : 30,
-			   .ca_file = ca_file};
+	*h = (struct http){
+	    .mirrors = mirrors, .n_mirrors = n_mirrors, .timeout = timeout ? timeout : 30, .ca_file = ca_file};
 	pthread_once(&curl_once, curl_init_once);
 	if (curl_init_result != CURLE_OK)
 		return rsr_error(ctx, -EIO, "cannot initialise libcurl: %s", curl_easy_strerror(curl_init_result));
@@ -177,8 +177,7 @@ static int transfer(struct rsr_ctx *ctx, struct http *h, const char *base, const
 	return 0;
 }
 
-int http_get_mem(struct rsr_ctx *ctx, struct http *h, const char *rel, uint64_t max, char **ret_buf,
-		 size_t *ret_len)
+int http_get_mem(struct rsr_ctx *ctx, struct http *h, const char *rel, uint64_t max, char **ret_buf, size_t *ret_len)
 {
 	_cleanup_free_ char *buf = NULL;
 	size_t n_missing = 0;

@@ -95,7 +95,7 @@ int rsr_update_policy_parse(struct rsr_ctx *ctx, const void *buf, size_t len, co
 				return rsr_error(ctx, -ENOMEM, "out of memory");
 			p->n_mirrors++;
 		} else if (!strcmp(k, "auto_install") || !strcmp(k, "allow_remove") || !strcmp(k, "staged_rollout")) {
-			bool *b = !strcmp(k, "auto_install") ? &p->auto_install
+			bool *b = !strcmp(k, "auto_install")   ? &p->auto_install
 				  : !strcmp(k, "allow_remove") ? &p->allow_remove
 							       : &p->staged_rollout;
 			if (parse_bool(v, b) < 0)

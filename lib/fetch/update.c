@@ -239,7 +239,8 @@ int rsr_update_open(struct rsr_ctx *ctx, const struct rsr_update_opts *opts, str
 			goto fail;
 		}
 	}
-	if ((r = rsr_read_file(ctx, p, ROOT_MAX, &buf, &len)) < 0 || (r = tuf_root_parse(ctx, buf, len, p, &u->troot)) < 0 ||
+	if ((r = rsr_read_file(ctx, p, ROOT_MAX, &buf, &len)) < 0 ||
+	    (r = tuf_root_parse(ctx, buf, len, p, &u->troot)) < 0 ||
 	    (r = tuf_verify(ctx, u->troot, TUF_ROOT, u->troot->env, p)) < 0)
 		goto fail;
 	load_trusted(ctx, u, TUF_TIMESTAMP, &u->timestamp);
@@ -417,17 +418,19 @@ int rsr_update_refresh(struct rsr_ctx *ctx, struct rsr_updater *u)
 		goto out;
 	if (u->timestamp) {
 		if (version_of(ts) < version_of(u->timestamp)) {
-			r = rsr_error(ctx, RSR_E_ROLLBACK,
-				      "timestamp.json: version %llu is older than the trusted version %llu (rollback attack)",
-				      (unsigned long long)version_of(ts), (unsigned long long)version_of(u->timestamp));
+			r = rsr_error(
+			    ctx, RSR_E_ROLLBACK,
+			    "timestamp.json: version %llu is older than the trusted version %llu (rollback attack)",
+			    (unsigned long long)version_of(ts), (unsigned long long)version_of(u->timestamp));
 			goto out;
 		}
 		if (tuf_meta_get(ctx, u->timestamp, "snapshot.json", "trusted timestamp", &old) == 0 &&
 		    tsm.version < old.version) {
-			r = rsr_error(ctx, RSR_E_ROLLBACK,
-				      "timestamp.json: names snapshot version %llu, older than the trusted %llu (rollback "
-				      "attack)",
-				      (unsigned long long)tsm.version, (unsigned long long)old.version);
+			r = rsr_error(
+			    ctx, RSR_E_ROLLBACK,
+			    "timestamp.json: names snapshot version %llu, older than the trusted %llu (rollback "
+			    "attack)",
+			    (unsigned long long)tsm.version, (unsigned long long)old.version);
 			goto out;
 		}
 	}
@@ -458,11 +461,12 @@ int rsr_update_refresh(struct rsr_ctx *ctx, struct rsr_updater *u)
 					goto out;
 				}
 				if (nm.version < om.version) {
-					r = rsr_error(ctx, RSR_E_ROLLBACK,
-						      "%llu.snapshot.json: %s version %llu is older than the trusted %llu "
-						      "(rollback attack)",
-						      (unsigned long long)tsm.version, k, (unsigned long long)nm.version,
-						      (unsigned long long)om.version);
+					r = rsr_error(
+					    ctx, RSR_E_ROLLBACK,
+					    "%llu.snapshot.json: %s version %llu is older than the trusted %llu "
+					    "(rollback attack)",
+					    (unsigned long long)tsm.version, k, (unsigned long long)nm.version,
+					    (unsigned long long)om.version);
 					goto out;
 				}
 			}
@@ -580,8 +584,7 @@ static int each_needed(struct rsr_ctx *ctx, struct rsr_updater *u, need_fn fn, v
 		const char *rev = json_string_value(json_object_get(json_object_get(im, "reverse"), "target"));
 		char cur[65];
 
-		if (!slot || !arch || !sha || !fwd || !rev || strlen(slot) > 64 || strchr(slot, '/') ||
-		    slot[0] == '.')
+		if (!slot || !arch || !sha || !fwd || !rev || strlen(slot) > 64 || strchr(slot, '/') || slot[0] == '.')
 			return rsr_error(ctx, RSR_E_FORMAT, "%s: image %zu of the custom metadata is malformed",
 					 u->chosen.path, i);
 		if (strcmp(arch, u->arch))

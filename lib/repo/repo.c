@@ -133,8 +133,8 @@ static int sign_role(struct rsr_ctx *ctx, const struct tuf_root *root, enum tuf_
 
 static void set_expiry(json_t *s, enum tuf_role role, const struct rsr_repo_sign_opts *sign)
 {
-	static const uint64_t defaults[] = {RSR_REPO_EXPIRES_ROOT, RSR_REPO_EXPIRES_TARGETS,
-					    RSR_REPO_EXPIRES_SNAPSHOT, RSR_REPO_EXPIRES_TIMESTAMP};
+	static const uint64_t defaults[] = {RSR_REPO_EXPIRES_ROOT, RSR_REPO_EXPIRES_TARGETS, RSR_REPO_EXPIRES_SNAPSHOT,
+					    RSR_REPO_EXPIRES_TIMESTAMP};
 	char buf[32];
 
 	tuf_time_format((int64_t)(sign->now + (sign->expires[role] ? sign->expires[role] : defaults[role])), buf);
@@ -319,8 +319,9 @@ int rsr_repo_init(struct rsr_ctx *ctx, const char *dir, const struct rsr_repo_in
 	set_expiry(s, TUF_ROOT, sign);
 	for (int i = 0; i < TUF_N_ROLES; i++) {
 		json_t *ids = json_array();
-		json_object_set_new(roles, tuf_role_names[i],
-				    json_pack("{s:o, s:i}", "keyids", ids, "threshold", i == TUF_ROOT ? (int)threshold : 1));
+		json_object_set_new(
+		    roles, tuf_role_names[i],
+		    json_pack("{s:o, s:i}", "keyids", ids, "threshold", i == TUF_ROOT ? (int)threshold : 1));
 		if (i == TUF_ROOT) {
 			for (size_t k = 0; k < init->n_root_keys; k++)
 				if ((r = add_key(ctx, keys, ids, init->root_keys[k])) < 0)
@@ -464,12 +465,12 @@ static json_t *response_custom(const struct rsr_response *resp, const char *pref
 		json_t *inputs = json_array();
 		for (size_t k = 0; k < im->n_forward_inputs; k++)
 			json_array_append_new(inputs, json_string(im->forward_inputs[k]));
-		json_array_append_new(
-		    images, json_pack("{s:s, s:s, s:s, s:s, s:{s:s++, s:I, s:o}, s:{s:s++, s:I}}", "slot", im->slot,
-				      "arch", im->arch, "version", im->version, "sha256", im->sha256, "forward",
-				      "target", prefix, "/", im->forward, "length", (json_int_t)im->forward_size,
-				      "inputs", inputs, "reverse", "target", prefix, "/", im->reverse, "length",
-				      (json_int_t)im->reverse_size));
+		json_array_append_new(images,
+				      json_pack("{s:s, s:s, s:s, s:s, s:{s:s++, s:I, s:o}, s:{s:s++, s:I}}", "slot",
+						im->slot, "arch", im->arch, "version", im->version, "sha256",
+						im->sha256, "forward", "target", prefix, "/", im->forward, "length",
+						(json_int_t)im->forward_size, "inputs", inputs, "reverse", "target",
+						prefix, "/", im->reverse, "length", (json_int_t)im->reverse_size));
 	}
 	c = json_pack("{s:{s:s, s:s, s:I, s:s, s:I, s:i, s:b, s:o, s:o}}", "rsr", "base_build",
 		      rsr_response_base_build(resp), "letter", rsr_response_letter(resp), "sequence",
@@ -507,10 +508,12 @@ int rsr_repo_add(struct rsr_ctx *ctx, const char *dir, const char *response_dir,
 			continue;
 		const char *b = json_string_value(json_object_get(c, "base_build"));
 		const char *l = json_string_value(json_object_get(c, "letter"));
-		if (b && !strcmp(b, rsr_response_base_build(resp)) && ((l && !strcmp(l, rsr_response_letter(resp))) ||
+		if (b && !strcmp(b, rsr_response_base_build(resp)) &&
+		    ((l && !strcmp(l, rsr_response_letter(resp))) ||
 		     (uint64_t)json_integer_value(json_object_get(c, "sequence")) == rsr_response_sequence(resp))) {
-			r = rsr_error(ctx, -EEXIST, "%s: response (%s) of base %s, sequence %llu, is already published as %s",
-				      dir, rsr_response_letter(resp), rsr_response_base_build(resp),
+			r = rsr_error(ctx, -EEXIST,
+				      "%s: response (%s) of base %s, sequence %llu, is already published as %s", dir,
+				      rsr_response_letter(resp), rsr_response_base_build(resp),
 				      (unsigned long long)rsr_response_sequence(resp), k);
 			goto out;
 		}
@@ -632,7 +635,8 @@ int rsr_repo_rotate_key(struct rsr_ctx *ctx, const char *dir, enum rsr_repo_role
 	json_object_set_new(s, "version", json_integer((json_int_t)(rp.root->version + 1)));
 	set_expiry(s, TUF_ROOT, sign);
 	ids = json_array();
-	json_object_set_new(roles, tuf_role_names[role], json_pack("{s:o, s:i}", "keyids", ids, "threshold", (int)threshold));
+	json_object_set_new(roles, tuf_role_names[role],
+			    json_pack("{s:o, s:i}", "keyids", ids, "threshold", (int)threshold));
 	for (size_t i = 0; i < n_new_keys; i++)
 		if ((r = add_key(ctx, keys, ids, new_keys[i])) < 0)
 			goto out;
@@ -642,7 +646,8 @@ int rsr_repo_rotate_key(struct rsr_ctx *ctx, const char *dir, enum rsr_repo_role
 	{
 		json_t *id;
 		size_t i;
-		json_array_foreach(json_object_get(v, "keyids"), i, id) json_object_set(used, json_string_value(id), id);
+		json_array_foreach(json_object_get(v, "keyids"), i, id)
+		    json_object_set(used, json_string_value(id), id);
 	}
 	{
 		void *tmp;

@@ -55,8 +55,9 @@ int tuf_canonical(struct rsr_ctx *ctx, json_t *v, char **ret, size_t *ret_len)
 	char *s;
 
 	if (!json_canonical_ok(v, 0))
-		return rsr_error(ctx, RSR_E_FORMAT,
-				 "metadata has no canonical form (control characters, fractions or nesting deeper than 32)");
+		return rsr_error(
+		    ctx, RSR_E_FORMAT,
+		    "metadata has no canonical form (control characters, fractions or nesting deeper than 32)");
 	s = json_dumps(v, JSON_COMPACT | JSON_SORT_KEYS | JSON_ENCODE_ANY);
 	if (!s)
 		return rsr_error(ctx, -ENOMEM, "out of memory");
@@ -99,11 +100,10 @@ int tuf_time_parse(const char *s, int64_t *ret)
 	struct tm tm = {0};
 	int y, mo, d, h, mi, sec, n = 0;
 
-	if (strlen(s) != 20 || sscanf(s, "%4d-%2d-%2dT%2d:%2d:%2dZ%n", &y, &mo, &d, &h, &mi, &sec, &n) != 6 ||
-	    n != 20)
+	if (strlen(s) != 20 || sscanf(s, "%4d-%2d-%2dT%2d:%2d:%2dZ%n", &y, &mo, &d, &h, &mi, &sec, &n) != 6 || n != 20)
 		return RSR_E_FORMAT;
-	if (y < 1970 || y > 9999 || mo < 1 || mo > 12 || d < 1 || d > 31 || h > 23 || mi > 59 || sec > 60 ||
-	    h < 0 || mi < 0 || sec < 0)
+	if (y < 1970 || y > 9999 || mo < 1 || mo > 12 || d < 1 || d > 31 || h > 23 || mi > 59 || sec > 60 || h < 0 ||
+	    mi < 0 || sec < 0)
 		return RSR_E_FORMAT;
 	tm.tm_year = y - 1900;
 	tm.tm_mon = mo - 1;
@@ -145,8 +145,8 @@ static bool is_hex(const char *s, size_t len)
 	return true;
 }
 
-int tuf_parse(struct rsr_ctx *ctx, const void *buf, size_t len, enum tuf_role role, const char *what,
-	      json_t **ret_env, uint64_t *ret_version, int64_t *ret_expires)
+int tuf_parse(struct rsr_ctx *ctx, const void *buf, size_t len, enum tuf_role role, const char *what, json_t **ret_env,
+	      uint64_t *ret_version, int64_t *ret_expires)
 {
 	json_error_t jerr;
 	json_t *env, *sigs, *sig, *s, *v;
@@ -181,8 +181,8 @@ int tuf_parse(struct rsr_ctx *ctx, const void *buf, size_t len, enum tuf_role ro
 	}
 	type = json_string_value(json_object_get(s, "_type"));
 	if (!type || strcmp(type, tuf_role_names[role])) {
-		rsr_error(ctx, r, "%s: _type is %s%s%s, expected \"%s\"", what, type ? "\"" : "", type ? type : "missing",
-			  type ? "\"" : "", tuf_role_names[role]);
+		rsr_error(ctx, r, "%s: _type is %s%s%s, expected \"%s\"", what, type ? "\"" : "",
+			  type ? type : "missing", type ? "\"" : "", tuf_role_names[role]);
 		goto fail;
 	}
 	spec = json_string_value(json_object_get(s, "spec_version"));
@@ -301,8 +301,8 @@ int tuf_root_from_env(struct rsr_ctx *ctx, json_t *env, const char *what, struct
 			goto fail;
 		}
 		if (json_array_size(ids) > TUF_MAX_KEYS) {
-			rsr_error(ctx, r = RSR_E_LIMIT, "%s: role %s lists more than %d keys", what,
-				  tuf_role_names[i], TUF_MAX_KEYS);
+			rsr_error(ctx, r = RSR_E_LIMIT, "%s: role %s lists more than %d keys", what, tuf_role_names[i],
+				  TUF_MAX_KEYS);
 			goto fail;
 		}
 		rk->keyids = calloc(json_array_size(ids) + 1, sizeof(char *));
@@ -313,7 +313,8 @@ int tuf_root_from_env(struct rsr_ctx *ctx, json_t *env, const char *what, struct
 		json_array_foreach(ids, j, id)
 		{
 			if (!json_is_string(id) || json_string_length(id) > 128) {
-				rsr_error(ctx, r, "%s: role %s: key id %zu is not a string", what, tuf_role_names[i], j);
+				rsr_error(ctx, r, "%s: role %s: key id %zu is not a string", what, tuf_role_names[i],
+					  j);
 				goto fail;
 			}
 			if (!(rk->keyids[rk->n++] = strdup(json_string_value(id)))) {
@@ -536,8 +537,8 @@ int tuf_targets_check(struct rsr_ctx *ctx, json_t *env, const char *what)
 		return rsr_error(ctx, RSR_E_FORMAT, "%s: no \"targets\" object", what);
 	if (json_object_size(targets) > TUF_MAX_TARGETS)
 		return rsr_error(ctx, RSR_E_LIMIT, "%s: more than %d targets", what, TUF_MAX_TARGETS);
-	json_object_foreach(targets, k, info) if ((r = tuf_target_parse(ctx, k, info, &t)) < 0) return rsr_error_prefix(
-	    ctx, r, "%s", what);
+	json_object_foreach(targets, k, info) if ((r = tuf_target_parse(ctx, k, info, &t)) <
+						  0) return rsr_error_prefix(ctx, r, "%s", what);
 	return 0;
 }
 

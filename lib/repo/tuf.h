@@ -85,8 +85,8 @@ void tuf_time_format(int64_t t, char out[32]);
  * of `role`, a spec_version 1.x, a version >= 1 and an expiry. The caller
  * owns *ret_env.
  */
-int tuf_parse(struct rsr_ctx *ctx, const void *buf, size_t len, enum tuf_role role, const char *what,
-	      json_t **ret_env, uint64_t *ret_version, int64_t *ret_expires);
+int tuf_parse(struct rsr_ctx *ctx, const void *buf, size_t len, enum tuf_role role, const char *what, json_t **ret_env,
+	      uint64_t *ret_version, int64_t *ret_expires);
 
 /* Parses the signed part of a root envelope (its signatures are not checked here). */
 int tuf_root_from_env(struct rsr_ctx *ctx, json_t *env, const char *what, struct tuf_root **ret_root);

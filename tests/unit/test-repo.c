@@ -25,12 +25,14 @@ static void test_canonical(void **state)
 	size_t len;
 
 	assert_int_equal(rsr_ctx_new(&ctx), 0);
-	v = json_loads("{\"b\": 1, \"a\": [true, null, \"x\\\"y\\\\z\"], \"c\": {\"\xc3\xa9\": \"\xc3\xbc/\"}, \"B\": -2}",
-		       0, NULL);
+	v = json_loads(
+	    "{\"b\": 1, \"a\": [true, null, \"x\\\"y\\\\z\"], \"c\": {\"\xc3\xa9\": \"\xc3\xbc/\"}, \"B\": -2}", 0,
+	    NULL);
 	assert_non_null(v);
 	assert_int_equal(tuf_canonical(ctx, v, &s, &len), 0);
 	/* OLPC canonical JSON, as tuf-js and python-tuf sign: sorted by bytes, only " and \ escaped. */
-	assert_string_equal(s, "{\"B\":-2,\"a\":[true,null,\"x\\\"y\\\\z\"],\"b\":1,\"c\":{\"\xc3\xa9\":\"\xc3\xbc/\"}}");
+	assert_string_equal(s,
+			    "{\"B\":-2,\"a\":[true,null,\"x\\\"y\\\\z\"],\"b\":1,\"c\":{\"\xc3\xa9\":\"\xc3\xbc/\"}}");
 	assert_int_equal(len, strlen(s));
 	free(s);
 	json_decref(v);
@@ -81,15 +83,16 @@ static void test_parse_refusals(void **state)
 	assert_string_equal(rsr_ctx_error(ctx), "test: _type is \"timestamp\", expected \"snapshot\"");
 	assert_int_equal(parse_str(ctx, SIGNED("\"version\": 0, \"expires\": \"2030-01-01T00:00:00Z\""), TUF_TIMESTAMP),
 			 RSR_E_FORMAT);
-	assert_int_equal(parse_str(ctx, SIGNED("\"version\": 1.0, \"expires\": \"2030-01-01T00:00:00Z\""), TUF_TIMESTAMP),
-			 RSR_E_FORMAT);
+	assert_int_equal(
+	    parse_str(ctx, SIGNED("\"version\": 1.0, \"expires\": \"2030-01-01T00:00:00Z\""), TUF_TIMESTAMP),
+	    RSR_E_FORMAT);
 	assert_int_equal(parse_str(ctx, SIGNED("\"version\": 1, \"version\": 2, \"expires\": \"2030-01-01T00:00:00Z\""),
 				   TUF_TIMESTAMP),
 			 RSR_E_FORMAT);
 	assert_int_equal(parse_str(ctx, SIGNED("\"version\": 1, \"expires\": \"soon\""), TUF_TIMESTAMP), RSR_E_FORMAT);
-	assert_int_equal(parse_str(ctx, SIGNED("\"version\": 1, \"expires\": \"2030-01-01T00:00:00Z\", \"x\": 0.5"),
-				   TUF_TIMESTAMP),
-			 RSR_E_FORMAT);
+	assert_int_equal(
+	    parse_str(ctx, SIGNED("\"version\": 1, \"expires\": \"2030-01-01T00:00:00Z\", \"x\": 0.5"), TUF_TIMESTAMP),
+	    RSR_E_FORMAT);
 	assert_int_equal(parse_str(ctx, "{\"signed\": {}, \"signatures\": {}}", TUF_ROOT), RSR_E_FORMAT);
 	assert_int_equal(parse_str(ctx, "{\"signed\": {}, \"signatures\": [], \"extra\": 1}", TUF_ROOT), RSR_E_FORMAT);
 	assert_int_equal(parse_str(ctx, "{\"signed\": {}, \"signatures\": [{\"keyid\": 1, \"sig\": \"\"}]}", TUF_ROOT),
@@ -106,7 +109,8 @@ static void test_targets(void **state)
 	struct tuf_target t;
 	json_t *info;
 	char *f;
-	static const char *bad[] = {"../x", "/abs", "a//b", "a/./b", "a/../b", "a/", "", "a b", "a\\b", "a?b", "%2e%2e"};
+	static const char *bad[] = {"../x", "/abs", "a//b", "a/./b", "a/../b", "a/",
+				    "",	    "a b",  "a\\b", "a?b",   "%2e%2e"};
 
 	assert_int_equal(rsr_ctx_new(&ctx), 0);
 	info = json_pack("{s:I, s:{s:s}}", "length", (json_int_t)7, "hashes", "sha256",
@@ -115,7 +119,8 @@ static void test_targets(void **state)
 	assert_int_equal(t.length, 7);
 	assert_null(t.custom);
 	f = tuf_target_file(&t, true);
-	assert_string_equal(f, "test-1/b/patches/00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff.x.rsrp");
+	assert_string_equal(f,
+			    "test-1/b/patches/00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff.x.rsrp");
 	free(f);
 	f = tuf_target_file(&t, false);
 	assert_string_equal(f, "test-1/b/patches/x.rsrp");
@@ -180,8 +185,8 @@ static struct tuf_root *threshold_root(struct rsr_ctx *ctx, struct keys *ks)
 	json_object_set_new(keys, "alias", tuf_key_json(ks->k[0]));
 	for (int i = 0; i < TUF_N_ROLES; i++)
 		json_object_set_new(json_object_get(s, "roles"), tuf_role_names[i],
-				    json_pack("{s:[s, s, s], s:i}", "keyids", ks->id[0], ks->id[1], "alias", "threshold",
-					      i == TUF_TIMESTAMP ? 2 : 1));
+				    json_pack("{s:[s, s, s], s:i}", "keyids", ks->id[0], ks->id[1], "alias",
+					      "threshold", i == TUF_TIMESTAMP ? 2 : 1));
 	assert_int_equal(tuf_root_from_env(ctx, env, "root", &root), 0);
 	json_decref(env);
 	return root;
@@ -212,8 +217,8 @@ static void test_threshold(void **state)
 	assert_int_equal(tuf_verify(ctx, root, TUF_SNAPSHOT, ts, "ts"), 0);
 	/* The same key again under its alias counts once. */
 	sigs = json_object_get(ts, "signatures");
-	json_array_append_new(sigs, json_pack("{s:s, s:O}", "keyid", "alias", "sig",
-					      json_object_get(json_array_get(sigs, 0), "sig")));
+	json_array_append_new(
+	    sigs, json_pack("{s:s, s:O}", "keyid", "alias", "sig", json_object_get(json_array_get(sigs, 0), "sig")));
 	assert_int_equal(json_array_size(sigs), 2);
 	assert_int_equal(tuf_verify(ctx, root, TUF_TIMESTAMP, ts, "ts"), RSR_E_SIGNATURE);
 	/* A key the root does not name does not count. */
@@ -267,8 +272,9 @@ static void test_repo_lifecycle(void **state)
 	so.n_keys = 1;
 	/* Without the timestamp key nothing is written. */
 	assert_int_equal(rsr_repo_init(ctx, dir, &io, &so), RSR_E_KEY);
-	assert_string_equal(rsr_ctx_error(ctx),
-			    "the timestamp role needs signatures by 1 of its 1 keys; 0 of the given keys are among them");
+	assert_string_equal(
+	    rsr_ctx_error(ctx),
+	    "the timestamp role needs signatures by 1 of its 1 keys; 0 of the given keys are among them");
 	so.n_keys = 2;
 	so.expires[TUF_TIMESTAMP] = 600;
 	assert_int_equal(rsr_repo_init(ctx, dir, &io, &so), 0);
@@ -346,7 +352,7 @@ static void test_policy(void **state)
 				   "timeout = 90";
 	static const char *bad[] = {
 	    "mirror = ftp://x\n", "mirror = http://a b\n", "auto_install = maybe\n", "restart = always\n",
-	    "withdrawn = next\n", "timeout = 0\n",	   "timeout = 3601\n",	       "timeout = 5s\n",
+	    "withdrawn = next\n", "timeout = 0\n",	   "timeout = 3601\n",	     "timeout = 5s\n",
 	    "colour = blue\n",	  "just a line\n",
 	};
 	char many[2048] = "";
