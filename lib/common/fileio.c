@@ -11,6 +11,31 @@
 
 #include "internal.h"
 
+bool rsr_valid_name(const char *s)
+{
+	size_t n = s ? strlen(s) : 0;
+
+	if (n == 0 || n > 64 || s[0] == '.' || s[0] == '-')
+		return false;
+	for (const char *p = s; *p; p++)
+		if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') || *p == '_' ||
+		      *p == '.' || *p == '-' || *p == '+' || *p == '~' || *p == ':'))
+			return false;
+	return true;
+}
+
+bool rsr_valid_token(const char *s)
+{
+	size_t n = s ? strlen(s) : 0;
+
+	if (n == 0 || n > 128)
+		return false;
+	for (const char *p = s; *p; p++)
+		if (*p <= ' ' || *p >= 127 || *p == '"' || *p == '\'' || *p == '\\' || *p == '$' || *p == '`')
+			return false;
+	return true;
+}
+
 void rsr_hex_encode(const void *buf, size_t len, char *out)
 {
 	static const char digits[] = "0123456789abcdef";

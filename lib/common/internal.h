@@ -135,6 +135,17 @@ static inline void rsr_put_le64(void *p, uint64_t v)
 #define rsr_add_overflow(a, b, r) __builtin_add_overflow(a, b, r)
 #define rsr_mul_overflow(a, b, r) __builtin_mul_overflow(a, b, r)
 
+/*
+ * Names (slots, covered directories, architectures): 1 to 64 of
+ * A-Z a-z 0-9 . _ - + ~ :, not starting with '.' or '-'. NULL is invalid.
+ */
+bool rsr_valid_name(const char *s);
+/*
+ * Tokens (versions, base builds, advisory ids): 1 to 128 printable ASCII
+ * characters without space, quotes, backslash, '$' or backquote.
+ */
+bool rsr_valid_token(const char *s);
+
 /* Hex: `out` gets 2*len characters plus NUL. */
 void rsr_hex_encode(const void *buf, size_t len, char *out);
 /* Decodes exactly `len` bytes from `hex` (2*len characters, nothing after); false if malformed. */

@@ -61,33 +61,6 @@ struct rsr_cryptex {
 	size_t n_base_builds, n_paths;
 };
 
-/* Names: slot names and covered paths. */
-static bool valid_name(const char *s, size_t max)
-{
-	size_t n = strlen(s);
-
-	if (n == 0 || n > max || s[0] == '.' || s[0] == '-')
-		return false;
-	for (const char *p = s; *p; p++)
-		if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') || *p == '_' ||
-		      *p == '.' || *p == '-' || *p == '+' || *p == '~' || *p == ':'))
-			return false;
-	return true;
-}
-
-/* Versions and base builds: printable ASCII without spaces or quotes. */
-static bool valid_token(const char *s)
-{
-	size_t n = strlen(s);
-
-	if (n == 0 || n > MAX_STR)
-		return false;
-	for (const char *p = s; *p; p++)
-		if (*p <= ' ' || *p >= 127 || *p == '"' || *p == '\'' || *p == '\\' || *p == '$' || *p == '`')
-			return false;
-	return true;
-}
-
 static void derive_salt(const char *name, uint8_t salt[32])
 {
 	/* Stable across versions of a slot, so unchanged blocks keep their hashes and patches stay small. */
@@ -221,7 +194,7 @@ static int scan_top(struct rsr_ctx *ctx, const char *src, char ***ret, size_t *r
 			    de->d_name);
 			goto fail;
 		}
-		if (!valid_name(de->d_name, 64)) {
+		if (!rsr_valid_name(de->d_name)) {
 			r = rsr_error(ctx, -EINVAL, "%s/%s: unsupported top-level directory name", src, de->d_name);
 			goto fail;
 		}
@@ -335,12 +308,12 @@ static json_t *strv_json(const char *const *v, size_t n)
 
 static int check_build_opts(struct rsr_ctx *ctx, const struct rsr_cryptex_build_opts *o)
 {
-	if (!o->name || !valid_name(o->name, 64))
+	if (!o->name || !rsr_valid_name(o->name))
 		return rsr_error(
 		    ctx, -EINVAL,
 		    "cryptex name '%s' is not valid: 1 to 64 of A-Z a-z 0-9 . _ - + ~ :, not starting with . or -",
 		    o->name ? o->name : "");
-	if (!o->version || !valid_token(o->version))
+	if (!o->version || !rsr_valid_token(o->version))
 		return rsr_error(ctx, -EINVAL,
 				 "version '%s' is not valid: 1 to %d printable characters without spaces or quotes",
 				 o->version ? o->version : "", MAX_STR);
@@ -349,7 +322,7 @@ static int check_build_opts(struct rsr_ctx *ctx, const struct rsr_cryptex_build_
 	if (o->n_base_builds > MAX_LIST)
 		return rsr_error(ctx, RSR_E_LIMIT, "more than %d base builds", MAX_LIST);
 	for (size_t i = 0; i < o->n_base_builds; i++)
-		if (!valid_token(o->base_builds[i]))
+		if (!rsr_valid_token(o->base_builds[i]))
 			return rsr_error(
 			    ctx, -EINVAL,
 			    "base build '%s' is not valid: 1 to %d printable characters without spaces or quotes",
@@ -680,7 +653,7 @@ static int get_strv(struct rsr_ctx *ctx, const char *w, json_t *m, const char *k
 	json_array_foreach(a, i, v)
 	{
 		const char *s = json_string_value(v);
-		if (!s || (names ? !valid_name(s, 64) : !valid_token(s)) || !(out[i] = strdup(s))) {
+		if (!s || (names ? !rsr_valid_name(s) : !rsr_valid_token(s)) || !(out[i] = strdup(s))) {
 			free_strv(out, n);
 			return rsr_error(ctx, RSR_E_FORMAT, "%s: manifest '%s' entry %zu is not valid", w, key, i);
 		}
@@ -720,12 +693,12 @@ static int parse_manifest(struct rsr_ctx *ctx, struct rsr_cryptex *cx)
 		goto out;
 	}
 	s = json_string_value(json_object_get(m, "name"));
-	if (!s || !valid_name(s, 64) || !(cx->name = strdup(s))) {
+	if (!s || !rsr_valid_name(s) || !(cx->name = strdup(s))) {
 		rsr_error(ctx, RSR_E_FORMAT, "%s: manifest 'name' is missing or not valid", w);
 		goto out;
 	}
 	s = json_string_value(json_object_get(m, "version"));
-	if (!s || !valid_token(s) || !(cx->version = strdup(s))) {
+	if (!s || !rsr_valid_token(s) || !(cx->version = strdup(s))) {
 		rsr_error(ctx, RSR_E_FORMAT, "%s: manifest 'version' is missing or not valid", w);
 		goto out;
 	}

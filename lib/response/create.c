@@ -101,7 +101,7 @@ int rsr_response_create(struct rsr_ctx *ctx, const char *out_dir, const struct r
 	size_t mlen;
 	int r;
 
-	if (!o->base_build || !*o->base_build || strlen(o->base_build) > 128 || strpbrk(o->base_build, " \t\n\"'\\$`"))
+	if (!rsr_valid_token(o->base_build))
 		return rsr_error(ctx, -EINVAL, "base build '%s' is not valid", o->base_build ? o->base_build : "");
 	if (!o->letter || strlen(o->letter) != 1 || o->letter[0] < 'a' || o->letter[0] > 'z')
 		return rsr_error(ctx, -EINVAL, "the letter must be one of a to z");

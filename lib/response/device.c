@@ -250,18 +250,19 @@ void rsr_device_free(struct rsr_device *dev)
 	free(dev);
 }
 
-static int open_state(struct rsr_ctx *ctx, struct rsr_device *dev)
+/* Opens the state directory; creates it only when `create` (so that reading changes nothing). */
+static int open_state(struct rsr_ctx *ctx, struct rsr_device *dev, bool create)
 {
 	int r;
 
 	if (dev->statefd >= 0)
 		return 0;
-	r = mkdirs_at(ctx, dev->rootfd, STATE_DIR, dev->root);
-	if (r < 0)
+	if (create && (r = mkdirs_at(ctx, dev->rootfd, STATE_DIR, dev->root)) < 0)
 		return r;
 	dev->statefd = openat(dev->rootfd, STATE_DIR, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
 	if (dev->statefd < 0)
-		return rsr_error_errno(ctx, -errno, "%s/%s", dev->root, STATE_DIR);
+		return !create && errno == ENOENT ? -ENOENT
+						  : rsr_error_errno(ctx, -errno, "%s/%s", dev->root, STATE_DIR);
 	return 0;
 }
 
@@ -273,7 +274,7 @@ static int lock_device(struct rsr_ctx *ctx, struct rsr_device *dev, unsigned fla
 
 	if (dev->lockfd >= 0)
 		return 0;
-	r = open_state(ctx, dev);
+	r = open_state(ctx, dev, true);
 	if (r < 0)
 		return r;
 	dev->lockfd = openat(dev->statefd, "lock", O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
@@ -314,7 +315,9 @@ static int state_load(struct rsr_ctx *ctx, struct rsr_device *dev, struct state 
 	int r;
 
 	memset(st, 0, sizeof(*st));
-	r = open_state(ctx, dev);
+	r = open_state(ctx, dev, false);
+	if (r == -ENOENT)
+		return 0; /* nothing installed ever */
 	if (r < 0)
 		return r;
 	r = read_at(ctx, dev->statefd, "state.json", 65536, &buf, &len);
@@ -595,8 +598,12 @@ static int recover_locked(struct rsr_ctx *ctx, struct rsr_device *dev)
 
 int rsr_device_recover(struct rsr_ctx *ctx, struct rsr_device *dev, unsigned flags)
 {
-	int r = lock_device(ctx, dev, flags);
+	int r;
 
+	/* Nothing to do and nothing created unless an operation left its traces. */
+	if (!exists_at(dev->rootfd, STATE_DIR "/journal.json") && !exists_at(dev->rootfd, STATE_DIR "/incoming"))
+		return 0;
+	r = lock_device(ctx, dev, flags);
 	return r < 0 ? r : recover_locked(ctx, dev);
 }
 
@@ -618,7 +625,7 @@ static int commit(struct rsr_ctx *ctx, struct rsr_device *dev, json_t *j)
 }
 
 /* Verifies a staged image against the root hash the response signed. */
-static int verify_staged(struct rsr_ctx *ctx, struct rsr_device *dev, int infd, const char *name, const char *slot,
+static int verify_staged(struct rsr_ctx *ctx, struct rsr_device *dev, const char *name, const char *slot,
 			 const char *want_root)
 {
 	_cleanup_free_ char *path = NULL;
@@ -627,7 +634,6 @@ static int verify_staged(struct rsr_ctx *ctx, struct rsr_device *dev, int infd, 
 
 	if (asprintf(&path, "%s/%s/incoming/%s", strcmp(dev->root, "/") ? dev->root : "", STATE_DIR, name) < 0)
 		return rsr_error(ctx, -ENOMEM, "out of memory");
-	(void)infd;
 	r = rsr_cryptex_open_trusted(ctx, path, dev->keys, &cx);
 	if (r < 0)
 		return r;
@@ -684,6 +690,33 @@ static int graft_now(struct rsr_ctx *ctx, struct rsr_device *dev)
 					"the new images are in place but grafting them failed "
 					"(run 'rsr graft' to retry)")
 		     : 0;
+}
+
+/*
+ * Commits a staged operation and grafts. On success, or once the journal is
+ * on disk, *infd is closed and set to -1: the staging area then belongs to
+ * recovery and the caller must not remove it.
+ */
+static int switch_and_graft(struct rsr_ctx *ctx, struct rsr_device *dev, json_t *j, int *infd, unsigned flags)
+{
+	int r = commit(ctx, dev, j);
+
+	if (r < 0 && !exists_at(dev->statefd, "journal.json"))
+		return r; /* not committed: the caller rolls back */
+	close(*infd);
+	*infd = -1;
+	if (r < 0)
+		return rsr_error_prefix(ctx, r, "the switch was interrupted and completes at the next rsr command");
+	return (flags & RSR_DEVICE_NO_GRAFT) ? 0 : graft_now(ctx, dev);
+}
+
+/* Removes the staging area of an operation that was not committed. */
+static void roll_back(struct rsr_device *dev, int infd)
+{
+	if (infd < 0)
+		return;
+	response_rm_rf(dev->statefd, "incoming");
+	fsync(dev->statefd);
 }
 
 int rsr_device_install(struct rsr_ctx *ctx, struct rsr_device *dev, const char *dir, unsigned flags)
@@ -805,7 +838,7 @@ int rsr_device_install(struct rsr_ctx *ctx, struct rsr_device *dev, const char *
 				goto out;
 			}
 		}
-		if ((r = verify_staged(ctx, dev, infd, staged, im->slot, im->root_hash)) < 0)
+		if ((r = verify_staged(ctx, dev, staged, im->slot, im->root_hash)) < 0)
 			goto out;
 		/* The reverse patch, to go back without the network. */
 		{
@@ -857,17 +890,10 @@ int rsr_device_install(struct rsr_ctx *ctx, struct rsr_device *dev, const char *
 		r = rsr_error(ctx, -ENOMEM, "out of memory");
 		goto out;
 	}
-	r = commit(ctx, dev, j);
-	if (r < 0)
-		goto out;
-	TAKE_FD(infd);
-	r = (flags & RSR_DEVICE_NO_GRAFT) ? 0 : graft_now(ctx, dev);
+	r = switch_and_graft(ctx, dev, j, &infd, flags);
 out:
-	if (r < 0 && infd >= 0) {
-		/* Nothing switched: the staged images go, the device stays as it was. */
-		response_rm_rf(dev->statefd, "incoming");
-		fsync(dev->statefd);
-	}
+	if (r < 0)
+		roll_back(dev, infd); /* nothing switched: the device stays as it was */
 	json_decref(j);
 	json_decref(slots);
 	rsr_response_free(resp);
@@ -957,7 +983,7 @@ int rsr_device_remove(struct rsr_ctx *ctx, struct rsr_device *dev, unsigned flag
 				}
 			}
 		}
-		if ((r = verify_staged(ctx, dev, infd, staged, im->slot, im->base_root_hash)) < 0)
+		if ((r = verify_staged(ctx, dev, staged, im->slot, im->base_root_hash)) < 0)
 			goto out;
 		json_object_set_new(slots, im->slot, json_string(image));
 	}
@@ -966,16 +992,10 @@ int rsr_device_remove(struct rsr_ctx *ctx, struct rsr_device *dev, unsigned flag
 		r = rsr_error(ctx, -ENOMEM, "out of memory");
 		goto out;
 	}
-	r = commit(ctx, dev, j);
-	if (r < 0)
-		goto out;
-	TAKE_FD(infd);
-	r = (flags & RSR_DEVICE_NO_GRAFT) ? 0 : graft_now(ctx, dev);
+	r = switch_and_graft(ctx, dev, j, &infd, flags);
 out:
-	if (r < 0 && infd >= 0) {
-		response_rm_rf(dev->statefd, "incoming");
-		fsync(dev->statefd);
-	}
+	if (r < 0)
+		roll_back(dev, infd); /* nothing switched: the device stays as it was */
 	json_decref(j);
 	json_decref(slots);
 	rsr_response_free(resp);

@@ -126,33 +126,6 @@ static bool restart_from_name(const char *s, enum rsr_restart *ret)
 	return false;
 }
 
-/* Names (slots, architectures): as cryptex names. */
-static bool valid_name(const char *s)
-{
-	size_t n = s ? strlen(s) : 0;
-
-	if (n == 0 || n > 64 || s[0] == '.' || s[0] == '-')
-		return false;
-	for (const char *p = s; *p; p++)
-		if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') || *p == '_' ||
-		      *p == '.' || *p == '-' || *p == '+' || *p == '~' || *p == ':'))
-			return false;
-	return true;
-}
-
-/* Tokens (builds, versions, ids): printable ASCII without spaces or quotes. */
-static bool valid_token(const char *s)
-{
-	size_t n = s ? strlen(s) : 0;
-
-	if (n == 0 || n > 128)
-		return false;
-	for (const char *p = s; *p; p++)
-		if (*p <= ' ' || *p >= 127 || *p == '"' || *p == '\'' || *p == '\\' || *p == '$' || *p == '`')
-			return false;
-	return true;
-}
-
 /* Free text: bounded, no control characters but newline. */
 static bool valid_text(const char *s, size_t max)
 {
@@ -189,7 +162,7 @@ static bool valid_severity(const char *s)
 /* A path inside the response directory: "patches/NAME". */
 static bool valid_patch_path(const char *s)
 {
-	return s && !strncmp(s, "patches/", 8) && valid_name(s + 8);
+	return s && !strncmp(s, "patches/", 8) && rsr_valid_name(s + 8);
 }
 
 static bool get_u64(json_t *o, const char *key, uint64_t max, uint64_t *ret)
@@ -254,7 +227,7 @@ static bool get_strlist(json_t *o, const char *key, bool (*ok)(const char *), si
 
 static bool valid_cve(const char *s)
 {
-	return valid_token(s) && strlen(s) <= 64;
+	return rsr_valid_token(s) && strlen(s) <= 64;
 }
 
 static bool valid_abs_path(const char *s)
@@ -270,7 +243,7 @@ static int parse_advisory(struct rsr_ctx *ctx, json_t *a, size_t i, struct rsr_a
 	out->title = get_str(a, "title");
 	out->severity = get_str(a, "severity");
 	out->summary = get_str(a, "summary");
-	if (!valid_token(out->id))
+	if (!rsr_valid_token(out->id))
 		return rsr_error(ctx, RSR_E_FORMAT, "advisory %zu: 'id' is missing or not a token", i);
 	if (!valid_text(out->title, 256) || strchr(out->title, '\n'))
 		return rsr_error(ctx, RSR_E_FORMAT, "advisory %s: 'title' must be one line of at most 256 characters",
@@ -331,12 +304,12 @@ static int parse_image(struct rsr_ctx *ctx, json_t *o, size_t i, struct rsr_resp
 
 	im->slot = get_str(o, "slot");
 	im->arch = get_str(o, "arch");
-	if (!valid_name(im->slot) || !valid_name(im->arch))
+	if (!rsr_valid_name(im->slot) || !rsr_valid_name(im->arch))
 		return rsr_error(ctx, RSR_E_FORMAT, "image %zu: 'slot' or 'arch' is missing or not a name", i);
 	im->version = get_str(o, "version");
 	im->root_hash = get_str(o, "root_hash");
 	im->sha256 = get_str(o, "sha256");
-	if (!valid_token(im->version) || !valid_hex64(im->root_hash) || !valid_hex64(im->sha256) ||
+	if (!rsr_valid_token(im->version) || !valid_hex64(im->root_hash) || !valid_hex64(im->sha256) ||
 	    !get_u64(o, "size", UINT64_C(1) << 50, &im->size))
 		return rsr_error(ctx, RSR_E_FORMAT,
 				 "image %s/%s: 'version', 'root_hash', 'sha256' or 'size' is not valid", im->slot,
@@ -347,7 +320,7 @@ static int parse_image(struct rsr_ctx *ctx, json_t *o, size_t i, struct rsr_resp
 	im->base_version = get_str(base, "version");
 	im->base_root_hash = get_str(base, "root_hash");
 	im->base_sha256 = get_str(base, "sha256");
-	if (!valid_token(im->base_version) || !valid_hex64(im->base_root_hash) || !valid_hex64(im->base_sha256) ||
+	if (!rsr_valid_token(im->base_version) || !valid_hex64(im->base_root_hash) || !valid_hex64(im->base_sha256) ||
 	    !get_u64(base, "size", UINT64_C(1) << 50, &im->base_size))
 		return rsr_error(ctx, RSR_E_FORMAT, "image %s/%s: 'base' is not valid", im->slot, im->arch);
 	im->forward = get_str(fw, "path");
@@ -420,7 +393,7 @@ static int parse_doc(struct rsr_ctx *ctx, struct rsr_response *resp, const struc
 		return rsr_error(ctx, RSR_E_FORMAT, "not an rsr-response manifest of format 1");
 	resp->base_build = get_str(sg, "base_build");
 	resp->letter = get_str(sg, "letter");
-	if (!valid_token(resp->base_build))
+	if (!rsr_valid_token(resp->base_build))
 		return rsr_error(ctx, RSR_E_FORMAT, "'base_build' is missing or not valid");
 	if (!resp->letter || strlen(resp->letter) != 1 || resp->letter[0] < 'a' || resp->letter[0] > 'z')
 		return rsr_error(ctx, RSR_E_FORMAT, "'letter' must be one of a to z");

@@ -50,3 +50,6 @@ corpus_pair() {
 }
 
 need_root() { [ "$(id -u)" = 0 ] || skip_all "needs root (mounts in a private namespace)"; }
+
+# strace with LeakSanitizer off: it cannot run under ptrace (sanitizer builds).
+strace_nolsan() { ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0" strace "$@"; }

@@ -33,7 +33,7 @@ mounts() { findmnt -rn -o TARGET,FSTYPE,SOURCE | awk -v r="$R" 'index($1, r) == 
 # Runs rsr graft with the N-th call of SYSCALL failing with EIO; expects exit 1.
 graft_failing() { # SYSCALL N
 	set +e
-	strace -f -o /dev/null -e inject="$1":error=EIO:when="$2" "$RSR" graft --root "$R" >"$T/out" 2>"$T/err"
+	strace_nolsan -f -o /dev/null -e inject="$1":error=EIO:when="$2" "$RSR" graft --root "$R" >"$T/out" 2>"$T/err"
 	local rc=$?
 	set -e
 	[ $rc = 1 ] || { cat "$T/err"; fail "graft with $1 #$2 failing: exit $rc, expected 1"; }

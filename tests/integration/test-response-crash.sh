@@ -29,7 +29,7 @@ crash_op() {
 	shift 4
 	rm -rf "$D" && cp -a "$P/$from" "$D"
 	# Count each system call of the set in one clean run.
-	strace -f -qq -c -U name,calls -e trace="${syscalls// /,}" -o "$T/count" "$RSR" -q "$@" >/dev/null 2>&1 ||
+	strace_nolsan -f -qq -c -U name,calls -e trace="${syscalls// /,}" -o "$T/count" "$RSR" -q "$@" >/dev/null 2>&1 ||
 		fail "$name: the clean run failed"
 	device_is "$D" "$to" || fail "$name: the clean run did not reach $to"
 	local points=0 old=0 new=0 sc n calls
@@ -39,7 +39,7 @@ crash_op() {
 		for n in $(seq 1 "$calls"); do
 			rm -rf "$D" && cp -a "$P/$from" "$D"
 			set +e
-			strace -f -qq -o /dev/null -e trace="$sc" -e inject="$sc":signal=KILL:when="$n" "$RSR" -q "$@" >/dev/null 2>&1
+			strace_nolsan -f -qq -o /dev/null -e trace="$sc" -e inject="$sc":signal=KILL:when="$n" "$RSR" -q "$@" >/dev/null 2>&1
 			set -e
 			# Any rsr command first finishes or rolls back.
 			"$RSR" -q status --root "$D" >/dev/null 2>"$T/rec.err" || { cat "$T/rec.err"; fail "$name: recovery failed after $sc #$n"; }
