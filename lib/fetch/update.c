@@ -341,6 +341,10 @@ static int update_root(struct rsr_ctx *ctx, struct rsr_updater *u)
 			forget(u, "timestamp.json");
 			forget(u, "snapshot.json");
 			forget(u, "targets.json");
+		} else if (role_changed(u->troot, nroot, TUF_TARGETS)) {
+			json_decref(u->targets);
+			u->targets = NULL;
+			forget(u, "targets.json");
 		}
 		tuf_root_free(u->troot);
 		u->troot = nroot;

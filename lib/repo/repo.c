@@ -91,22 +91,30 @@ static int role_keys(struct rsr_ctx *ctx, const struct tuf_root *root, enum tuf_
 	const struct tuf_role_keys *rk = &root->roles[role];
 	size_t n = *n_out, found = 0;
 
-	for (size_t i = 0; i < sign->n_keys; i++) {
-		char id[65];
-		bool listed = false, dup = false;
-		int r;
+	for (size_t k = 0; k < rk->n; k++) {
+		/* Each listed key counts once, however often it was given. */
+		for (size_t i = 0; i < sign->n_keys; i++) {
+			char id[65];
+			bool dup = false;
+			int r;
 
-		if (!rsr_key_is_private(sign->keys[i]))
-			continue;
-		if ((r = tuf_keyid(ctx, sign->keys[i], id)) < 0)
-			return r;
-		for (size_t k = 0; k < rk->n; k++)
-			listed |= !strcmp(rk->keyids[k], id);
-		for (size_t k = 0; k < n; k++)
-			dup |= out[k] == sign->keys[i];
-		found += listed;
-		if (listed && !dup)
-			out[n++] = sign->keys[i];
+			if (!rsr_key_is_private(sign->keys[i]))
+				continue;
+			if ((r = tuf_keyid(ctx, sign->keys[i], id)) < 0)
+				return r;
+			if (strcmp(rk->keyids[k], id))
+				continue;
+			found++;
+			for (size_t j = 0; j < n; j++) {
+				char other[65];
+				if ((r = tuf_keyid(ctx, out[j], other)) < 0)
+					return r;
+				dup |= !strcmp(other, id);
+			}
+			if (!dup)
+				out[n++] = sign->keys[i];
+			break;
+		}
 	}
 	if (found < rk->threshold)
 		return rsr_error(ctx, RSR_E_KEY,
