@@ -200,6 +200,43 @@ static void offer_print(const struct rsr_update_offer *o)
 		       o->n_held_back == 1 ? " is" : "s are");
 }
 
+/* After an install: a reboot is only announced; stale services are restarted or listed, as the policy says. */
+static void apply_restart(struct cmd_env *env, struct client *c, const char *restart)
+{
+	struct rsr_graft *g = NULL;
+	struct rsr_graft_report *rep = NULL;
+	int r;
+
+	if (!strcmp(restart, "reboot")) {
+		printf("This response needs a reboot to take effect.\n");
+		return;
+	}
+	if (strcmp(restart, "services") || c->policy.restart == RSR_RESTART_POLICY_NONE)
+		return;
+	if (rsr_graft_open(env->ctx, c->root, &g) < 0 || rsr_graft_status(env->ctx, g, &rep) < 0) {
+		fprintf(stderr, "rsr: warning: cannot tell which processes run old code: %s\n",
+			rsr_ctx_error(env->ctx));
+		rsr_graft_free(g);
+		return;
+	}
+	if (rep->n_stale && c->policy.restart == RSR_RESTART_POLICY_ASK) {
+		printf("%zu process%s still run%s superseded code (restart = ask); 'rsr restart-services' restarts "
+		       "their services:\n",
+		       rep->n_stale, rep->n_stale == 1 ? "" : "es", rep->n_stale == 1 ? "s" : "");
+		for (size_t i = 0; i < rep->n_stale; i++)
+			printf("  %d %s (%s)\n", rep->stale[i].pid, rep->stale[i].comm ? rep->stale[i].comm : "?",
+			       rep->stale[i].unit ? rep->stale[i].unit : "no unit");
+	} else if (rep->n_stale) {
+		r = rsr_graft_restart_services(env->ctx, rep);
+		if (r < 0)
+			fprintf(stderr, "rsr: warning: restarting services: %s\n", rsr_ctx_error(env->ctx));
+		else
+			printf("Restarted %d service%s running superseded code.\n", r, r == 1 ? "" : "s");
+	}
+	rsr_graft_report_free(rep);
+	rsr_graft_free(g);
+}
+
 static int update_verb(struct cmd_env *env, int argc, char **argv, bool install)
 {
 	static const struct option opts[] = {
@@ -300,22 +337,8 @@ static int update_verb(struct cmd_env *env, int argc, char **argv, bool install)
 			printf("Removed the withdrawn response (%s): back to the base.\n", o->installed_letter);
 	}
 	/* Restart policy, once the new images are grafted. */
-	if (o->action == RSR_UPDATE_INSTALL && o->restart && !(flags & RSR_DEVICE_NO_GRAFT)) {
-		if (!strcmp(o->restart, "reboot"))
-			printf("This response needs a reboot to take effect.\n");
-		else if (!strcmp(o->restart, "services") && c.policy.restart == RSR_RESTART_POLICY_ASK)
-			printf("Services may still run old code: 'rsr status' lists them, 'rsr restart-services' "
-			       "restarts them.\n");
-		else if (!strcmp(o->restart, "services") && c.policy.restart == RSR_RESTART_POLICY_SERVICES) {
-			struct rsr_graft *g = NULL;
-			struct rsr_graft_report *rep = NULL;
-			if (rsr_graft_open(env->ctx, c.root, &g) < 0 || rsr_graft_status(env->ctx, g, &rep) < 0 ||
-			    (rep->n_stale && rsr_graft_restart_services(env->ctx, rep) < 0))
-				fprintf(stderr, "rsr: warning: restarting services: %s\n", rsr_ctx_error(env->ctx));
-			rsr_graft_report_free(rep);
-			rsr_graft_free(g);
-		}
-	}
+	if (o->action == RSR_UPDATE_INSTALL && o->restart && !(flags & RSR_DEVICE_NO_GRAFT))
+		apply_restart(env, &c, o->restart);
 out:
 	client_close(&c);
 	return r;

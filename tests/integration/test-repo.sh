@@ -96,6 +96,34 @@ ok "HTTPS with docs/repository.md's nginx configuration: untrusted certificate r
 nginx_stop
 nginx_start "$R"
 
+# Grafted, in a private mount namespace: rsr update changes the files under /usr, and with
+# restart = ask lists the process that still maps the old library.
+if [ "$(id -u)" = 0 ] && command -v unshare >/dev/null; then
+	D9=$T/dev9
+	repo_device "$D9" "restart = ask"
+	cp -a "$(corpus_pair libssl3)/old/usr/." "$D9/usr/"
+	lib=$D9/usr/lib/x86_64-linux-gnu/libcrypto.so.3
+	unshare -m bash -c "
+		set -e
+		mount --make-rprivate /
+		'$RSR' -q graft --root '$D9'
+		python3 -c 'import ctypes, time; ctypes.CDLL(\"$lib\"); time.sleep(120)' &
+		holder=\$!
+		sleep 1
+		'$RSR' update --root '$D9' >'$T/out' 2>'$T/err' || { kill \$holder; exit 1; }
+		cmp '$lib' '$(corpus_pair libssl3)/new/usr/lib/x86_64-linux-gnu/libcrypto.so.3'
+		kill \$holder
+		'$RSR' -q ungraft --root '$D9'
+	" || { cat "$T/out" "$T/err"; fail "grafted update failed"; }
+	assert_grep "Installed response (b)" "$T/out"
+	assert_grep "still run.* superseded code (restart = ask)" "$T/out"
+	assert_grep "python3" "$T/out"
+	device_is "$D9" b
+	ok "grafted update: files under /usr are (b)'s; restart = ask lists the process still on old code"
+else
+	echo "# SKIP grafted update: needs root and unshare"
+fi
+
 # Policy file: unknown keys and bad values are refused with the line.
 D3=$T/dev3
 repo_device "$D3" "auto_install = maybe"
