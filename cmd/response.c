@@ -397,11 +397,16 @@ static void print_after(struct cmd_env *env, const char *root, bool installed)
 static int device_verb(struct cmd_env *env, int argc, char **argv, bool install)
 {
 	static const struct option opts[] = {
-	    {"root", required_argument, NULL, 'r'}, {"no-graft", no_argument, NULL, 'n'},
-	    {"wait", no_argument, NULL, 'w'},	    {"keep-base", no_argument, NULL, 'K'},
-	    {"help", no_argument, NULL, 'h'},	    {NULL, 0, NULL, 0},
+	    {"root", required_argument, NULL, 'r'},
+	    {"no-graft", no_argument, NULL, 'n'},
+	    {"wait", no_argument, NULL, 'w'},
+	    {"keep-base", no_argument, NULL, 'K'},
+	    {"force", no_argument, NULL, 'f'},
+	    {"help", no_argument, NULL, 'h'},
+	    {NULL, 0, NULL, 0},
 	};
 	const char *root = "/";
+	bool force = false;
 	unsigned flags = 0;
 	struct rsr_device *dev;
 	int c, r;
@@ -416,6 +421,11 @@ static int device_verb(struct cmd_env *env, int argc, char **argv, bool install)
 			break;
 		case 'w':
 			flags |= RSR_DEVICE_WAIT;
+			break;
+		case 'f':
+			if (install)
+				return cmd_usage_error("--force is an option of rsr remove");
+			force = true;
 			break;
 		case 'K':
 			if (!install)
@@ -433,11 +443,12 @@ static int device_verb(struct cmd_env *env, int argc, char **argv, bool install)
 				       "--keep-base keeps the base images (costs their size on disk; remove is then\n"
 				       "a copy instead of a patch).\n");
 			else
-				printf("Usage: rsr remove [--root DIR] [--no-graft] [--wait]\n\n"
+				printf("Usage: rsr remove [--root DIR] [--no-graft] [--wait] [--force]\n\n"
 				       "Goes back to the base images with the installed response's reverse patches\n"
 				       "(or the kept base copies), verifies each against its signed root hash,\n"
 				       "switches all slots at once and grafts the base images. The high-water mark\n"
-				       "stays: an older response cannot be installed afterwards.\n");
+				       "stays: an older response cannot be installed afterwards. When the policy\n"
+				       "(etc/rsr/rsr.conf) says allow_remove = no, only --force removes.\n");
 			return EXIT_OK;
 		default:
 			return EXIT_USAGE;
@@ -446,6 +457,8 @@ static int device_verb(struct cmd_env *env, int argc, char **argv, bool install)
 	if (install ? optind + 1 != argc : optind != argc)
 		return cmd_usage_error(install ? "usage: rsr install DIR [--root DIR] [--no-graft]"
 					       : "usage: rsr remove [--root DIR] [--no-graft]");
+	if (!install && !force && (r = cmd_policy_check_remove(env, root)) != EXIT_OK)
+		return r;
 	if (device_open(env, root, &dev) != EXIT_OK)
 		return EXIT_FAIL;
 	cmd_progress_enable(env);

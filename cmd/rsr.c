@@ -27,6 +27,9 @@ static const struct group groups[] = {
 	{"response", cmd_response, "make and inspect signed security responses"},
 	{"install", cmd_install, "install a response on the device (no verb)"},
 	{"remove", cmd_remove, "remove the installed response, back to the base (no verb)"},
+	{"repo", cmd_repo, "publish responses in a TUF repository (vendor)"},
+	{"check", cmd_check, "check the repository for a newer response (no verb)"},
+	{"update", cmd_update, "download and install the newest response (no verb)"},
 	{NULL, NULL, NULL},
 };
 

@@ -1,0 +1,329 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * rsr repo: the vendor's TUF repository (init, add, refresh, withdraw,
+ * rollout, rotate-key). Keys are PEM files; signing time comes from
+ * SOURCE_DATE_EPOCH when set.
+ */
+#include <getopt.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "cmd.h"
+#include "rsr/key.h"
+#include "rsr/repo.h"
+
+#define MAX_KEYS 32
+
+struct keys {
+	struct rsr_key *k[MAX_KEYS];
+	size_t n;
+};
+
+static void keys_free(struct keys *ks)
+{
+	for (size_t i = 0; i < ks->n; i++)
+		rsr_key_free(ks->k[i]);
+	ks->n = 0;
+}
+
+/* Loads a private key; with `public_ok`, a public key when the file holds no private one. */
+static int key_add(struct cmd_env *env, struct keys *ks, const char *path, bool public_ok, struct rsr_key **ret)
+{
+	struct rsr_key *k = NULL;
+
+	if (ks->n >= MAX_KEYS)
+		return cmd_usage_error("at most %d keys", MAX_KEYS);
+	if (rsr_key_load_private(env->ctx, path, &k) < 0 && (!public_ok || rsr_key_load_public(env->ctx, path, &k) < 0))
+		return cmd_fail(env, -1);
+	ks->k[ks->n++] = k;
+	if (ret)
+		*ret = k;
+	return EXIT_OK;
+}
+
+static bool parse_expires(const char *arg, struct rsr_repo_sign_opts *so)
+{
+	const char *eq = strchr(arg, '=');
+	char role[16];
+	unsigned long long n;
+	int r;
+
+	if (!eq || (size_t)(eq - arg) >= sizeof(role))
+		return false;
+	memcpy(role, arg, (size_t)(eq - arg));
+	role[eq - arg] = '\0';
+	r = rsr_repo_role_from_name(role);
+	if (r < 0 || !cmd_parse_uint(eq + 1, 100ULL * 365 * 86400, &n) || n == 0)
+		return false;
+	so->expires[r] = n;
+	return true;
+}
+
+static bool sign_time(struct rsr_repo_sign_opts *so)
+{
+	const char *sde = getenv("SOURCE_DATE_EPOCH");
+	unsigned long long n;
+
+	if (!sde) {
+		so->now = (uint64_t)time(NULL);
+		return true;
+	}
+	if (!cmd_parse_uint(sde, 1ULL << 40, &n))
+		return false;
+	so->now = n;
+	return true;
+}
+
+/* Options every verb takes: --key K (repeated), --expires ROLE=SECONDS. Others go to `extra`. */
+struct common {
+	struct keys keys;
+	struct rsr_repo_sign_opts so;
+	const struct rsr_key *signers[MAX_KEYS];
+};
+
+static int finish_common(struct common *c)
+{
+	for (size_t i = 0; i < c->keys.n; i++)
+		c->signers[i] = c->keys.k[i];
+	c->so.keys = c->signers;
+	c->so.n_keys = c->keys.n;
+	if (!sign_time(&c->so))
+		return cmd_usage_error("SOURCE_DATE_EPOCH is not a number of seconds");
+	return EXIT_OK;
+}
+
+static int repo_init(struct cmd_env *env, int argc, char **argv)
+{
+	static const struct option opts[] = {
+	    {"root-key", required_argument, NULL, 'R'},
+	    {"targets-key", required_argument, NULL, 'T'},
+	    {"snapshot-key", required_argument, NULL, 'S'},
+	    {"timestamp-key", required_argument, NULL, 'M'},
+	    {"threshold", required_argument, NULL, 't'},
+	    {"expires", required_argument, NULL, 'e'},
+	    {"help", no_argument, NULL, 'h'},
+	    {NULL, 0, NULL, 0},
+	};
+	struct common c = {0};
+	struct rsr_repo_init_opts io = {0};
+	const struct rsr_key *roots[MAX_KEYS];
+	struct rsr_key *k;
+	unsigned long long n;
+	int ch, r = EXIT_OK;
+
+	while (r == EXIT_OK && (ch = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+		switch (ch) {
+		case 'R':
+			if ((r = key_add(env, &c.keys, optarg, false, &k)) == EXIT_OK)
+				roots[io.n_root_keys++] = k;
+			break;
+		case 'T':
+		case 'S':
+		case 'M':
+			if ((r = key_add(env, &c.keys, optarg, false, &k)) == EXIT_OK)
+				*(ch == 'T' ? &io.targets_key : ch == 'S' ? &io.snapshot_key : &io.timestamp_key) = k;
+			break;
+		case 't':
+			if (!cmd_parse_uint(optarg, MAX_KEYS, &n) || n == 0)
+				r = cmd_usage_error("--threshold takes a number from 1 to %d", MAX_KEYS);
+			io.threshold = (unsigned)n;
+			break;
+		case 'e':
+			if (!parse_expires(optarg, &c.so))
+				r = cmd_usage_error(
+				    "--expires takes ROLE=SECONDS (root, targets, snapshot, timestamp)");
+			break;
+		case 'h':
+			printf("Usage: rsr repo init DIR --root-key KEY [--root-key KEY...] [--threshold N]\n"
+			       "                    [--targets-key KEY] [--snapshot-key KEY] [--timestamp-key KEY]\n"
+			       "                    [--expires ROLE=SECONDS...]\n\n"
+			       "Makes a TUF repository in DIR: metadata/ (root, targets, snapshot, timestamp,\n"
+			       "version 1, Ed25519, consistent snapshots) and targets/. Roles without a key of\n"
+			       "their own use the first root key. Give devices metadata/1.root.json as\n"
+			       "/etc/rsr/repository-root.json.\n");
+			keys_free(&c.keys);
+			return EXIT_OK;
+		default:
+			r = EXIT_USAGE;
+		}
+	}
+	if (r == EXIT_OK && optind + 1 != argc)
+		r = cmd_usage_error("usage: rsr repo init DIR --root-key KEY [...]");
+	if (r == EXIT_OK && io.n_root_keys == 0)
+		r = cmd_usage_error("rsr repo init needs --root-key");
+	if (r == EXIT_OK)
+		r = finish_common(&c);
+	if (r == EXIT_OK) {
+		io.root_keys = roots;
+		if (rsr_repo_init(env->ctx, argv[optind], &io, &c.so) < 0)
+			r = cmd_fail(env, -1);
+		else if (!env->quiet)
+			printf("Repository made in %s; devices trust %s/metadata/1.root.json.\n", argv[optind],
+			       argv[optind]);
+	}
+	keys_free(&c.keys);
+	return r;
+}
+
+enum verb_kind { V_ADD, V_REFRESH, V_WITHDRAW, V_ROLLOUT, V_ROTATE };
+
+static int repo_verb(struct cmd_env *env, int argc, char **argv, enum verb_kind kind, int n_args, const char *usage,
+		     const char *help)
+{
+	static const struct option opts[] = {
+	    {"key", required_argument, NULL, 'k'},     {"expires", required_argument, NULL, 'e'},
+	    {"rollout", required_argument, NULL, 'p'}, {"role", required_argument, NULL, 'r'},
+	    {"new", required_argument, NULL, 'n'},     {"threshold", required_argument, NULL, 't'},
+	    {"help", no_argument, NULL, 'h'},	       {NULL, 0, NULL, 0},
+	};
+	struct common c = {0};
+	struct keys newk = {0};
+	const struct rsr_key *newp[MAX_KEYS];
+	unsigned long long n;
+	unsigned rollout = 100, threshold = 0;
+	int role = -1, ch, r = EXIT_OK, e = 0;
+
+	while (r == EXIT_OK && (ch = getopt_long(argc, argv, "k:h", opts, NULL)) != -1) {
+		switch (ch) {
+		case 'k':
+			r = key_add(env, &c.keys, optarg, false, NULL);
+			break;
+		case 'e':
+			if (!parse_expires(optarg, &c.so))
+				r = cmd_usage_error(
+				    "--expires takes ROLE=SECONDS (root, targets, snapshot, timestamp)");
+			break;
+		case 'p':
+			if (kind != V_ADD || !cmd_parse_uint(optarg, 100, &n) || n == 0)
+				r = cmd_usage_error("--rollout takes a percentage from 1 to 100 (rsr repo add)");
+			rollout = (unsigned)n;
+			break;
+		case 'r':
+			if (kind != V_ROTATE || (role = rsr_repo_role_from_name(optarg)) < 0)
+				r = cmd_usage_error(
+				    "--role takes root, targets, snapshot or timestamp (rsr repo rotate-key)");
+			break;
+		case 'n': {
+			struct rsr_key *k;
+			if (kind != V_ROTATE)
+				r = cmd_usage_error("--new is an option of rsr repo rotate-key");
+			else if ((r = key_add(env, &newk, optarg, true, &k)) == EXIT_OK && rsr_key_is_private(k) &&
+				 c.keys.n < MAX_KEYS) {
+				/* A new private key may sign too (a new root key must). */
+				struct rsr_key *copy;
+				if (rsr_key_load_private(env->ctx, optarg, &copy) == 0)
+					c.keys.k[c.keys.n++] = copy;
+			}
+			break;
+		}
+		case 't':
+			if (kind != V_ROTATE || !cmd_parse_uint(optarg, MAX_KEYS, &n) || n == 0)
+				r = cmd_usage_error("--threshold takes a number from 1 to %d (rsr repo rotate-key)",
+						    MAX_KEYS);
+			threshold = (unsigned)n;
+			break;
+		case 'h':
+			printf("%s\n\n%s", usage, help);
+			keys_free(&c.keys);
+			keys_free(&newk);
+			return EXIT_OK;
+		default:
+			r = EXIT_USAGE;
+		}
+	}
+	if (r == EXIT_OK && optind + n_args != argc)
+		r = cmd_usage_error("%s", usage);
+	if (r == EXIT_OK && c.keys.n == 0)
+		r = cmd_usage_error("give the signing keys with --key KEY");
+	if (r == EXIT_OK && kind == V_ROTATE && (role < 0 || newk.n == 0))
+		r = cmd_usage_error("rsr repo rotate-key needs --role and --new");
+	if (r == EXIT_OK && kind == V_ROLLOUT && (!cmd_parse_uint(argv[optind + 3], 100, &n) || n == 0))
+		r = cmd_usage_error("the rollout percentage is a number from 1 to 100");
+	if (r == EXIT_OK)
+		r = finish_common(&c);
+	if (r == EXIT_OK) {
+		const char *dir = argv[optind];
+		switch (kind) {
+		case V_ADD:
+			e = rsr_repo_add(env->ctx, dir, argv[optind + 1], rollout, &c.so);
+			break;
+		case V_REFRESH:
+			e = rsr_repo_refresh(env->ctx, dir, &c.so);
+			break;
+		case V_WITHDRAW:
+			e = rsr_repo_withdraw(env->ctx, dir, argv[optind + 1], argv[optind + 2], &c.so);
+			break;
+		case V_ROLLOUT:
+			e = rsr_repo_set_rollout(env->ctx, dir, argv[optind + 1], argv[optind + 2], (unsigned)n, &c.so);
+			break;
+		case V_ROTATE:
+			for (size_t i = 0; i < newk.n; i++)
+				newp[i] = newk.k[i];
+			e = rsr_repo_rotate_key(env->ctx, dir, (enum rsr_repo_role)role, newp, newk.n, threshold,
+						&c.so);
+			break;
+		}
+		r = e < 0 ? cmd_fail(env, e) : EXIT_OK;
+	}
+	keys_free(&c.keys);
+	keys_free(&newk);
+	return r;
+}
+
+static int repo_add(struct cmd_env *env, int argc, char **argv)
+{
+	return repo_verb(env, argc, argv, V_ADD, 2,
+			 "usage: rsr repo add DIR RESPONSE_DIR --key KEY... [--rollout PERCENT]",
+			 "Publishes a response: its manifest and patches become targets under\n"
+			 "BASE_BUILD/LETTER/ with custom metadata (base build, letter, sequence,\n"
+			 "advisories, patch sizes, rollout percentage), then signs new targets,\n"
+			 "snapshot and timestamp metadata with the given keys.\n");
+}
+
+static int repo_refresh(struct cmd_env *env, int argc, char **argv)
+{
+	return repo_verb(env, argc, argv, V_REFRESH, 1,
+			 "usage: rsr repo refresh DIR --key KEY... [--expires ROLE=SECONDS]",
+			 "Signs new snapshot and timestamp metadata with fresh expiry times. Run it\n"
+			 "from cron more often than the timestamp lifetime (one day by default).\n");
+}
+
+static int repo_withdraw(struct cmd_env *env, int argc, char **argv)
+{
+	return repo_verb(env, argc, argv, V_WITHDRAW, 3, "usage: rsr repo withdraw DIR BASE_BUILD LETTER --key KEY...",
+			 "Marks a published response withdrawn. Devices stop installing it; devices\n"
+			 "on it move to a newer response, or back to the base when none is newer\n"
+			 "(their policy's 'withdrawn' setting).\n");
+}
+
+static int repo_rollout(struct cmd_env *env, int argc, char **argv)
+{
+	return repo_verb(env, argc, argv, V_ROLLOUT, 4,
+			 "usage: rsr repo rollout DIR BASE_BUILD LETTER PERCENT --key KEY...",
+			 "Changes the staged rollout percentage of a published response. A device takes\n"
+			 "it when its bucket (from a hash of its machine id and the response) is below.\n");
+}
+
+static int repo_rotate(struct cmd_env *env, int argc, char **argv)
+{
+	return repo_verb(env, argc, argv, V_ROTATE, 1,
+			 "usage: rsr repo rotate-key DIR --role ROLE --new KEY... [--threshold N] --key KEY...",
+			 "Replaces the keys of ROLE: writes the next root version, signed by the current\n"
+			 "root keys (--key) and, for the root role, by the new keys (--new, private), then\n"
+			 "re-signs the metadata below with the new keys. Devices follow the rotation.\n");
+}
+
+int cmd_repo(struct cmd_env *env, int argc, char **argv)
+{
+	static const struct verb verbs[] = {
+	    {"init", repo_init, "make a new TUF repository"},
+	    {"add", repo_add, "publish a response"},
+	    {"refresh", repo_refresh, "re-sign snapshot and timestamp (cron)"},
+	    {"withdraw", repo_withdraw, "withdraw a published response"},
+	    {"rollout", repo_rollout, "change the staged rollout percentage of a response"},
+	    {"rotate-key", repo_rotate, "replace the keys of a role"},
+	    {NULL, NULL, NULL},
+	};
+	return cmd_dispatch(env, "repo", verbs, argc, argv);
+}

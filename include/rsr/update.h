@@ -1,0 +1,140 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * The device's update client: The Update Framework's workflow over HTTP(S)
+ * with libcurl (root rotation, timestamp, snapshot, targets; signatures,
+ * thresholds, expiry, rollback, lengths and hashes), the choice of the
+ * response to install (base build, sequence, staged rollout, withdrawal),
+ * resumable bounded downloads, and the policy file /etc/rsr/rsr.conf.
+ * Trusted metadata lives in var/lib/rsr/tuf/ under the device root.
+ */
+#ifndef RSR_UPDATE_H
+#define RSR_UPDATE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "rsr/common.h"
+#include "rsr/response.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* The device's first trusted root (shipped with the OS), relative to the root. */
+#define RSR_UPDATE_ROOT_FILE "etc/rsr/repository-root.json"
+/* Trusted metadata and downloads, relative to the root. */
+#define RSR_UPDATE_STATE_DIR "var/lib/rsr/tuf"
+/* The policy file, relative to the root. */
+#define RSR_UPDATE_POLICY_FILE "etc/rsr/rsr.conf"
+#define RSR_UPDATE_MAX_MIRRORS 16
+
+enum rsr_restart_policy {
+	RSR_RESTART_POLICY_NONE = 0,	 /* never restart anything */
+	RSR_RESTART_POLICY_SERVICES = 1, /* restart the services that run superseded code */
+	RSR_RESTART_POLICY_ASK = 2,	 /* say what needs a restart, leave it to the user */
+};
+
+enum rsr_withdrawn_policy {
+	RSR_WITHDRAWN_BASE = 0, /* with no newer response, go back to the base */
+	RSR_WITHDRAWN_STAY = 1, /* with no newer response, keep the withdrawn one */
+};
+
+/* /etc/rsr/rsr.conf, parsed. docs/man/rsr-update.md describes the file. */
+struct rsr_update_policy {
+	char *mirrors[RSR_UPDATE_MAX_MIRRORS]; /* base URLs, tried in turn */
+	size_t n_mirrors;
+	bool auto_install; /* the timer installs, not just checks */
+	bool allow_remove; /* users may remove responses */
+	enum rsr_restart_policy restart;
+	bool staged_rollout; /* honour rollout percentages (default on) */
+	enum rsr_withdrawn_policy withdrawn;
+	unsigned timeout; /* seconds without progress before a transfer fails */
+};
+
+/* The defaults: no mirror, auto install on, remove allowed, restart services, rollout on, withdrawn base, 30 s. */
+void rsr_update_policy_init(struct rsr_update_policy *p);
+/*
+ * Parses the key = value policy file in buf (`what` names it in messages)
+ * into *p, which holds the defaults or earlier values; free with
+ * rsr_update_policy_clear(). Unknown keys and bad values are errors.
+ */
+int rsr_update_policy_parse(struct rsr_ctx *ctx, const void *buf, size_t len, const char *what,
+			    struct rsr_update_policy *p);
+void rsr_update_policy_clear(struct rsr_update_policy *p);
+
+/*
+ * The rollout bucket (0..99) of a device for a response: from SHA-256 of
+ * "machine_id/base_build/letter"; the device takes a response with rollout
+ * percentage P when its bucket is below P.
+ */
+unsigned rsr_update_rollout_bucket(const char *machine_id, const char *base_build, const char *letter);
+
+struct rsr_update_opts {
+	const char *root;			/* device root, "/" for the running system */
+	const struct rsr_update_policy *policy; /* borrowed */
+	const char *machine_id;			/* for staged rollout; NULL: every rollout applies */
+	int64_t now;				/* seconds since 1970, for expiry */
+	const char *ca_file;			/* extra CA bundle for HTTPS; NULL: the system store */
+};
+
+struct rsr_updater;
+
+/* Opens the client: device state and the trusted root. The caller owns it. */
+int rsr_update_open(struct rsr_ctx *ctx, const struct rsr_update_opts *opts, struct rsr_updater **ret_u);
+void rsr_update_free(struct rsr_updater *u);
+
+/*
+ * The TUF workflow: follows each new root version, then fetches timestamp,
+ * snapshot and targets, verifies and persists each. Fails (keeping the
+ * trusted metadata as it was) on any check.
+ */
+int rsr_update_refresh(struct rsr_ctx *ctx, struct rsr_updater *u);
+
+enum rsr_update_action {
+	RSR_UPDATE_NONE = 0,	/* up to date */
+	RSR_UPDATE_INSTALL = 1, /* a newer response is available */
+	RSR_UPDATE_REMOVE = 2,	/* the installed response was withdrawn: back to the base */
+};
+
+struct rsr_update_advisory {
+	const char *id, *title, *severity;
+	const char *const *cves;
+	size_t n_cves;
+};
+
+/* What rsr_update_check() found; borrowed from the updater. */
+struct rsr_update_offer {
+	enum rsr_update_action action;
+	const char *base_build;
+	const char *installed_letter; /* NULL if none */
+	bool installed_withdrawn;
+	const char *letter; /* of the offered response (INSTALL) */
+	uint64_t sequence;
+	const char *restart;
+	unsigned rollout;
+	size_t n_held_back; /* newer responses not for this device yet (rollout) */
+	const struct rsr_update_advisory *advisories;
+	size_t n_advisories;
+	uint64_t download_bytes; /* manifest, patches for this device's images, reverse patches */
+	size_t n_files;
+};
+
+/* Chooses after a refresh. */
+int rsr_update_check(struct rsr_ctx *ctx, struct rsr_updater *u, const struct rsr_update_offer **ret_offer);
+
+/*
+ * Carries the offer out: downloads what it needs (resuming earlier partial
+ * downloads, bounded by the signed lengths, checked against the signed
+ * hashes; progress "download") and installs it with rsr_device_install(),
+ * or removes the withdrawn response. `flags` are RSR_DEVICE_* flags.
+ */
+int rsr_update_apply(struct rsr_ctx *ctx, struct rsr_updater *u, unsigned flags);
+
+/* Bytes fetched over the network by this updater (for tests and reports). */
+uint64_t rsr_update_bytes_fetched(const struct rsr_updater *u);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,65 @@
+#!/usr/bin/env python3
+"""A static file server for the download tests, on 127.0.0.1.
+
+Serves DOCROOT with Range support. While CONTROL (a file holding a number)
+is above zero, a GET of a path containing PATTERN sends its headers for the
+whole (remaining) body, then only half of that body, and drops the
+connection; each such drop decrements the number. Every request is logged to
+LOG as "PATH RANGE-HEADER BYTES-SENT". Prints the port, then serves until
+killed.
+"""
+import http.server
+import os
+import socketserver
+import sys
+
+docroot, pattern, control, log = sys.argv[1:5]
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        path = os.path.normpath(self.path.split("?")[0]).lstrip("/")
+        full = os.path.join(docroot, path)
+        if ".." in path.split("/") or not os.path.isfile(full):
+            self.send_error(404)
+            return
+        data = open(full, "rb").read()
+        rng = self.headers.get("Range", "")
+        start = 0
+        if rng.startswith("bytes=") and rng.endswith("-"):
+            start = int(rng[6:-1])
+            if start >= len(data):
+                self.send_error(416)
+                return
+        body = data[start:]
+        drops = int(open(control).read().strip() or 0)
+        drop = pattern in path and drops > 0
+        self.send_response(206 if start else 200)
+        if start:
+            self.send_header("Content-Range", "bytes %d-%d/%d" % (start, len(data) - 1, len(data)))
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        if drop:
+            with open(control, "w") as f:
+                f.write(str(drops - 1))
+            body = body[: len(body) // 2]
+        self.wfile.write(body)
+        self.wfile.flush()
+        with open(log, "a") as f:
+            f.write("%s %s %d\n" % (path, rng or "-", len(body)))
+        self.close_connection = True
+
+
+class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+
+
+srv = Server(("127.0.0.1", 0), Handler)
+print(srv.server_address[1], flush=True)
+srv.serve_forever()

@@ -1,0 +1,169 @@
+#!/usr/bin/env bash
+# The attacks TUF defends against, each served by nginx on 127.0.0.1 to a
+# device on (a) with (b) on offer: every one is refused with a message
+# saying what is wrong, and the device stays on (a) with nothing left behind.
+# Also: root rotations the device follows, and one it must refuse.
+. "$(dirname "$0")/libtest.sh"
+. "$(dirname "$0")/libresponse.sh"
+. "$(dirname "$0")/librepo.sh"
+
+vendor_setup
+repo_setup
+S=$T/served # what nginx serves: a copy of $R the attacker tampers with
+cp -a "$R" "$S"
+nginx_start "$S"
+
+D=$T/dev
+repo_device "$D"
+expect 0 install "$V/a" --root "$D" --no-graft
+# The device has seen the current metadata once.
+expect 0 check --root "$D"
+assert_grep "Available: response (b)" "$T/out"
+
+reset_served() { rm -rf "$S" && cp -a "$R" "$S"; }
+# refused PATTERN: rsr update fails with PATTERN in its message; the device is still on (a).
+refused() { # PATTERN
+	expect 1 update --root "$D" --no-graft
+	assert_grep "$1" "$T/err"
+	device_is "$D" a
+	# Complete downloads are only ever files that matched their signed hash.
+	if [ -d "$D/var/lib/rsr/tuf/downloads/test-1-b" ]; then
+		find "$D/var/lib/rsr/tuf/downloads/test-1-b" -type f ! -name '*.part' | while read -r f; do
+			grep -q "$(sha "$f")" "$S/metadata/"*.targets.json || fail "unverified file $f kept"
+		done
+	fi
+	rm -rf "$D/var/lib/rsr/tuf/downloads"
+	reset_served
+}
+ts_version() { json_get "$1/metadata/timestamp.json" 'd["signed"]["version"]'; }
+
+# Rollback: the vendor refreshes; the device sees it; the attacker serves the older timestamp.
+cp "$R/metadata/timestamp.json" "$T/old-timestamp.json"
+"$RSR" -q repo refresh "$R" --key "$K/snapshot" --key "$K/timestamp"
+reset_served
+expect 0 check --root "$D"
+cp "$T/old-timestamp.json" "$S/metadata/timestamp.json"
+refused "timestamp.json: version 3 is older than the trusted version 4 (rollback attack)"
+ok "rollback: an older timestamp is refused"
+
+# Rollback of the snapshot behind a new timestamp: a replayed older snapshot with a fresh timestamp
+# naming it can only be made with the timestamp key; the version check still catches it.
+old_sn=$(ls "$R/metadata/" | grep -E '^[0-9]+\.snapshot\.json$' | sort -n | head -1)
+python3 - "$S/metadata/timestamp.json" <<'PY'
+import json, sys
+p = sys.argv[1]; d = json.load(open(p))
+d["signed"]["meta"]["snapshot.json"]["version"] = 1
+json.dump(d, open(p, "w"))
+PY
+refused "timestamp.json: 0 valid signatures by timestamp keys"
+ok "rollback: a timestamp edited to name snapshot 1 no longer verifies"
+
+# Freeze: the repository serves metadata that has expired (signed long ago, never refreshed).
+SOURCE_DATE_EPOCH=$(( $(date +%s) - 3 * 86400 )) "$RSR" -q repo refresh "$S" --key "$K/snapshot" --key "$K/timestamp"
+# Its version is newer, so only the expiry stops it.
+refused "timestamp.json expired at .*freeze attack"
+ok "freeze: an expired timestamp is refused"
+
+# Mix-and-match: the vendor publishes new metadata; the snapshot the new timestamp names is
+# replaced by an older snapshot.
+"$RSR" -q repo rollout "$R" test-1 b 100 $SIGN
+reset_served
+cur=$(json_get "$S/metadata/timestamp.json" 'd["signed"]["meta"]["snapshot.json"]["version"]')
+cp "$S/metadata/1.snapshot.json" "$S/metadata/$cur.snapshot.json"
+refused "$cur.snapshot.json: digest differs from the one the timestamp names (mix-and-match"
+# ... or the targets the snapshot names.
+tv=$(json_get "$S/metadata/$cur.snapshot.json" 'd["signed"]["meta"]["targets.json"]["version"]')
+cp "$S/metadata/2.targets.json" "$S/metadata/$tv.targets.json"
+refused "$tv.targets.json: digest differs from the one the snapshot names (mix-and-match"
+ok "mix-and-match: a snapshot or targets file that is not the one named is refused"
+
+# Arbitrary target: a patch replaced by other bytes of the same length.
+fwd=$(ls "$S"/targets/test-1/b/patches/*.libssl3-*.forward.rsrp)
+python3 -c 'import sys,os; n=os.path.getsize(sys.argv[1]); open(sys.argv[1],"wb").write(os.urandom(n))' "$fwd"
+refused "does not match the digest in the signed targets metadata"
+ok "arbitrary target: a patch with the wrong hash is refused"
+
+# Endless data: the server sends more than the signed length; the client stops at the length.
+fwd=$(ls "$S"/targets/test-1/b/patches/*.libssl3-*.forward.rsrp)
+len=$(stat -c %s "$fwd")
+head -c $((8 * 1024 * 1024)) /dev/zero >>"$fwd"
+: >"$T/nginx/access.log"
+refused "the server sent more than the $len bytes the metadata allows"
+ok "endless data: a server sending more than the signed length is cut off"
+
+# Endless metadata: a timestamp.json far larger than any timestamp may be.
+python3 -c 'import sys; open(sys.argv[1],"w").write("{\"signed\": \"" + "x" * 200000 + "\"}")' "$S/metadata/timestamp.json"
+refused "sent more than the 65536 bytes the metadata allows"
+ok "endless data: oversized metadata is cut off at its bound"
+
+# Wrong keys: metadata signed by keys the root does not name (another repository's).
+R2=$T/evil-repo
+"$RSR" -q repo init "$R2" --root-key "$K/evil"
+"$RSR" -q repo add "$R2" "$V/b" --key "$K/evil"
+for i in $(seq 10); do "$RSR" -q repo refresh "$R2" --key "$K/evil"; done
+cp "$R2/metadata/timestamp.json" "$S/metadata/timestamp.json"
+refused "timestamp.json: 0 valid signatures by timestamp keys of root version 1, threshold is 1"
+# The same with a root of its own as the next root version: not signed by the trusted root keys.
+"$RSR" -q repo rotate-key "$R2" --role root --new "$K/root2" --key "$K/evil"
+cp "$R2/metadata/2.root.json" "$S/metadata/2.root.json"
+refused "root rotation refused: 2.root.json: 0 valid signatures by root keys of root version 1"
+ok "wrong keys: metadata and a new root signed by untrusted keys are refused"
+
+# Under threshold: the timestamp role needs 2 of 2 keys; a timestamp with one signature is refused.
+"$RSR" -q repo rotate-key "$R" --role timestamp --new "$K/timestamp" --new "$K/timestamp2" --threshold 2 --key "$K/root" \
+	--key "$K/snapshot"
+[ "$(json_get "$R/metadata/timestamp.json" 'len(d["signatures"])')" = 2 ] || fail "timestamp not signed by both keys"
+reset_served
+python3 - "$S/metadata/timestamp.json" <<'PY'
+import json, sys
+p = sys.argv[1]; d = json.load(open(p))
+d["signatures"] = d["signatures"][:1]
+json.dump(d, open(p, "w"))
+PY
+refused "timestamp.json: 1 valid signature by timestamp keys of root version 2, threshold is 2"
+# Two signatures by the same key under two ids count once.
+python3 - "$R/metadata/timestamp.json" "$S/metadata/timestamp.json" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+d["signatures"] = [d["signatures"][0], dict(d["signatures"][0])]
+json.dump(d, open(sys.argv[2], "w"))
+PY
+refused "1 valid signature by timestamp keys of root version 2, threshold is 2"
+ok "under threshold: one of two required timestamp signatures (or one twice) is refused"
+
+# With both signatures, the device follows the rotation (root version 2) and updates.
+expect 0 check --root "$D"
+[ "$(json_get "$D/var/lib/rsr/tuf/root.json" 'd["signed"]["version"]')" = 2 ] || fail "root 2 not followed"
+ok "root rotation followed: timestamp keys rotated, the device trusts root version 2"
+
+# Root key rotation: root 3 is signed by the old and new root keys; the device follows it, and then
+# accepts only metadata the new root allows.
+"$RSR" -q repo rotate-key "$R" --role root --new "$K/root2" --key "$K/root" --key "$K/snapshot" \
+	--key "$K/timestamp" --key "$K/timestamp2"
+reset_served
+# A root 3 signed by the new key alone is refused: the old root's threshold is not met.
+python3 - "$S/metadata/3.root.json" <<'PY'
+import json, sys
+p = sys.argv[1]; d = json.load(open(p))
+new = d["signed"]["roles"]["root"]["keyids"]
+d["signatures"] = [s for s in d["signatures"] if s["keyid"] in new]
+json.dump(d, open(p, "w"))
+PY
+refused "root rotation refused: 3.root.json: 0 valid signatures by root keys of root version 2"
+expect 0 update --root "$D" --no-graft
+device_is "$D" b
+[ "$(json_get "$D/var/lib/rsr/tuf/root.json" 'd["signed"]["version"]')" = 3 ] || fail "root 3 not followed"
+ok "root key rotation: root 3 signed by old and new keys followed (not with the new key alone); device updated to (b)"
+
+# A replayed root version: 4.root.json that says it is version 3.
+"$RSR" -q repo rotate-key "$R" --role root --new "$K/root" --key "$K/root2" --key "$K/snapshot" \
+	--key "$K/timestamp" --key "$K/timestamp2"
+reset_served
+cp "$S/metadata/3.root.json" "$S/metadata/4.root.json"
+expect 1 check --root "$D"
+assert_grep "root rotation refused: 4.root.json: 0 valid signatures by root keys of root version 3\|4.root.json: says version 3" "$T/err"
+reset_served
+expect 0 check --root "$D"
+[ "$(json_get "$D/var/lib/rsr/tuf/root.json" 'd["signed"]["version"]')" = 4 ] || fail "root 4 not followed"
+ok "root replay: a 4.root.json that is root 3 is refused; the real root 4 is followed"
+echo "1..$TESTS_RUN"
