@@ -17,20 +17,20 @@ struct group {
 };
 
 static const struct group groups[] = {
-	{"key", cmd_key, "make signing keys and show key ids"},
-	{"cryptex", cmd_cryptex, "build, verify and inspect cryptex images"},
-	{"graft", cmd_graft, "install cryptexes and graft them over the base (no verb)"},
-	{"ungraft", cmd_ungraft, "back to the bare base (no verb)"},
-	{"status", cmd_status, "base, grafted cryptexes, processes running old code"},
-	{"restart-services", cmd_restart_services, "restart services that run superseded code"},
-	{"patch", cmd_patch, "make, apply and inspect image patches"},
-	{"response", cmd_response, "make and inspect signed security responses"},
-	{"install", cmd_install, "install a response on the device (no verb)"},
-	{"remove", cmd_remove, "remove the installed response, back to the base (no verb)"},
-	{"repo", cmd_repo, "publish responses in a TUF repository (vendor)"},
-	{"check", cmd_check, "check the repository for a newer response (no verb)"},
-	{"update", cmd_update, "download and install the newest response (no verb)"},
-	{NULL, NULL, NULL},
+    {"key", cmd_key, "make signing keys and show key ids"},
+    {"cryptex", cmd_cryptex, "build, verify and inspect cryptex images"},
+    {"graft", cmd_graft, "install cryptexes and graft them over the base (no verb)"},
+    {"ungraft", cmd_ungraft, "back to the bare base (no verb)"},
+    {"status", cmd_status, "base, grafted cryptexes, processes running old code"},
+    {"restart-services", cmd_restart_services, "restart services that run superseded code"},
+    {"patch", cmd_patch, "make, apply and inspect image patches"},
+    {"response", cmd_response, "make and inspect signed security responses"},
+    {"install", cmd_install, "install a response on the device (no verb)"},
+    {"remove", cmd_remove, "remove the installed response, back to the base (no verb)"},
+    {"repo", cmd_repo, "publish responses in a TUF repository (vendor)"},
+    {"check", cmd_check, "check the repository for a newer response (no verb)"},
+    {"update", cmd_update, "download and install the newest response (no verb)"},
+    {NULL, NULL, NULL},
 };
 
 static void usage(FILE *f)
