@@ -185,6 +185,29 @@ int rsr_fsync_dir_of(const char *path)
 	return 0;
 }
 
+int rsr_mkdir_p_at(struct rsr_ctx *ctx, int dirfd, const char *path, const char *what)
+{
+	_cleanup_free_ char *p = strdup(path);
+	char *s;
+
+	if (!p)
+		return rsr_error(ctx, -ENOMEM, "out of memory");
+	for (s = p; *s == '/'; s++)
+		;
+	for (;; s++) {
+		if ((*s == '/' || *s == '\0') && s > p && s[-1] != '/') {
+			char c = *s;
+			*s = '\0';
+			if (mkdirat(dirfd, p, 0755) < 0 && errno != EEXIST)
+				return rsr_error_errno(ctx, -errno, "%s%s", what ? what : "", p);
+			*s = c;
+		}
+		if (!*s)
+			break;
+	}
+	return 0;
+}
+
 int rsr_read_file(struct rsr_ctx *ctx, const char *path, size_t max, char **ret_buf, size_t *ret_len)
 {
 	_cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);

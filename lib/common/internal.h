@@ -161,6 +161,12 @@ int rsr_pread_all(int fd, void *buf, size_t len, uint64_t off);
 /* Copies len bytes from in_fd at in_off to out_fd at out_off (copy_file_range, then read/write). */
 int rsr_copy_range(int in_fd, uint64_t in_off, int out_fd, uint64_t out_off, uint64_t len);
 int rsr_fsync_dir_of(const char *path);
+/*
+ * mkdir -p of `path` relative to `dirfd` (AT_FDCWD for the working directory
+ * or an absolute path), mode 0755. Errors name the directory, after `what`
+ * (may be NULL) as a prefix.
+ */
+int rsr_mkdir_p_at(struct rsr_ctx *ctx, int dirfd, const char *path, const char *what);
 
 /*
  * Reads a whole regular file of at most `max` bytes. The buffer is

@@ -61,26 +61,6 @@ static char *path_join(const char *a, const char *b)
 	return asprintf(&s, "%s%s%s", a, slash ? "" : "/", b) < 0 ? NULL : s;
 }
 
-static int mkdir_p(struct rsr_ctx *ctx, const char *path)
-{
-	_cleanup_free_ char *p = strdup(path);
-
-	if (!p)
-		return rsr_error(ctx, -ENOMEM, "out of memory");
-	for (char *s = p + 1;; s++) {
-		if (*s == '/' || *s == '\0') {
-			char c = *s;
-			*s = '\0';
-			if (mkdir(p, 0755) < 0 && errno != EEXIST)
-				return rsr_error_errno(ctx, -errno, "%s", p);
-			*s = c;
-			if (!c)
-				break;
-		}
-	}
-	return 0;
-}
-
 static void rm_rf(const char *path)
 {
 	DIR *d = opendir(path);
@@ -203,7 +183,7 @@ int rsr_update_open(struct rsr_ctx *ctx, const struct rsr_update_opts *opts, str
 		goto fail;
 	}
 	/* One client at a time per device: the timer and a user may both start one. */
-	if ((r = mkdir_p(ctx, u->state)) < 0)
+	if ((r = rsr_mkdir_p_at(ctx, AT_FDCWD, u->state, NULL)) < 0)
 		goto fail;
 	if (!(p = path_join(u->state, "lock"))) {
 		r = rsr_error(ctx, -ENOMEM, "out of memory");
@@ -407,7 +387,7 @@ int rsr_update_refresh(struct rsr_ctx *ctx, struct rsr_updater *u)
 	int r;
 
 	u->checked = false;
-	if ((r = mkdir_p(ctx, u->state)) < 0)
+	if ((r = rsr_mkdir_p_at(ctx, AT_FDCWD, u->state, NULL)) < 0)
 		return r;
 	/* Root: follow rotations, then the newest root must not have expired. */
 	if ((r = update_root(ctx, u)) < 0)
@@ -738,7 +718,7 @@ static int download_one(struct rsr_ctx *ctx, struct rsr_updater *u, const char *
 	    asprintf(&part, "%s.part", local) < 0 || !(parent = strdup(local)))
 		return rsr_error(ctx, -ENOMEM, "out of memory");
 	*strrchr(parent, '/') = '\0';
-	if ((r = mkdir_p(ctx, parent)) < 0)
+	if ((r = rsr_mkdir_p_at(ctx, AT_FDCWD, parent, NULL)) < 0)
 		return r;
 	/* A file completed by an earlier run is kept if it still matches. */
 	if (stat(local, &st) == 0) {
@@ -796,7 +776,7 @@ int rsr_update_apply(struct rsr_ctx *ctx, struct rsr_updater *u, unsigned flags)
 		return rsr_error(ctx, -ENOMEM, "out of memory");
 	if (strchr(u->offer.base_build, '/'))
 		return rsr_error(ctx, RSR_E_FORMAT, "base build '%s' contains a slash", u->offer.base_build);
-	if ((r = mkdir_p(ctx, dir)) < 0)
+	if ((r = rsr_mkdir_p_at(ctx, AT_FDCWD, dir, NULL)) < 0)
 		return r;
 	dl = (struct dl){.dir = dir, .prefix = prefix};
 	/* A failed download keeps its partial files, so the next run resumes them. */

@@ -273,26 +273,6 @@ static int add_key(struct rsr_ctx *ctx, json_t *keys, json_t *ids, const struct 
 	return 0;
 }
 
-static int mkdir_p(struct rsr_ctx *ctx, const char *path)
-{
-	_cleanup_free_ char *p = strdup(path);
-
-	if (!p)
-		return rsr_error(ctx, -ENOMEM, "out of memory");
-	for (char *s = p + 1;; s++) {
-		if (*s == '/' || *s == '\0') {
-			char c = *s;
-			*s = '\0';
-			if (mkdir(p, 0755) < 0 && errno != EEXIST)
-				return rsr_error_errno(ctx, -errno, "%s", p);
-			*s = c;
-			if (!c)
-				break;
-		}
-	}
-	return 0;
-}
-
 int rsr_repo_init(struct rsr_ctx *ctx, const char *dir, const struct rsr_repo_init_opts *init,
 		  const struct rsr_repo_sign_opts *sign)
 {
@@ -363,7 +343,8 @@ int rsr_repo_init(struct rsr_ctx *ctx, const char *dir, const struct rsr_repo_in
 				goto out;
 		}
 	}
-	if ((r = mkdir_p(ctx, meta)) < 0 || (r = mkdir_p(ctx, tdir)) < 0 || (r = write_root(ctx, dir, root)) < 0 ||
+	if ((r = rsr_mkdir_p_at(ctx, AT_FDCWD, meta, NULL)) < 0 ||
+	    (r = rsr_mkdir_p_at(ctx, AT_FDCWD, tdir, NULL)) < 0 || (r = write_root(ctx, dir, root)) < 0 ||
 	    (r = publish(ctx, &rp, true, sign)) < 0)
 		goto out;
 out:
@@ -389,7 +370,7 @@ static int copy_target(struct rsr_ctx *ctx, const char *dir, const char *src, co
 	if (asprintf(&dst, "%s/targets/%s", dir, file) < 0 || !(parent = strdup(dst)))
 		return rsr_error(ctx, -ENOMEM, "out of memory");
 	*strrchr(parent, '/') = '\0';
-	if ((r = mkdir_p(ctx, parent)) < 0)
+	if ((r = rsr_mkdir_p_at(ctx, AT_FDCWD, parent, NULL)) < 0)
 		return r;
 	if ((r = rsr_atomic_open(ctx, dst, 0644, &af)) < 0)
 		return r;

@@ -46,26 +46,6 @@ struct state {
 
 /* ---- small file-system helpers, all relative to directory fds ---- */
 
-static int mkdirs_at(struct rsr_ctx *ctx, int dirfd, const char *rel, const char *what)
-{
-	_cleanup_free_ char *p = strdup(rel);
-
-	if (!p)
-		return rsr_error(ctx, -ENOMEM, "out of memory");
-	for (char *s = p;; s++) {
-		if (*s == '/' || *s == '\0') {
-			char c = *s;
-			*s = '\0';
-			if (mkdirat(dirfd, p, 0755) < 0 && errno != EEXIST)
-				return rsr_error_errno(ctx, -errno, "%s%s", what, p);
-			*s = c;
-			if (!c)
-				break;
-		}
-	}
-	return 0;
-}
-
 static int fsync_at(int dirfd, const char *rel)
 {
 	_cleanup_close_ int fd = openat(dirfd, rel, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -257,7 +237,7 @@ static int open_state(struct rsr_ctx *ctx, struct rsr_device *dev, bool create)
 
 	if (dev->statefd >= 0)
 		return 0;
-	if (create && (r = mkdirs_at(ctx, dev->rootfd, STATE_DIR, dev->root)) < 0)
+	if (create && (r = rsr_mkdir_p_at(ctx, dev->rootfd, STATE_DIR, dev->root)) < 0)
 		return r;
 	dev->statefd = openat(dev->rootfd, STATE_DIR, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
 	if (dev->statefd < 0)
@@ -373,7 +353,7 @@ static void write_run_file(struct rsr_ctx *ctx, struct rsr_device *dev, const st
 	char text[512];
 	_cleanup_close_ int fd = -1;
 
-	if (mkdirs_at(ctx, dev->rootfd, "run/rsr", dev->root) < 0)
+	if (rsr_mkdir_p_at(ctx, dev->rootfd, "run/rsr", dev->root) < 0)
 		return;
 	fd = openat(dev->rootfd, "run/rsr", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (fd < 0)
@@ -395,7 +375,7 @@ static int slot_dir(struct rsr_ctx *ctx, struct rsr_device *dev, const char *slo
 	int r;
 
 	snprintf(rel, sizeof(rel), "%s/%s", RSR_GRAFT_IMAGES_DIR, slot);
-	if (create && (r = mkdirs_at(ctx, dev->rootfd, rel, dev->root)) < 0)
+	if (create && (r = rsr_mkdir_p_at(ctx, dev->rootfd, rel, dev->root)) < 0)
 		return r;
 	*ret_fd = openat(dev->rootfd, rel, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
 	if (*ret_fd < 0)

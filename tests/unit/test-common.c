@@ -79,6 +79,34 @@ static void test_atomic(void **state)
 	rsr_ctx_free(ctx);
 }
 
+static void test_mkdir_p(void **state)
+{
+	struct rsr_ctx *ctx;
+	char dir[] = "/tmp/rsr-mkdir-XXXXXX", path[96], file[96];
+	struct stat st;
+	int fd;
+
+	assert_int_equal(rsr_ctx_new(&ctx), 0);
+	assert_non_null(mkdtemp(dir));
+	snprintf(path, sizeof(path), "%s/a//b/c/", dir);
+	assert_int_equal(rsr_mkdir_p_at(ctx, AT_FDCWD, path, NULL), 0);
+	assert_int_equal(rsr_mkdir_p_at(ctx, AT_FDCWD, path, NULL), 0); /* existing is fine */
+	snprintf(path, sizeof(path), "%s/a/b/c", dir);
+	assert_int_equal(stat(path, &st), 0);
+	assert_true(S_ISDIR(st.st_mode));
+	fd = open(dir, O_RDONLY | O_DIRECTORY);
+	assert_int_equal(rsr_mkdir_p_at(ctx, fd, "x/y", NULL), 0);
+	snprintf(file, sizeof(file), "%s/x/y/f", dir);
+	close(open(file, O_WRONLY | O_CREAT, 0644));
+	/* A file in the way is an error that names the path. */
+	assert_int_equal(rsr_mkdir_p_at(ctx, fd, "x/y/f/z", "root:"), -ENOTDIR);
+	assert_non_null(strstr(rsr_ctx_error(ctx), "root:x/y/f/z"));
+	close(fd);
+	snprintf(path, sizeof(path), "rm -rf '%s'", dir);
+	assert_int_equal(system(path), 0);
+	rsr_ctx_free(ctx);
+}
+
 struct sum {
 	uint64_t vals[1000];
 };
@@ -113,7 +141,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_strerror), cmocka_unit_test(test_error_message), cmocka_unit_test(test_hex),
-	    cmocka_unit_test(test_atomic),   cmocka_unit_test(test_parallel),
+	    cmocka_unit_test(test_atomic),   cmocka_unit_test(test_parallel),	   cmocka_unit_test(test_mkdir_p),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
