@@ -4,6 +4,9 @@
 # left in tests/fuzz/crashes/NAME/; copy each into tests/fuzz/corpus/NAME/
 # once fixed, so the normal test suite replays it.
 #   bench/fuzz.sh [SECONDS] [TARGET...]
+# With RSR_FUZZ_WORK=DIR the working corpus of each target is kept in DIR/NAME
+# and grows across runs, so a long campaign can be run in pieces; each run's
+# libFuzzer log is appended to DIR/NAME.log.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-60}
@@ -22,10 +25,15 @@ if [ ${#targets[@]} -eq 0 ]; then
 	done
 fi
 for t in "${targets[@]}"; do
-	work=$(mktemp -d /var/tmp/rsr-fuzz.XXXXXX)
-	cp -r "tests/fuzz/corpus/$t/." "$work/"
+	if [ -n "${RSR_FUZZ_WORK:-}" ]; then
+		work=$RSR_FUZZ_WORK/$t
+		[ -d "$work" ] || { mkdir -p "$work" && cp -r "tests/fuzz/corpus/$t/." "$work/"; }
+	else
+		work=$(mktemp -d /var/tmp/rsr-fuzz.XXXXXX)
+		cp -r "tests/fuzz/corpus/$t/." "$work/"
+	fi
 	mkdir -p "tests/fuzz/crashes/$t"
-	log=$work.log
+	log=$(mktemp /var/tmp/rsr-fuzz-log.XXXXXX)
 	set +e
 	"build-fuzz/tests/fuzz/fuzz-$t" -max_total_time="$secs" -print_final_stats=1 \
 		-artifact_prefix="tests/fuzz/crashes/$t/" "$work" >"$log" 2>&1
@@ -36,5 +44,10 @@ for t in "${targets[@]}"; do
 	ft=$(grep -o 'ft: [0-9]*' "$log" | tail -1 | cut -d' ' -f2)
 	crashes=$(find "tests/fuzz/crashes/$t" -type f | wc -l)
 	echo "fuzz-$t: ${secs}s, ${execs:-0} executions, coverage ${cov:-0} edges, ${ft:-0} features, corpus $(ls "$work" | wc -l) inputs, exit $rc, crash files $crashes"
-	rm -rf "$work" "$log"
+	if [ -n "${RSR_FUZZ_WORK:-}" ]; then
+		cat "$log" >>"$RSR_FUZZ_WORK/$t.log"
+		rm -f "$log"
+	else
+		rm -rf "$work" "$log"
+	fi
 done
