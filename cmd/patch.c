@@ -194,7 +194,7 @@ static int patch_info(struct cmd_env *env, int argc, char **argv)
 	if (json) {
 		root =
 		    json_pack("{s:i, s:{s:I, s:s}, s:I, s:I}", "version", (json_int_t)rsr_patch_version(p), "output",
-			      "size", (json_int_t)rsr_patch_output_size(p), "sha256", h, "chunks",
+			      "size", (json_int_t)rsr_patch_output_size(p), "digest", h, "chunks",
 			      (json_int_t)rsr_patch_chunk_count(p), "chunk_size", (json_int_t)rsr_patch_chunk_size(p));
 		inputs = json_array();
 		if (!root || !inputs) {
@@ -233,7 +233,7 @@ static int patch_info(struct cmd_env *env, int argc, char **argv)
 			    (json_int_t)st.deflate_bytes, "hash", "ops", (json_int_t)st.hash_ops, "bytes",
 			    (json_int_t)st.hash_bytes);
 			if (o && rsr_patch_input_count(p)) {
-				json_object_set_new(o, "sha256", json_string(h));
+				json_object_set_new(o, "digest", json_string(h));
 				json_object_set_new(o, "size", json_integer((json_int_t)rsr_patch_input_size(p, i)));
 			}
 			json_array_append_new(inputs, o);
@@ -270,12 +270,59 @@ static int patch_info(struct cmd_env *env, int argc, char **argv)
 	return ret;
 }
 
+static int patch_digest(struct cmd_env *env, int argc, char **argv)
+{
+	static const struct option opts[] = {{"json", no_argument, NULL, 'J'}, {"help", no_argument, NULL, 'h'}, {0}};
+	bool json = false;
+	json_t *root = NULL;
+	int c;
+
+	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+		if (c == 'J') {
+			json = true;
+			continue;
+		}
+		if (c == 'h') {
+			printf("Usage: rsr patch digest FILE... [--json]\n\n"
+			       "Prints the piece digest by which patches name their inputs and\n"
+			       "output (SHA-256 over the SHA-256 of every 1 MiB piece, see\n"
+			       "docs/formats/patch.md), one line per file as sha256sum does.\n");
+			return EXIT_OK;
+		}
+		return EXIT_USAGE;
+	}
+	if (argc - optind < 1)
+		return cmd_usage_error("usage: rsr patch digest FILE... [--json]");
+	if (json && !(root = json_object()))
+		return cmd_error("out of memory");
+	for (int i = optind; i < argc; i++) {
+		uint8_t d[32];
+		char h[65];
+		int r = rsr_patch_digest_file(env->ctx, argv[i], d);
+
+		if (r < 0) {
+			json_decref(root);
+			return cmd_fail(env, r);
+		}
+		hex32(d, h);
+		if (json) {
+			if (json_object_set_new(root, argv[i], json_string(h)) < 0) {
+				json_decref(root);
+				return cmd_error("out of memory");
+			}
+		} else
+			printf("%s  %s\n", h, argv[i]);
+	}
+	return json ? cmd_print_json(root) : EXIT_OK;
+}
+
 int cmd_patch(struct cmd_env *env, int argc, char **argv)
 {
 	static const struct verb verbs[] = {
 	    {"create", patch_create, "make a patch between images"},
 	    {"apply", patch_apply, "apply a patch to an image"},
 	    {"info", patch_info, "show what a patch holds"},
+	    {"digest", patch_digest, "print the digest patches name an image by"},
 	    {NULL, NULL, NULL},
 	};
 	return cmd_dispatch(env, "patch", verbs, argc, argv);

@@ -50,8 +50,8 @@ enum {
  * replacement) and writes the result to `out_path`. The output goes through
  * a temporary file beside `out_path` whose digest is checked before it is
  * renamed into place, and only once the input's digest matched: first, or,
- * when the input's size singles out one accepted input and there are
- * several threads, on one thread while the others fill the temporary file.
+ * when the input's size singles out one accepted input, in the same pass
+ * that makes the output (docs/formats/patch.md, "Apply").
  * Uses the context's threads and progress callback. Returns
  * RSR_PATCH_APPLIED, RSR_PATCH_UP_TO_DATE, or a negative error
  * (RSR_E_MISMATCH for a wrong input, RSR_E_FORMAT for a malformed patch,
@@ -59,6 +59,13 @@ enum {
  * is left behind.
  */
 int rsr_patch_apply(struct rsr_ctx *ctx, const char *old_path, const char *patch_path, const char *out_path);
+
+/*
+ * The piece digest by which patches name their inputs and output: SHA-256
+ * over the SHA-256 of every 1 MiB piece of the file (docs/formats/patch.md),
+ * computed on the context's threads.
+ */
+int rsr_patch_digest_file(struct rsr_ctx *ctx, const char *path, uint8_t out[32]);
 
 /* A parsed patch, for inspection. */
 struct rsr_patch;
@@ -71,7 +78,7 @@ void rsr_patch_free(struct rsr_patch *patch);
 
 uint32_t rsr_patch_version(const struct rsr_patch *patch);
 uint64_t rsr_patch_output_size(const struct rsr_patch *patch);
-/* The output's SHA-256; borrowed from the patch. */
+/* The output's piece digest (see rsr_patch_digest_file); borrowed from the patch. */
 const uint8_t *rsr_patch_output_digest(const struct rsr_patch *patch);
 size_t rsr_patch_input_count(const struct rsr_patch *patch);
 /* Digest (borrowed) and size of accepted input `i`. */

@@ -1,20 +1,28 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
- * The patcher: checks the input's digest, runs the chunks on several threads
- * into a temporary file while hashing the output in order, and renames the
- * result into place only when the output digest matches. Memory is bounded
- * by the threads times the chunk size, plus the mapped input.
+ * The patcher: runs the chunks on several threads into a temporary file,
+ * computes the piece digests of its input and of its output in the same
+ * pass, and renames the result into place only when both match the patch.
+ * Memory is bounded by the threads times the chunk size (plus one piece
+ * each), plus the mapped input.
  *
- * When the input's size singles out one accepted input and there are two or
- * more threads, its digest is computed on one thread while the others
- * already produce the output into the temporary file; the output is renamed
- * into place only if the digest matches, and on a mismatch the temporary
- * file is removed and the error names both digests, exactly as when the
- * digest is checked first. Nothing but that temporary file is written
- * before the input is known to be right.
+ * When the input's size singles out one accepted input, the task that makes
+ * a chunk also hashes the input pieces that start in its range. Each input
+ * piece is first copied into the worker's own buffer and hashed there; an
+ * output piece that is byte for byte equal to that copy (an unchanged
+ * region at an unchanged offset, most of a security fix) takes its digest,
+ * so it is hashed once for both checks, and every digest still describes
+ * exactly the bytes compared and written. Other output pieces are hashed
+ * from the buffer that is written; a piece cut by a chunk boundary is read
+ * back and hashed by whichever of its chunks is written last.
+ *
+ * If the input turns out not to be the accepted one, the temporary file is
+ * removed and the error names both digests, exactly as if the digest had
+ * been checked first: nothing but that temporary file is written before the
+ * input is known to be right. When several accepted inputs have the input's
+ * size, the input's digest is computed first to choose among them.
  */
 #include <fcntl.h>
-#include <openssl/evp.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <sys/mman.h>
@@ -22,7 +30,7 @@
 
 #include "format.h"
 
-#define HASH_STEP (4u << 20) /* input bytes hashed between progress reports */
+#define MAX_WORKERS 256
 
 struct apply {
 	struct rsr_ctx *ctx;
@@ -30,23 +38,29 @@ struct apply {
 	uint32_t set;
 	const uint8_t *in;
 	uint64_t in_size;
-	int out_fd;
+	int in_fd, out_fd;
+	bool fused;	      /* input pieces hashed by the chunk tasks */
+	uint64_t in_pieces;   /* of the input */
+	uint64_t out_pieces;  /* of the output */
+	uint64_t first_tail;  /* first input piece that starts at or after the output's end */
+	size_t tail_tasks;    /* tasks for those, before the chunk tasks */
+	uint8_t (*in_h)[32];  /* fused: SHA-256 of each input piece */
+	uint8_t (*out_h)[32]; /* SHA-256 of each output piece */
+	uint32_t *covered;    /* output bytes written of each piece, for pieces cut by chunks */
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
-	uint32_t next_hash; /* chunks are hashed in order */
+	bool *written;		 /* per chunk */
+	uint32_t written_prefix; /* chunks [0, prefix) are all written */
 	bool failed;
-	EVP_MD_CTX *md;
-	uint64_t done, total; /* progress: input bytes hashed here plus output bytes */
+	uint64_t done, total; /* progress: input bytes hashed plus output bytes */
+	uint64_t in_hashed;   /* fused: input bytes hashed, all of them unless a task gave up */
 	uint32_t fail_chunk;
 	const char *why;
 	int err;
-	/* Speculative mode: task 0 hashes the input. */
-	bool hash_input;
-	uint8_t in_sha256[32];
-	int in_err;
-	/* Per worker: the output buffer, kept across chunks (fresh pages cost page faults). */
-	uint8_t *bufs[256];
-	size_t buf_caps[256];
+	/* Per worker, kept across chunks (fresh pages cost page faults). */
+	uint8_t *bufs[MAX_WORKERS];
+	size_t buf_caps[MAX_WORKERS];
+	uint8_t *piece_bufs[MAX_WORKERS];
 };
 
 static int fail(struct apply *a, uint32_t chunk, int err, const char *why)
@@ -63,13 +77,24 @@ static int fail(struct apply *a, uint32_t chunk, int err, const char *why)
 	return err;
 }
 
+static bool failed(struct apply *a)
+{
+	bool f;
+
+	pthread_mutex_lock(&a->lock);
+	f = a->failed;
+	pthread_mutex_unlock(&a->lock);
+	return f;
+}
+
 /* Adds to the progress under the lock (the callback is never called from two threads at once). */
-static int progress_add(struct apply *a, uint64_t n)
+static int progress_add(struct apply *a, uint64_t in_bytes, uint64_t out_bytes)
 {
 	int r;
 
 	pthread_mutex_lock(&a->lock);
-	a->done += n;
+	a->in_hashed += in_bytes;
+	a->done += in_bytes + out_bytes;
 	r = rsr_progress(a->ctx, "applying patch", a->done, a->total);
 	if (r < 0 && !a->failed) {
 		a->failed = true;
@@ -81,25 +106,29 @@ static int progress_add(struct apply *a, uint64_t n)
 	return r;
 }
 
-static int hash_input(struct apply *a)
+static size_t piece_len(uint64_t size, uint64_t i)
 {
-	EVP_MD_CTX *md = EVP_MD_CTX_new();
-	unsigned int dlen = 32;
-	int r = 0;
+	return (size_t)RSR_MIN(PIECE_SIZE, size - i * PIECE_SIZE);
+}
 
-	if (!md || EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1) {
-		a->in_err = -ENOMEM;
-		EVP_MD_CTX_free(md);
-		return 0; /* reported after the chunks, as the input's error */
-	}
-	for (uint64_t off = 0; off < a->in_size && r == 0; off += HASH_STEP) {
-		size_t n = (size_t)RSR_MIN(HASH_STEP, a->in_size - off);
-		EVP_DigestUpdate(md, a->in + off, n);
-		r = progress_add(a, n);
-	}
-	EVP_DigestFinal_ex(md, a->in_sha256, &dlen);
-	EVP_MD_CTX_free(md);
-	return r;
+static uint8_t *piece_buf(struct apply *a, unsigned worker)
+{
+	if (!a->piece_bufs[worker])
+		a->piece_bufs[worker] = malloc(PIECE_SIZE);
+	return a->piece_bufs[worker];
+}
+
+/* Reads input piece i into the worker's piece buffer and hashes that copy. */
+static int hash_input_piece(struct apply *a, uint64_t i, unsigned worker)
+{
+	uint8_t *pb = piece_buf(a, worker);
+	size_t len = piece_len(a->in_size, i);
+	int r;
+
+	if (!pb)
+		return -ENOMEM;
+	r = rsr_pread_all(a->in_fd, pb, len, i * PIECE_SIZE);
+	return r < 0 ? r : rsr_sha256(pb, len, a->in_h[i]);
 }
 
 struct prior {
@@ -108,7 +137,7 @@ struct prior {
 	bool ready;
 };
 
-/* Output before the chunk: once every earlier chunk is written (they are hashed in order after writing). */
+/* Output before the chunk: once every earlier chunk is written. */
 static int read_prior(void *arg, uint64_t off, void *buf, size_t len)
 {
 	struct prior *pr = arg;
@@ -117,7 +146,7 @@ static int read_prior(void *arg, uint64_t off, void *buf, size_t len)
 
 	if (!pr->ready) {
 		pthread_mutex_lock(&a->lock);
-		while (a->next_hash != pr->chunk && !a->failed)
+		while (a->written_prefix < pr->chunk && !a->failed)
 			pthread_cond_wait(&a->cond, &a->lock);
 		r = a->failed ? RSR_E_CANCELED : 0;
 		pthread_mutex_unlock(&a->lock);
@@ -128,56 +157,198 @@ static int read_prior(void *arg, uint64_t off, void *buf, size_t len)
 	return rsr_pread_all(a->out_fd, buf, len, off);
 }
 
+static void mark_written(struct apply *a, uint32_t c)
+{
+	pthread_mutex_lock(&a->lock);
+	a->written[c] = true;
+	while (a->written_prefix < a->p->n_chunks && a->written[a->written_prefix])
+		a->written_prefix++;
+	pthread_cond_broadcast(&a->cond);
+	pthread_mutex_unlock(&a->lock);
+}
+
+/*
+ * Counts n more written bytes of output piece i, which a chunk boundary cuts;
+ * the chunk that completes it reads it back and hashes it.
+ */
+static int cover(struct apply *a, uint64_t i, uint64_t n, unsigned worker)
+{
+	size_t len = piece_len(a->p->output_size, i);
+	uint8_t *pb;
+	int r;
+
+	if (__atomic_add_fetch(&a->covered[i], (uint32_t)n, __ATOMIC_ACQ_REL) != len)
+		return 0;
+	if (!(pb = piece_buf(a, worker)))
+		return -ENOMEM;
+	r = rsr_pread_all(a->out_fd, pb, len, i * PIECE_SIZE);
+	return r < 0 ? r : rsr_sha256(pb, len, a->out_h[i]);
+}
+
+/* Input pieces that start at or after the output's end: only hashed. */
+static int tail_task(struct apply *a, size_t index, unsigned worker)
+{
+	uint64_t first = a->first_tail + (uint64_t)index * 16, end = RSR_MIN(first + 16, a->in_pieces), bytes = 0;
+
+	for (uint64_t i = first; i < end; i++) {
+		int r = hash_input_piece(a, i, worker);
+		if (r < 0)
+			return fail(a, 0, r, r == -ENOMEM ? "out of memory" : "reading the input");
+		bytes += piece_len(a->in_size, i);
+	}
+	return progress_add(a, bytes, 0);
+}
+
+/* What a chunk task knows of the pieces that start in its chunk, [i0, i1). */
+struct fill {
+	struct apply *a;
+	unsigned worker;
+	uint64_t o, e, i0, i1;
+	uint8_t *out;
+	bool hashed;					  /* the input pieces are hashed */
+	uint64_t in_bytes;				  /* input bytes hashed */
+	bool reuse[PATCH_MAX_CHUNK_OUT / PIECE_SIZE + 2]; /* output piece i0 + k is input piece i0 + k */
+};
+
+/*
+ * The fill function of a chunk (see patch_run_chunk_fill): reads each input
+ * piece that starts in the chunk into the worker's buffer, hashes it there,
+ * and copies the identity ranges it holds from there into the output. The
+ * identity bytes before the chunk's first piece (its piece is read by the
+ * chunk before) come from the mapping.
+ */
+static int fill_chunk(void *arg, const struct patch_range *ranges, size_t n)
+{
+	struct fill *f = arg;
+	struct apply *a = f->a;
+	uint64_t head_end = RSR_MIN(f->e, f->i0 * PIECE_SIZE);
+	size_t k = 0;
+	uint8_t *pb;
+	int r;
+
+	for (size_t j = 0; j < n; j++) {
+		uint64_t s = f->o + ranges[j].off, t = RSR_MIN(s + ranges[j].len, head_end);
+		if (s >= head_end)
+			break;
+		memcpy(f->out + ranges[j].off, a->in + s, (size_t)(t - s));
+	}
+	for (uint64_t i = f->i0; i < f->i1 && i * PIECE_SIZE < a->in_size; i++) {
+		uint64_t ps = i * PIECE_SIZE, in_len = piece_len(a->in_size, i), pe = ps + in_len;
+		uint64_t out_len = piece_len(a->p->output_size, i);
+
+		if ((r = hash_input_piece(a, i, f->worker)) < 0)
+			return r;
+		pb = a->piece_bufs[f->worker];
+		f->in_bytes += in_len;
+		/* Ranges that end before this piece are done. */
+		while (k < n && f->o + ranges[k].off + ranges[k].len <= ps)
+			k++;
+		for (size_t j = k; j < n && f->o + ranges[j].off < pe; j++) {
+			uint64_t s = RSR_MAX(f->o + ranges[j].off, ps);
+			uint64_t t = RSR_MIN(RSR_MIN(f->o + ranges[j].off + ranges[j].len, pe), f->e);
+			if (s < t)
+				memcpy(f->out + (s - f->o), pb + (s - ps), (size_t)(t - s));
+			if (f->o + ranges[j].off <= ps && f->o + ranges[j].off + ranges[j].len >= ps + out_len &&
+			    in_len == out_len && ps + out_len <= f->e)
+				f->reuse[i - f->i0] = true;
+		}
+	}
+	f->hashed = true;
+	return 0;
+}
+
+static int chunk_task(struct apply *a, uint32_t c, unsigned worker)
+{
+	struct patch_chunk_view v;
+	const char *why = NULL;
+	uint64_t out_size = a->p->output_size;
+	struct fill f = {.a = a, .worker = worker};
+	bool skip = failed(a); /* after a failure only the input is still hashed, for the right error */
+	int r;
+
+	patch_chunk_get(a->p, a->set, c, &v);
+	f.o = v.out_offset;
+	f.e = f.o + v.out_size;
+	f.i0 = f.o / PIECE_SIZE + (f.o % PIECE_SIZE != 0);
+	f.i1 = f.e / PIECE_SIZE + (f.e % PIECE_SIZE != 0);
+	if (!piece_buf(a, worker))
+		return fail(a, c, -ENOMEM, "out of memory");
+	if (!skip) {
+		if (a->buf_caps[worker] < v.out_size) {
+			free(a->bufs[worker]);
+			a->bufs[worker] = malloc(v.out_size);
+			a->buf_caps[worker] = a->bufs[worker] ? v.out_size : 0;
+		}
+		f.out = a->bufs[worker];
+		if (!f.out) {
+			fail(a, c, -ENOMEM, "out of memory");
+			skip = true;
+		}
+	}
+	if (!skip) {
+		struct prior pr = {.a = a, .chunk = c};
+		r = patch_run_chunk_fill(a->p, a->set, c, a->in, a->in_size, f.out, read_prior, &pr,
+					 a->fused ? fill_chunk : NULL, &f, &why);
+		if (r == RSR_E_CANCELED)
+			skip = true; /* another chunk failed or the run was canceled */
+		else if (r < 0) {
+			fail(a, c, r,
+			     r == RSR_E_FORMAT ? why
+			     : r == -ENOMEM    ? "out of memory"
+					       : "reading the input or output");
+			skip = true;
+		}
+	}
+	if (a->fused && !f.hashed) {
+		/* The chunk did not get to its fill: hash its input pieces anyway. */
+		for (uint64_t i = f.i0; i < f.i1 && i * PIECE_SIZE < a->in_size; i++) {
+			if ((r = hash_input_piece(a, i, worker)) < 0)
+				return fail(a, c, r, r == -ENOMEM ? "out of memory" : "reading the input");
+			f.in_bytes += piece_len(a->in_size, i);
+		}
+	}
+	if (skip)
+		return progress_add(a, f.in_bytes, 0);
+
+	/* Output pieces inside the chunk: an unchanged one has its input piece's digest. */
+	for (uint64_t i = f.i0; i < f.i1; i++) {
+		uint64_t off = i * PIECE_SIZE;
+		size_t len = piece_len(out_size, i);
+
+		if (off + len > f.e)
+			continue;
+		if (f.reuse[i - f.i0])
+			memcpy(a->out_h[i], a->in_h[i], 32);
+		else if (rsr_sha256(f.out + (off - f.o), len, a->out_h[i]) < 0)
+			return fail(a, c, -ENOMEM, "out of memory");
+	}
+	if ((r = rsr_pwrite_all(a->out_fd, f.out, v.out_size, f.o)) < 0)
+		return fail(a, c, r, "write");
+	mark_written(a, c);
+	{
+		/* The pieces that a boundary of the chunk cuts. */
+		uint64_t ps = f.o / PIECE_SIZE, pe = (f.e - 1) / PIECE_SIZE;
+		uint64_t ps_end = ps * PIECE_SIZE + piece_len(out_size, ps);
+		uint64_t pe_end = pe * PIECE_SIZE + piece_len(out_size, pe);
+
+		r = 0;
+		if (ps * PIECE_SIZE < f.o)
+			r = cover(a, ps, RSR_MIN(f.e, ps_end) - f.o, worker);
+		if (r == 0 && pe_end > f.e && !(pe == ps && ps * PIECE_SIZE < f.o))
+			r = cover(a, pe, f.e - RSR_MAX(f.o, pe * PIECE_SIZE), worker);
+		if (r < 0)
+			return fail(a, c, r, r == -ENOMEM ? "out of memory" : "read back");
+	}
+	return progress_add(a, f.in_bytes, v.out_size);
+}
+
 static int apply_task(void *arg, size_t index, unsigned worker)
 {
 	struct apply *a = arg;
-	uint32_t c;
-	struct patch_chunk_view v;
-	const char *why = NULL;
-	uint8_t *out;
-	int r;
 
-	if (a->hash_input) {
-		if (index == 0)
-			return hash_input(a);
-		index--;
-	}
-	c = (uint32_t)index;
-	patch_chunk_get(a->p, a->set, c, &v);
-	if (a->buf_caps[worker] < v.out_size) {
-		free(a->bufs[worker]);
-		a->bufs[worker] = malloc(v.out_size);
-		a->buf_caps[worker] = a->bufs[worker] ? v.out_size : 0;
-		if (!a->bufs[worker])
-			return fail(a, c, -ENOMEM, "out of memory");
-	}
-	out = a->bufs[worker];
-	{
-		struct prior pr = {.a = a, .chunk = c};
-		r = patch_run_chunk(a->p, a->set, c, a->in, a->in_size, out, read_prior, &pr, NULL, &why);
-	}
-	if (r == RSR_E_CANCELED)
-		return r;
-	if (r < 0)
-		return fail(a, c, r, r == RSR_E_FORMAT ? why : r == -ENOMEM ? "out of memory" : "read back");
-	r = rsr_pwrite_all(a->out_fd, out, v.out_size, v.out_offset);
-	if (r < 0)
-		return fail(a, c, r, "write");
-	pthread_mutex_lock(&a->lock);
-	while (a->next_hash != c && !a->failed)
-		pthread_cond_wait(&a->cond, &a->lock);
-	if (a->failed) {
-		pthread_mutex_unlock(&a->lock);
-		return RSR_E_CANCELED;
-	}
-	pthread_mutex_unlock(&a->lock);
-	/* Only the owner of next_hash gets here, so hashing needs no lock. */
-	EVP_DigestUpdate(a->md, out, v.out_size);
-	pthread_mutex_lock(&a->lock);
-	a->next_hash++;
-	pthread_cond_broadcast(&a->cond);
-	pthread_mutex_unlock(&a->lock);
-	return progress_add(a, v.out_size);
+	if (index < a->tail_tasks)
+		return tail_task(a, index, worker);
+	return chunk_task(a, (uint32_t)(index - a->tail_tasks), worker);
 }
 
 static void hex(const uint8_t *d, char out[65])
@@ -224,11 +395,11 @@ static int already_done(struct rsr_ctx *ctx, const struct rsr_patch *p, const ch
 
 	if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || (uint64_t)st.st_size != p->output_size)
 		return 0;
-	if (rsr_sha256_fd(ctx, fd, 0, p->output_size, "checking output", d) < 0) {
+	if (pieces_digest_fd(ctx, fd, p->output_size, "checking output", d) < 0) {
 		rsr_ctx_clear_error(ctx);
 		return 0;
 	}
-	return memcmp(d, p->output_sha256, 32) == 0;
+	return memcmp(d, p->output_digest, 32) == 0;
 }
 
 int rsr_patch_apply(struct rsr_ctx *ctx, const char *old_path, const char *patch_path, const char *out_path)
@@ -240,9 +411,7 @@ int rsr_patch_apply(struct rsr_ctx *ctx, const char *old_path, const char *patch
 	void *map = NULL;
 	uint64_t in_size = 0;
 	uint8_t d[32];
-	unsigned int dlen = 32;
 	char have[65], want[65];
-	unsigned threads;
 	size_t tasks;
 	bool locks = false;
 	int r;
@@ -252,7 +421,6 @@ int rsr_patch_apply(struct rsr_ctx *ctx, const char *old_path, const char *patch
 		return r;
 	a.p = p;
 	a.total = p->output_size;
-	threads = rsr_threads_for(ctx, (uint64_t)p->n_chunks + 1);
 	if (p->n_inputs == 0 && old_path) {
 		r = rsr_error(ctx, -EINVAL, "patch '%s' is a full replacement and takes no input", patch_path);
 		goto out;
@@ -277,12 +445,12 @@ int rsr_patch_apply(struct rsr_ctx *ctx, const char *old_path, const char *patch
 				a.set = i;
 				by_size++;
 			}
-		if (by_size == 1 && threads > 1 && in_size >= HASH_STEP) {
-			/* Speculative: the size singles out the input; its digest is checked in parallel. */
-			a.hash_input = true;
+		if (by_size == 1) {
+			/* The size singles out the input: its digest is computed along with the output. */
+			a.fused = true;
 			a.total += in_size;
 		} else {
-			r = rsr_sha256_fd(ctx, in_fd, 0, in_size, "checking input", d);
+			r = pieces_digest_fd(ctx, in_fd, in_size, "checking input", d);
 			if (r < 0) {
 				r = rsr_error_prefix(ctx, r, "input '%s'", old_path);
 				goto out;
@@ -316,6 +484,18 @@ int rsr_patch_apply(struct rsr_ctx *ctx, const char *old_path, const char *patch
 		r = RSR_PATCH_UP_TO_DATE;
 		goto out;
 	}
+	a.out_pieces = pieces_count(p->output_size);
+	a.in_pieces = a.fused ? pieces_count(in_size) : 0;
+	a.first_tail = RSR_MIN(a.out_pieces, a.in_pieces);
+	a.tail_tasks = (size_t)((a.in_pieces - a.first_tail + 15) / 16);
+	a.out_h = malloc(a.out_pieces ? (size_t)a.out_pieces * 32 : 1);
+	a.in_h = malloc(a.in_pieces ? (size_t)a.in_pieces * 32 : 1);
+	a.covered = calloc(a.out_pieces ? (size_t)a.out_pieces : 1, sizeof(*a.covered));
+	a.written = calloc(p->n_chunks ? p->n_chunks : 1, sizeof(*a.written));
+	if (!a.out_h || !a.in_h || !a.covered || !a.written) {
+		r = rsr_error(ctx, -ENOMEM, "out of memory");
+		goto out;
+	}
 	r = rsr_atomic_open(ctx, out_path, 0644, &af);
 	if (r < 0)
 		goto out;
@@ -324,24 +504,27 @@ int rsr_patch_apply(struct rsr_ctx *ctx, const char *old_path, const char *patch
 		goto out;
 	}
 	a.out_fd = af->fd;
-	a.md = EVP_MD_CTX_new();
-	if (!a.md || EVP_DigestInit_ex(a.md, EVP_sha256(), NULL) != 1) {
-		r = rsr_error(ctx, -ENOMEM, "out of memory");
+	/* Blocks for the whole output first: a full disk fails here, before any work. */
+	if (p->output_size > 0 && fallocate(af->fd, 0, 0, (off_t)p->output_size) < 0 && errno != EOPNOTSUPP &&
+	    errno != ENOSYS) {
+		r = rsr_error_errno(ctx, -errno, "%s: cannot allocate %llu bytes", out_path,
+				    (unsigned long long)p->output_size);
 		goto out;
 	}
+	a.in_fd = in_fd;
 	pthread_mutex_init(&a.lock, NULL);
 	pthread_cond_init(&a.cond, NULL);
 	locks = true;
-	tasks = (size_t)p->n_chunks + (a.hash_input ? 1 : 0);
-	r = rsr_parallel_for(rsr_threads_for(ctx, tasks), tasks, apply_task, &a);
-	if (a.hash_input) {
+	tasks = a.tail_tasks + p->n_chunks;
+	r = rsr_parallel_for(RSR_MIN(rsr_threads_for(ctx, tasks), MAX_WORKERS), tasks, apply_task, &a);
+	if (a.fused && a.in_hashed == in_size) {
 		/* A wrong input is the error, whatever the chunks made of it. */
-		if (a.in_err < 0) {
-			r = rsr_error(ctx, a.in_err, "input '%s': out of memory", old_path);
+		if (pieces_combine((const uint8_t(*)[32])a.in_h, in_size, d) < 0) {
+			r = rsr_error(ctx, -ENOMEM, "out of memory");
 			goto out;
 		}
-		if (a.err != RSR_E_CANCELED && !input_is(p, a.set, a.in_sha256, in_size)) {
-			r = mismatch(ctx, p, patch_path, old_path, a.in_sha256, in_size);
+		if (!input_is(p, a.set, d, in_size)) {
+			r = mismatch(ctx, p, patch_path, old_path, d, in_size);
 			goto out;
 		}
 	}
@@ -357,10 +540,13 @@ int rsr_patch_apply(struct rsr_ctx *ctx, const char *old_path, const char *patch
 	}
 	if (r < 0)
 		goto out;
-	EVP_DigestFinal_ex(a.md, d, &dlen);
-	if (memcmp(d, p->output_sha256, 32) != 0) {
+	if (pieces_combine((const uint8_t(*)[32])a.out_h, p->output_size, d) < 0) {
+		r = rsr_error(ctx, -ENOMEM, "out of memory");
+		goto out;
+	}
+	if (memcmp(d, p->output_digest, 32) != 0) {
 		hex(d, have);
-		hex(p->output_sha256, want);
+		hex(p->output_digest, want);
 		r = rsr_error(ctx, RSR_E_DIGEST, "patch '%s': output digest %s does not match the expected %s",
 			      patch_path, have, want);
 		goto out;
@@ -370,15 +556,20 @@ int rsr_patch_apply(struct rsr_ctx *ctx, const char *old_path, const char *patch
 	if (r >= 0)
 		r = RSR_PATCH_APPLIED;
 out:
-	for (size_t w = 0; w < ARRAY_SIZE(a.bufs); w++)
+	for (size_t w = 0; w < MAX_WORKERS; w++) {
 		free(a.bufs[w]);
+		free(a.piece_bufs[w]);
+	}
 	if (locks) {
 		pthread_cond_destroy(&a.cond);
 		pthread_mutex_destroy(&a.lock);
 	}
 	if (af)
 		rsr_atomic_abort(af);
-	EVP_MD_CTX_free(a.md);
+	free(a.out_h);
+	free(a.in_h);
+	free(a.covered);
+	free(a.written);
 	if (map)
 		munmap(map, (size_t)in_size);
 	rsr_patch_free(p);

@@ -39,7 +39,7 @@ struct image {
 	const uint8_t *p;
 	uint64_t size;
 	void *map;
-	uint8_t sha256[32];
+	uint8_t digest[32]; /* piece digest */
 };
 
 /* A deflate stream found in an image. */
@@ -144,14 +144,6 @@ static int image_open(struct rsr_ctx *ctx, const char *path, struct image *img)
 		img->p = img->map;
 	}
 	return 0;
-}
-
-/* The images' digests, one thread per image. */
-static int hash_task(void *arg, size_t index, unsigned worker)
-{
-	struct image *imgs = arg;
-
-	return rsr_sha256(imgs[index].p, (size_t)imgs[index].size, imgs[index].sha256);
 }
 
 static void image_close(struct image *img)
@@ -1177,14 +1169,14 @@ static int write_patch(struct rsr_ctx *ctx, struct job *j, const char *path)
 	rsr_put_le32(hdr.version, PATCH_VERSION);
 	rsr_put_le32(hdr.header_size, sizeof(hdr));
 	rsr_put_le64(hdr.output_size, j->nw->size);
-	memcpy(hdr.output_sha256, j->nw->sha256, 32);
+	memcpy(hdr.output_digest, j->nw->digest, 32);
 	rsr_put_le32(hdr.n_inputs, j->sets[0].old ? (uint32_t)j->n_sets : 0);
 	rsr_put_le32(hdr.n_chunks, j->n_chunks);
 	rsr_put_le32(hdr.chunk_size, j->chunk_size);
 	buf_put(&h, &hdr, sizeof(hdr));
 	for (size_t s = 0; s < j->n_sets && j->sets[0].old; s++) {
 		struct patch_input in = {0};
-		memcpy(in.sha256, j->sets[s].old->sha256, 32);
+		memcpy(in.digest, j->sets[s].old->digest, 32);
 		rsr_put_le64(in.size, j->sets[s].old->size);
 		buf_put(&h, &in, sizeof(in));
 	}
@@ -1414,8 +1406,10 @@ int rsr_patch_create(struct rsr_ctx *ctx, const char *const *olds, size_t n_olds
 	r = image_open(ctx, new_path, &imgs[n_olds]);
 	for (size_t i = 0; r >= 0 && i < n_olds; i++)
 		r = image_open(ctx, olds[i], &imgs[i]);
-	if (r >= 0 && (r = rsr_parallel_for(rsr_threads_for(ctx, n_olds + 1), n_olds + 1, hash_task, imgs)) < 0)
-		r = rsr_error(ctx, r, "hashing the images: out of memory");
+	for (size_t i = 0; r >= 0 && i <= n_olds; i++)
+		if ((r = pieces_digest_mem(imgs[i].p, imgs[i].size, rsr_threads_for(ctx, pieces_count(imgs[i].size)),
+					   imgs[i].digest)) < 0)
+			r = rsr_error(ctx, r, "hashing the images: out of memory");
 	nw = imgs[n_olds];
 	imgs[n_olds] = (struct image){0};
 	if (r < 0)
@@ -1428,7 +1422,7 @@ int rsr_patch_create(struct rsr_ctx *ctx, const char *const *olds, size_t n_olds
 	}
 	for (size_t i = 0; i < n_olds; i++)
 		for (size_t k = 0; k < i; k++)
-			if (!memcmp(imgs[i].sha256, imgs[k].sha256, 32)) {
+			if (!memcmp(imgs[i].digest, imgs[k].digest, 32)) {
 				r = rsr_error(ctx, -EINVAL, "%s and %s are the same image", olds[k], olds[i]);
 				goto out;
 			}

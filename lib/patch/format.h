@@ -13,7 +13,7 @@
 #include "rsr/patch.h"
 
 #define PATCH_MAGIC "RSRPATCH"
-#define PATCH_VERSION 1
+#define PATCH_VERSION 2
 
 /* Limits every reader enforces; a patch beyond them is refused as RSR_E_LIMIT. */
 #define PATCH_MAX_INPUTS 16
@@ -24,10 +24,10 @@
 
 struct patch_header {
 	uint8_t magic[8];	   /* "RSRPATCH" */
-	uint8_t version[4];	   /* 1 */
+	uint8_t version[4];	   /* 2 */
 	uint8_t header_size[4];	   /* sizeof(struct patch_header) */
 	uint8_t output_size[8];	   /* bytes */
-	uint8_t output_sha256[32]; /* SHA-256 of the whole output */
+	uint8_t output_digest[32]; /* piece digest of the whole output */
 	uint8_t n_inputs[4];	   /* accepted inputs; 0: full replacement */
 	uint8_t n_chunks[4];	   /* output chunks */
 	uint8_t chunk_size[4];	   /* nominal output bytes per chunk (informational) */
@@ -37,7 +37,7 @@ struct patch_header {
 static_assert(sizeof(struct patch_header) == 104, "patch header layout");
 
 struct patch_input {
-	uint8_t sha256[32]; /* SHA-256 of the whole input */
+	uint8_t digest[32]; /* piece digest of the whole input */
 	uint8_t size[8];    /* bytes */
 	uint8_t flags[4];   /* 0 */
 	uint8_t reserved[4];
@@ -57,6 +57,24 @@ struct patch_chunk {
 	uint8_t payload_size[4]; /* decompressed operation bytes */
 };
 static_assert(sizeof(struct patch_chunk) == 16, "patch chunk layout");
+
+/*
+ * The piece digest of an image of `size` bytes: SHA-256 of PIECES_DOMAIN (with
+ * its NUL), le64 size, le32 PIECE_SIZE, then the SHA-256 of each PIECE_SIZE
+ * piece in order (the last one shorter). pieces.c.
+ */
+#define PIECE_SIZE (1u << 20)
+#define PIECES_DOMAIN "RSR-PIECES-V1"
+static inline uint64_t pieces_count(uint64_t size)
+{
+	return size / PIECE_SIZE + (size % PIECE_SIZE != 0);
+}
+/* The digest from the pieces' SHA-256 values. 0 or -ENOMEM (out then zero). */
+int pieces_combine(const uint8_t (*h)[32], uint64_t size, uint8_t out[32]);
+/* Of an image in memory, on up to `threads` threads. 0 or -ENOMEM. */
+int pieces_digest_mem(const uint8_t *p, uint64_t size, unsigned threads, uint8_t out[32]);
+/* Of the first `size` bytes of fd, on the context's threads, with progress under `what`. */
+int pieces_digest_fd(struct rsr_ctx *ctx, int fd, uint64_t size, const char *what, uint8_t out[32]);
 
 /* Operation codes inside a chunk's command stream. */
 enum {
@@ -95,7 +113,7 @@ struct rsr_patch {
 	size_t map_len;
 	uint32_t version;
 	uint64_t output_size;
-	uint8_t output_sha256[32];
+	uint8_t output_digest[32];
 	uint32_t n_inputs;
 	uint32_t n_sets; /* max(1, n_inputs) */
 	uint32_t n_chunks;
@@ -176,6 +194,23 @@ static inline void buf_free(struct buf *b)
 int patch_run_chunk(const struct rsr_patch *p, uint32_t set, uint32_t chunk, const uint8_t *in, uint64_t in_size,
 		    uint8_t *out, patch_read_prior_fn read_prior, void *read_arg, struct rsr_patch_stats *stats,
 		    const char **why);
+
+/*
+ * Identity copies (COPY operations whose input offset is the output offset,
+ * the unchanged regions of an image) can be left to the caller: with a fill
+ * function, patch_run_chunk_fill() does not copy them but hands their
+ * ranges (chunk offsets, in order, adjacent ones merged) to fill() after the
+ * other operations and before the deferred OP_HASH ones, which read the
+ * whole chunk: fill() must have written them into `out` when it returns 0.
+ * fill() is called once per chunk, also with no range.
+ */
+struct patch_range {
+	uint64_t off, len;
+};
+typedef int (*patch_fill_fn)(void *arg, const struct patch_range *ranges, size_t n);
+int patch_run_chunk_fill(const struct rsr_patch *p, uint32_t set, uint32_t chunk, const uint8_t *in, uint64_t in_size,
+			 uint8_t *out, patch_read_prior_fn read_prior, void *read_arg, patch_fill_fn fill,
+			 void *fill_arg, const char **why);
 
 /* Runs one chunk's zstd frame (at `frame`, sizes and extent in *v; data_offset unused). */
 int patch_run_frame(const uint8_t *frame, const struct patch_chunk_view *v, const uint8_t *in, uint64_t in_size,

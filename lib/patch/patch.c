@@ -115,7 +115,7 @@ int rsr_patch_load(struct rsr_ctx *ctx, const void *buf, size_t len, struct rsr_
 	p->len = len;
 	p->version = PATCH_VERSION;
 	p->output_size = rsr_get_le64(h->output_size);
-	memcpy(p->output_sha256, h->output_sha256, 32);
+	memcpy(p->output_digest, h->output_digest, 32);
 	p->n_inputs = rsr_get_le32(h->n_inputs);
 	p->n_sets = p->n_inputs ? p->n_inputs : 1;
 	p->n_chunks = rsr_get_le32(h->n_chunks);
@@ -237,7 +237,7 @@ uint64_t rsr_patch_output_size(const struct rsr_patch *patch)
 }
 const uint8_t *rsr_patch_output_digest(const struct rsr_patch *patch)
 {
-	return patch->output_sha256;
+	return patch->output_digest;
 }
 size_t rsr_patch_input_count(const struct rsr_patch *patch)
 {
@@ -245,7 +245,7 @@ size_t rsr_patch_input_count(const struct rsr_patch *patch)
 }
 const uint8_t *rsr_patch_input_digest(const struct rsr_patch *patch, size_t i)
 {
-	return patch->inputs[i].sha256;
+	return patch->inputs[i].digest;
 }
 uint64_t rsr_patch_input_size(const struct rsr_patch *patch, size_t i)
 {
@@ -283,7 +283,30 @@ struct exec {
 	size_t salt_len;
 	struct deferred *defs; /* OP_HASH, evaluated after the other operations */
 	size_t n_defs, cap_defs;
+	patch_fill_fn fill; /* identity copies are left to it */
+	void *fill_arg;
+	struct patch_range *ids;
+	size_t n_ids, cap_ids;
 };
+
+/* Records an identity copy of n bytes at chunk offset o, merged with the one before if adjacent. */
+static int add_identity(struct exec *e, uint64_t o, uint64_t n)
+{
+	if (e->n_ids && e->ids[e->n_ids - 1].off + e->ids[e->n_ids - 1].len == o) {
+		e->ids[e->n_ids - 1].len += n;
+		return 0;
+	}
+	if (e->n_ids == e->cap_ids) {
+		size_t cap = e->cap_ids ? e->cap_ids * 2 : 64;
+		struct patch_range *ids = realloc(e->ids, cap * sizeof(*ids));
+		if (!ids)
+			return -ENOMEM;
+		e->ids = ids;
+		e->cap_ids = cap;
+	}
+	e->ids[e->n_ids++] = (struct patch_range){.off = o, .len = n};
+	return 0;
+}
 
 struct deferred {
 	uint64_t pos; /* in the chunk */
@@ -444,6 +467,9 @@ static int run_ops(struct exec *e, const uint8_t *in, uint64_t in_size, int64_t 
 				}
 			} else if (n == 0) {
 				/* nothing to move (and `in` may be NULL) */
+			} else if (op == OP_COPY && e->fill && !nested && (uint64_t)pos == e->chunk_off + o) {
+				if (add_identity(e, o, n) < 0)
+					return -ENOMEM;
 			} else if (op == OP_COPY) {
 				memcpy(out + o, in + pos, (size_t)n);
 				if (e->stats) {
@@ -592,6 +618,10 @@ out:
 	return r;
 }
 
+static int run_frame(const uint8_t *frame, const struct patch_chunk_view *vp, const uint8_t *in, uint64_t in_size,
+		     uint8_t *out, patch_read_prior_fn read_prior, void *read_arg, struct rsr_patch_stats *stats,
+		     patch_fill_fn fill, void *fill_arg, const char **why);
+
 int patch_run_chunk(const struct rsr_patch *p, uint32_t set, uint32_t chunk, const uint8_t *in, uint64_t in_size,
 		    uint8_t *out, patch_read_prior_fn read_prior, void *read_arg, struct rsr_patch_stats *stats,
 		    const char **why)
@@ -599,15 +629,32 @@ int patch_run_chunk(const struct rsr_patch *p, uint32_t set, uint32_t chunk, con
 	struct patch_chunk_view v;
 
 	patch_chunk_get(p, set, chunk, &v);
-	return patch_run_frame(p->buf + v.data_offset, &v, in, in_size, out, read_prior, read_arg, stats, why);
+	return run_frame(p->buf + v.data_offset, &v, in, in_size, out, read_prior, read_arg, stats, NULL, NULL, why);
+}
+
+int patch_run_chunk_fill(const struct rsr_patch *p, uint32_t set, uint32_t chunk, const uint8_t *in, uint64_t in_size,
+			 uint8_t *out, patch_read_prior_fn read_prior, void *read_arg, patch_fill_fn fill,
+			 void *fill_arg, const char **why)
+{
+	struct patch_chunk_view v;
+
+	patch_chunk_get(p, set, chunk, &v);
+	return run_frame(p->buf + v.data_offset, &v, in, in_size, out, read_prior, read_arg, NULL, fill, fill_arg, why);
 }
 
 int patch_run_frame(const uint8_t *frame, const struct patch_chunk_view *vp, const uint8_t *in, uint64_t in_size,
 		    uint8_t *out, patch_read_prior_fn read_prior, void *read_arg, struct rsr_patch_stats *stats,
 		    const char **why)
 {
+	return run_frame(frame, vp, in, in_size, out, read_prior, read_arg, stats, NULL, NULL, why);
+}
+
+static int run_frame(const uint8_t *frame, const struct patch_chunk_view *vp, const uint8_t *in, uint64_t in_size,
+		     uint8_t *out, patch_read_prior_fn read_prior, void *read_arg, struct rsr_patch_stats *stats,
+		     patch_fill_fn fill, void *fill_arg, const char **why)
+{
 	struct patch_chunk_view v = *vp;
-	struct exec e = {.stats = stats, .dry = out == NULL};
+	struct exec e = {.stats = stats, .dry = out == NULL, .fill = out ? fill : NULL, .fill_arg = fill_arg};
 	struct rd hdr;
 	uint64_t lens[4], rest;
 	unsigned long long fsz;
@@ -660,9 +707,12 @@ int patch_run_frame(const uint8_t *frame, const struct patch_chunk_view *vp, con
 		e.why = "unused bytes in the chunk streams";
 		r = RSR_E_FORMAT;
 	}
+	if (r == 0 && e.fill)
+		r = e.fill(e.fill_arg, e.ids, e.n_ids);
 	if (r == 0 && !e.dry)
 		r = run_hashes(&e, out, read_prior, read_arg);
 	free(e.defs);
+	free(e.ids);
 	if (r == RSR_E_FORMAT)
 		*why = e.why;
 	free(payload);

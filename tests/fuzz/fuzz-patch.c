@@ -26,6 +26,36 @@ static int read_prior(void *arg, uint64_t off, void *buf, size_t len)
 	return 0;
 }
 
+/*
+ * The patcher's fill step: identity ranges must lie in the chunk, in order,
+ * not touching (adjacent ones are merged), and inside the input at the same
+ * offsets; anything else aborts.
+ */
+struct fill_check {
+	const struct patch_chunk_view *v;
+	const uint8_t *in;
+	uint64_t in_size;
+	uint8_t *out;
+};
+
+static int fill_check(void *arg, const struct patch_range *r, size_t n)
+{
+	struct fill_check *f = arg;
+	uint64_t end = 0;
+
+	for (size_t i = 0; i < n; i++) {
+		if (r[i].len == 0 || r[i].off < end || (i && r[i].off == end) || r[i].off > f->v->out_size ||
+		    r[i].len > f->v->out_size - r[i].off || f->v->out_offset + r[i].off + r[i].len > f->in_size) {
+			fprintf(stderr, "identity range %zu (%llu+%llu) is not a valid range\n", i,
+				(unsigned long long)r[i].off, (unsigned long long)r[i].len);
+			abort();
+		}
+		memcpy(f->out + r[i].off, f->in + f->v->out_offset + r[i].off, (size_t)r[i].len);
+		end = r[i].off + r[i].len;
+	}
+	return 0;
+}
+
 static void run_patch(struct rsr_ctx *ctx, const uint8_t *buf, size_t len)
 {
 	struct rsr_patch *p;
@@ -56,7 +86,24 @@ static void run_patch(struct rsr_ctx *ctx, const uint8_t *buf, size_t len)
 			out = malloc(v.out_size);
 			if (!out)
 				break;
-			(void)patch_run_chunk(p, s, c, in_size ? in : NULL, in_size, out, read_prior, NULL, NULL, &why);
+			{
+				/* Plain, and with identity copies left to a fill function: the same result. */
+				uint8_t *again = malloc(v.out_size);
+				struct fill_check f = {.v = &v, .in = in, .in_size = in_size, .out = again};
+				int r1, r2;
+
+				if (again) {
+					r1 = patch_run_chunk(p, s, c, in_size ? in : NULL, in_size, out, read_prior,
+							     NULL, NULL, &why);
+					r2 = patch_run_chunk_fill(p, s, c, in_size ? in : NULL, in_size, again,
+								  read_prior, NULL, fill_check, &f, &why);
+					if (r1 != r2 || (r1 == 0 && memcmp(out, again, v.out_size) != 0)) {
+						fprintf(stderr, "chunk %u: filled run differs (%d, %d)\n", c, r1, r2);
+						abort();
+					}
+					free(again);
+				}
+			}
 			free(out);
 		}
 		free(in);

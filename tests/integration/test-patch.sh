@@ -17,6 +17,19 @@ make_images() {
 	rm -rf "$T/corpus/$pair"
 }
 
+# The piece digest of a file, written from docs/formats/patch.md.
+piece_digest() {
+	python3 - "$1" <<'PY'
+import hashlib, struct, sys
+data = open(sys.argv[1], "rb").read()
+P = 1 << 20
+h = hashlib.sha256(b"RSR-PIECES-V1\0" + struct.pack("<QI", len(data), P))
+for off in range(0, len(data), P):
+    h.update(hashlib.sha256(data[off:off + P]).digest())
+print(h.hexdigest())
+PY
+}
+
 no_leftovers() {
 	if ls -A "$T/o" | grep -q .; then
 		echo "left behind in $T/o:" >&2
@@ -69,7 +82,13 @@ if [ -f "$A.old.img" ] && [ -f "$Z.old.img" ]; then
 	expect 0 patch info --json "$A.fwd"
 	python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); assert d["output"]["size"] > 0 and len(d["inputs"]) == 1' "$T/out" ||
 		fail "info --json is not the expected JSON"
-	ok "info"
+	# The digests it names are the documented piece digests of the images.
+	want_in=$(piece_digest "$A.old.img") want_out=$(piece_digest "$A.new.img")
+	python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); assert d["inputs"][0]["digest"] == sys.argv[2] and d["output"]["digest"] == sys.argv[3], d' \
+		"$T/out" "$want_in" "$want_out" || fail "info: digests are not the documented piece digests"
+	expect 0 patch digest "$A.old.img" "$A.new.img"
+	[ "$(cut -c1-64 "$T/out" | tr '\n' ' ')" = "$want_in $want_out " ] || fail "patch digest: $(cat "$T/out")"
+	ok "info, digests as documented"
 
 	# Already up to date: left alone.
 	cp "$A.new.img" "$T/o/new"
@@ -82,8 +101,8 @@ if [ -f "$A.old.img" ] && [ -f "$Z.old.img" ]; then
 
 	# Wrong input: both digests named, nothing written.
 	expect 1 patch apply "$Z.old.img" "$A.fwd" -o "$T/o/new"
-	assert_grep "$(sha256sum "$Z.old.img" | cut -c1-64)" "$T/err"
-	assert_grep "$(sha256sum "$A.old.img" | cut -c1-64)" "$T/err"
+	assert_grep "$(piece_digest "$Z.old.img")" "$T/err"
+	assert_grep "$(piece_digest "$A.old.img")" "$T/err"
 	no_leftovers
 	ok "wrong input refused"
 

@@ -102,25 +102,25 @@ static void test_vectors(void **state)
 	struct rsr_ctx *ctx;
 
 	assert_int_equal(rsr_ctx_new(&ctx), 0);
-	assert_int_equal(rsr_patch_apply(ctx, DATA "/old.img", DATA "/v1-delta.rsrp", tpath("out")), RSR_PATCH_APPLIED);
+	assert_int_equal(rsr_patch_apply(ctx, DATA "/old.img", DATA "/v2-delta.rsrp", tpath("out")), RSR_PATCH_APPLIED);
 	assert_true(same_file(tpath("out"), DATA "/new.img"));
 	unlink(tpath("out"));
-	assert_int_equal(rsr_patch_apply(ctx, NULL, DATA "/v1-full.rsrp", tpath("out")), RSR_PATCH_APPLIED);
+	assert_int_equal(rsr_patch_apply(ctx, NULL, DATA "/v2-full.rsrp", tpath("out")), RSR_PATCH_APPLIED);
 	assert_true(same_file(tpath("out"), DATA "/new.img"));
 	unlink(tpath("out"));
 	/* A two-input patch, from each input. */
-	assert_int_equal(rsr_patch_apply(ctx, DATA "/old.img", DATA "/v1-two.rsrp", tpath("out")), RSR_PATCH_APPLIED);
+	assert_int_equal(rsr_patch_apply(ctx, DATA "/old.img", DATA "/v2-two.rsrp", tpath("out")), RSR_PATCH_APPLIED);
 	assert_true(same_file(tpath("out"), DATA "/new.img"));
 	unlink(tpath("out"));
-	assert_int_equal(rsr_patch_apply(ctx, DATA "/old2.img", DATA "/v1-two.rsrp", tpath("out")), RSR_PATCH_APPLIED);
+	assert_int_equal(rsr_patch_apply(ctx, DATA "/old2.img", DATA "/v2-two.rsrp", tpath("out")), RSR_PATCH_APPLIED);
 	assert_true(same_file(tpath("out"), DATA "/new.img"));
 	/* Already correct: left alone. */
-	assert_int_equal(rsr_patch_apply(ctx, DATA "/old2.img", DATA "/v1-two.rsrp", tpath("out")),
+	assert_int_equal(rsr_patch_apply(ctx, DATA "/old2.img", DATA "/v2-two.rsrp", tpath("out")),
 			 RSR_PATCH_UP_TO_DATE);
 	unlink(tpath("out"));
 	/* A full replacement takes no input, a delta needs one. */
-	assert_int_equal(rsr_patch_apply(ctx, DATA "/old.img", DATA "/v1-full.rsrp", tpath("out")), -EINVAL);
-	assert_int_equal(rsr_patch_apply(ctx, NULL, DATA "/v1-delta.rsrp", tpath("out")), RSR_E_MISMATCH);
+	assert_int_equal(rsr_patch_apply(ctx, DATA "/old.img", DATA "/v2-full.rsrp", tpath("out")), -EINVAL);
+	assert_int_equal(rsr_patch_apply(ctx, NULL, DATA "/v2-delta.rsrp", tpath("out")), RSR_E_MISMATCH);
 	assert_int_equal(count_files(), 0);
 	rsr_ctx_free(ctx);
 }
@@ -132,7 +132,7 @@ static void test_stats(void **state)
 	struct rsr_patch_stats st;
 
 	assert_int_equal(rsr_ctx_new(&ctx), 0);
-	assert_int_equal(rsr_patch_open(ctx, DATA "/v1-delta.rsrp", &p), 0);
+	assert_int_equal(rsr_patch_open(ctx, DATA "/v2-delta.rsrp", &p), 0);
 	assert_int_equal(rsr_patch_input_count(p), 1);
 	assert_int_equal(rsr_patch_output_size(p), 40960);
 	assert_int_equal(rsr_patch_chunk_count(p), 5);
@@ -198,6 +198,73 @@ static void test_roundtrip(void **state)
 	roundtrip(5000, 0, 4096, 2);
 	roundtrip(1, 1, 4096, 1);
 	roundtrip(300000, 300000, 65536, 3);
+}
+
+/*
+ * Images of several 1 MiB pieces, mostly unchanged at the same offsets (the
+ * patcher then takes an output piece's digest from the input piece it
+ * equals), with chunk boundaries inside pieces, chunks smaller than a piece,
+ * and inputs longer than the output (pieces only hashed) and shorter. The
+ * output must be right and its digest the documented one, and a bit flipped
+ * in any part of the input, also past the output's end, must be refused.
+ */
+static void pieces_case(size_t old_len, size_t new_len, uint32_t chunk, unsigned threads)
+{
+	struct rsr_ctx *ctx;
+	struct rsr_patch_create_opts o = {.level = 1, .chunk_size = chunk};
+	uint8_t *a = malloc(old_len), *b = malloc(new_len);
+	const char *olds[1] = {tpath("a")};
+	struct rsr_patch *p;
+	uint8_t d[32];
+	size_t flips[3] = {0, old_len / 2, old_len - 1};
+
+	for (size_t i = 0; i < old_len; i++)
+		a[i] = (i / 4096) % 5 ? rnd8() : 0;
+	for (size_t i = 0; i < new_len; i++)
+		b[i] = i < old_len ? a[i] : rnd8();
+	for (size_t i = 1500000; i + 64 < new_len; i += 2500000)
+		memset(b + i, 0x5a, 64); /* a change in every third piece or so */
+	write_file(tpath("a"), a, old_len);
+	write_file(tpath("b"), b, new_len);
+	assert_int_equal(rsr_ctx_new(&ctx), 0);
+	rsr_ctx_set_threads(ctx, threads);
+	if (rsr_patch_create(ctx, olds, 1, tpath("b"), tpath("p"), tpath("r"), &o) != 0)
+		fail_msg("create: %s", rsr_ctx_error(ctx));
+	assert_int_equal(rsr_patch_apply(ctx, tpath("a"), tpath("p"), tpath("out")), RSR_PATCH_APPLIED);
+	assert_true(same_file(tpath("out"), tpath("b")));
+	assert_int_equal(rsr_patch_open(ctx, tpath("p"), &p), 0);
+	assert_int_equal(rsr_patch_digest_file(ctx, tpath("b"), d), 0);
+	assert_memory_equal(d, rsr_patch_output_digest(p), 32);
+	assert_int_equal(rsr_patch_digest_file(ctx, tpath("a"), d), 0);
+	assert_memory_equal(d, rsr_patch_input_digest(p, 0), 32);
+	rsr_patch_free(p);
+	unlink(tpath("out"));
+	assert_int_equal(rsr_patch_apply(ctx, tpath("b"), tpath("r"), tpath("out")), RSR_PATCH_APPLIED);
+	assert_true(same_file(tpath("out"), tpath("a")));
+	unlink(tpath("out"));
+	for (size_t k = 0; k < ARRAY_SIZE(flips); k++) {
+		a[flips[k]] ^= 0x10;
+		write_file(tpath("a"), a, old_len);
+		assert_int_equal(rsr_patch_apply(ctx, tpath("a"), tpath("p"), tpath("out")), RSR_E_MISMATCH);
+		assert_int_equal(count_files(), 4); /* a, b, p, r: no output, no temporary file */
+		a[flips[k]] ^= 0x10;
+	}
+	rsr_ctx_free(ctx);
+	free(a);
+	free(b);
+	unlink(tpath("p"));
+	unlink(tpath("r"));
+	unlink(tpath("a"));
+	unlink(tpath("b"));
+}
+
+static void test_pieces(void **state)
+{
+	rng_state = 7;
+	pieces_case((5u << 20) + 12345, (3u << 20) + 999, 393216, 2);
+	pieces_case((3u << 20) + 999, (5u << 20) + 12345, 393216, 3);
+	pieces_case(6u << 20, 6u << 20, 1536u << 10, 1);
+	pieces_case((4u << 20) + 1, (4u << 20) + 1, 0, 2);
 }
 
 /*
@@ -339,7 +406,7 @@ static void test_create_errors(void **state)
 	rsr_ctx_free(ctx);
 }
 
-/* Applies a damaged copy of v1-delta; it must fail with `want` and leave nothing behind. */
+/* Applies a damaged copy of v2-delta; it must fail with `want` and leave nothing behind. */
 static void expect_broken(struct rsr_ctx *ctx, const uint8_t *buf, size_t len, int want)
 {
 	int r;
@@ -357,7 +424,7 @@ static void test_corruption(void **state)
 {
 	struct rsr_ctx *ctx;
 	size_t len;
-	uint8_t *orig = read_all(DATA "/v1-delta.rsrp", &len), *buf = malloc(len);
+	uint8_t *orig = read_all(DATA "/v2-delta.rsrp", &len), *buf = malloc(len);
 
 	assert_int_equal(rsr_ctx_new(&ctx), 0);
 
@@ -374,7 +441,7 @@ static void test_corruption(void **state)
 		expect_broken(ctx, orig, l, l == 0 ? RSR_E_FORMAT : RSR_E_FORMAT);
 	/* A wrong output digest, with the patch digest made to match. */
 	memcpy(buf, orig, len);
-	buf[offsetof(struct patch_header, output_sha256)] ^= 1;
+	buf[offsetof(struct patch_header, output_digest)] ^= 1;
 	{
 		struct patch_header *h = (struct patch_header *)buf;
 		uint8_t d[32];
@@ -386,10 +453,10 @@ static void test_corruption(void **state)
 	assert_non_null(strstr(rsr_ctx_error(ctx), "output digest"));
 	/* A wrong input names both digests. */
 	{
-		int r = rsr_patch_apply(ctx, DATA "/old2.img", DATA "/v1-delta.rsrp", tpath("out"));
+		int r = rsr_patch_apply(ctx, DATA "/old2.img", DATA "/v2-delta.rsrp", tpath("out"));
 		assert_int_equal(r, RSR_E_MISMATCH);
-		assert_non_null(strstr(rsr_ctx_error(ctx), "01c8d5220cb2fd8a"));
-		assert_non_null(strstr(rsr_ctx_error(ctx), "e553bc146cefb440"));
+		assert_non_null(strstr(rsr_ctx_error(ctx), "06f4e34c088e4543"));
+		assert_non_null(strstr(rsr_ctx_error(ctx), "57173f6c1afece47"));
 		assert_int_equal(count_files(), 0);
 	}
 	free(buf);
@@ -411,7 +478,7 @@ static void test_cancel(void **state)
 	assert_int_equal(rsr_ctx_new(&ctx), 0);
 	rsr_ctx_set_threads(ctx, 2);
 	rsr_ctx_set_progress(ctx, cancel_cb, &calls);
-	assert_int_equal(rsr_patch_apply(ctx, DATA "/old.img", DATA "/v1-delta.rsrp", tpath("out")), RSR_E_CANCELED);
+	assert_int_equal(rsr_patch_apply(ctx, DATA "/old.img", DATA "/v2-delta.rsrp", tpath("out")), RSR_E_CANCELED);
 	assert_int_equal(count_files(), 0);
 	rsr_ctx_free(ctx);
 }
@@ -457,6 +524,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_vectors, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_stats, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_roundtrip, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_pieces, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_hash_tree, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_wrong_input_same_size, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_create_errors, setup, teardown),
