@@ -5,7 +5,6 @@
  * holds 128 hashes, zero-padded; levels are stored top level first.
  */
 #include <pthread.h>
-#include <sys/mman.h>
 
 #include <openssl/evp.h>
 
@@ -89,7 +88,6 @@ struct pass {
 	const char *what;
 	struct hasher *hashers;
 	uint8_t **bufs;
-	const uint8_t *map; /* the data, mapped read-only; NULL to read with pread */
 	pthread_mutex_t lock;
 	uint64_t done;
 	uint64_t bad_block; /* lowest mismatching data block, UINT64_MAX if none */
@@ -103,13 +101,8 @@ static int pass_item(void *arg, size_t index, unsigned worker)
 	uint64_t n = RSR_MIN(BATCH_BLOCKS, p->data_blocks - first);
 	const uint8_t *buf = p->bufs[worker];
 	uint8_t digest[32];
-	int r = 0;
-
-	if (p->map)
-		buf = p->map + first * RSR_VERITY_BLOCK;
-	else
-		r = rsr_pread_all(p->fd, p->bufs[worker], (size_t)n * RSR_VERITY_BLOCK,
-				  p->data_off + first * RSR_VERITY_BLOCK);
+	int r =
+	    rsr_pread_all(p->fd, p->bufs[worker], (size_t)n * RSR_VERITY_BLOCK, p->data_off + first * RSR_VERITY_BLOCK);
 	if (r < 0) {
 		pthread_mutex_lock(&p->lock);
 		if (!p->err)
@@ -162,29 +155,20 @@ static int run_pass(struct pass *p)
 		goto out;
 	}
 	for (unsigned t = 0; t < threads; t++) {
-		p->bufs[t] = malloc((size_t)BATCH_BLOCKS * RSR_VERITY_BLOCK); /* for the pread fallback */
+		p->bufs[t] = malloc((size_t)BATCH_BLOCKS * RSR_VERITY_BLOCK);
 		if (!p->bufs[t] || hasher_init(&p->hashers[t], p->salt, p->salt_len) < 0) {
 			r = rsr_error(p->ctx, -ENOMEM, "%s: out of memory", p->what);
 			goto out;
 		}
 	}
 	/*
-	 * Hash straight from the page cache: copying through read() costs about
-	 * a tenth of the hashing time. The caller has checked the file's size;
-	 * where the data cannot be mapped (offset not page-aligned, or mmap
-	 * refused), fall back to pread.
+	 * Each worker reads its 1 MiB of data into its own buffer and hashes it
+	 * there. Hashing straight from a mapping of the page cache saves that
+	 * copy but pays a page fault per page instead, which costs more than the
+	 * copy wherever page tables are expensive to fill (under a hypervisor
+	 * that shadows them: 2.2 times slower than pread, bench/RESULTS.md).
 	 */
-	if (p->data_off % (uint64_t)sysconf(_SC_PAGESIZE) == 0) {
-		void *m =
-		    mmap(NULL, p->data_blocks * RSR_VERITY_BLOCK, PROT_READ, MAP_SHARED, p->fd, (off_t)p->data_off);
-		if (m != MAP_FAILED) {
-			madvise(m, p->data_blocks * RSR_VERITY_BLOCK, MADV_SEQUENTIAL);
-			p->map = m;
-		}
-	}
 	r = rsr_parallel_for(threads, items, pass_item, p);
-	if (p->map)
-		munmap((void *)p->map, p->data_blocks * RSR_VERITY_BLOCK);
 	if (p->err)
 		r = p->err;
 	else if (p->bad_block != UINT64_MAX)
