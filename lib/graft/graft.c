@@ -491,6 +491,28 @@ static int name_file(struct rsr_ctx *ctx, int r, const char *fdpath, const char 
 }
 
 /*
+ * Opens the cryptex at `fdpath` (which may be "/proc/self/fd/N" for `path`),
+ * checking the manifest's signature against the trusted keys of the root
+ * before its JSON is parsed: nothing an untrusted party wrote is parsed.
+ * A failure names `path`; a bad or unknown signature also says where the
+ * trusted keys are.
+ */
+static int open_signed(struct rsr_ctx *ctx, const struct rsr_graft *g, const char *fdpath, const char *path,
+		       struct rsr_cryptex **ret_cx)
+{
+	char keys[PATH_MAX + 32];
+	int r;
+
+	r = rsr_cryptex_open_trusted(ctx, fdpath, g->keys, ret_cx);
+	if (r >= 0)
+		return r;
+	if (r != RSR_E_SIGNATURE)
+		return name_file(ctx, r, fdpath, path, NULL, NULL);
+	snprintf(keys, sizeof(keys), " (trusted keys: %s%s)", g->prefix, RSR_GRAFT_KEYS_DIR);
+	return name_file(ctx, r, fdpath, path, "refused", keys);
+}
+
+/*
  * Opens and fully checks a cryptex file for grafting on this device. On
  * success *ret_fd is the open file (the same inode that was verified) and
  * *ret_cx the parsed cryptex.
@@ -507,9 +529,9 @@ static int check_image(struct rsr_ctx *ctx, struct rsr_graft *g, const char *pat
 		return rsr_error_errno(ctx, -errno, "%s", path);
 	/* Through the descriptor: what is verified is what gets attached. */
 	snprintf(fdpath, sizeof(fdpath), "/proc/self/fd/%d", fd);
-	r = rsr_cryptex_open(ctx, fdpath, &cx);
+	r = open_signed(ctx, g, fdpath, path, &cx);
 	if (r < 0)
-		return name_file(ctx, r, fdpath, path, NULL, NULL);
+		return r;
 	const char *name = rsr_cryptex_name(cx);
 	if (!graft_slot_name_valid(name)) {
 		r = rsr_error(ctx, RSR_E_FORMAT, "%s: slot name '%s' is not valid", path, name);
@@ -518,13 +540,6 @@ static int check_image(struct rsr_ctx *ctx, struct rsr_graft *g, const char *pat
 	if (want_slot && strcmp(want_slot, name)) {
 		r = rsr_error(ctx, RSR_E_MISMATCH, "%s: is a cryptex for slot '%s', installed in slot '%s'", path, name,
 			      want_slot);
-		goto fail;
-	}
-	r = rsr_cryptex_verify_signature(ctx, cx, g->keys);
-	if (r < 0) {
-		char keys[PATH_MAX + 32];
-		snprintf(keys, sizeof(keys), " (trusted keys: %s%s)", g->prefix, RSR_GRAFT_KEYS_DIR);
-		r = name_file(ctx, r, fdpath, path, "refused", keys);
 		goto fail;
 	}
 	if (!base->build) {
@@ -1031,8 +1046,12 @@ int rsr_graft_activate(struct rsr_ctx *ctx, struct rsr_graft *g)
 	/* 1. Check every new image before anything changes. */
 	for (size_t i = 0; i < n; i++) {
 		json_t *old = state_find(json_object_get(st, "slots"), "slot", p[i].slot);
-		/* An image grafted already was verified when it was; only a new one is checked again. */
-		r = rsr_cryptex_open(ctx, p[i].image, &p[i].cx);
+		/*
+		 * The signature is checked before the manifest is parsed, for every image.
+		 * The blocks of an image grafted already were verified when it was; only
+		 * a new one is checked in full again.
+		 */
+		r = open_signed(ctx, g, p[i].image, p[i].image, &p[i].cx);
 		if (r < 0) {
 			r = rsr_error_prefix(ctx, r, "slot '%s'", p[i].slot);
 			goto out;
@@ -1349,7 +1368,7 @@ int rsr_graft_status(struct rsr_ctx *ctx, struct rsr_graft *g, struct rsr_graft_
 		s->slot = strdup(p[i].slot);
 		s->image = strdup(p[i].image);
 		rep->n_slots++;
-		if (rsr_cryptex_open(ctx, p[i].image, &cx) < 0) {
+		if (open_signed(ctx, g, p[i].image, p[i].image, &cx) < 0) {
 			rsr_warn(ctx, "%s", rsr_ctx_error(ctx));
 			rsr_ctx_clear_error(ctx);
 		} else {
