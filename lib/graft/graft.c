@@ -1047,8 +1047,7 @@ int rsr_graft_activate(struct rsr_ctx *ctx, struct rsr_graft *g)
 	struct plan *p = NULL;
 	size_t n = 0, n_dirs = 0, n_done = 0;
 	char **dirs = NULL;
-	json_t *st = NULL, *new_paths = NULL, *new_slots = NULL, *old_slots = NULL, **old_layers = NULL,
-	       **new_layers = NULL;
+	json_t *st = NULL, *next = NULL, *new_paths = NULL, *new_slots = NULL, **old_layers = NULL, **new_layers = NULL;
 	struct base_id base = {0};
 	bool *changed = NULL;
 	int r, count = 0;
@@ -1198,7 +1197,13 @@ int rsr_graft_activate(struct rsr_ctx *ctx, struct rsr_graft *g)
 			 json_array_size(new_layers[k]) ? (old_dev ? "graft swapped" : "grafted") : "back to base");
 	}
 
-	/* 5. The new state. Until the old images go, a failure can still roll back. */
+	/*
+	 * 5. The new state, saved before the old images go: until then any failure,
+	 * saving included, rolls back. Every new mount is in place, so retired
+	 * device numbers they reuse can be forgotten now; the old images are
+	 * still mounted, so those retired below are kept.
+	 */
+	state_prune_retired(st);
 	new_slots = json_array();
 	new_paths = json_array();
 	if (!new_slots || !new_paths)
@@ -1223,10 +1228,9 @@ int rsr_graft_activate(struct rsr_ctx *ctx, struct rsr_graft *g)
 							       new_layers[k])) < 0)
 			goto oom_rollback;
 	}
-	old_slots = json_incref(json_object_get(st, "slots"));
 	json_t *e;
 	size_t idx;
-	json_array_foreach(old_slots, idx, e)
+	json_array_foreach(json_object_get(st, "slots"), idx, e)
 	{
 		_cleanup_free_ char *what = NULL;
 		dev_t d;
@@ -1240,26 +1244,24 @@ int rsr_graft_activate(struct rsr_ctx *ctx, struct rsr_graft *g)
 		if (r < 0)
 			goto rollback;
 	}
-	if (json_object_set(st, "slots", new_slots) < 0 || json_object_set(st, "paths", new_paths) < 0) {
-		/* Replacing a key allocates nothing: this puts the old slots back. */
-		(void)json_object_set(st, "slots", old_slots);
+	/* A shallow copy: st keeps describing the old mounts for a rollback. */
+	next = json_copy(st);
+	if (!next || json_object_set(next, "slots", new_slots) < 0 || json_object_set(next, "paths", new_paths) < 0)
 		goto oom_rollback;
-	}
 	if (json_array_size(new_paths) == 0)
-		(void)json_object_del(st, "base"); /* fails only if there is none */
+		(void)json_object_del(next, "base"); /* fails only if there is none */
+	r = state_save(ctx, g, next);
+	if (r < 0)
+		goto rollback;
 
 	/* 6. Old images that nothing uses any more go (lazily; overlays hold them while they live). */
-	json_array_foreach(old_slots, idx, e)
+	json_array_foreach(json_object_get(st, "slots"), idx, e)
 	{
 		if (state_find(new_slots, "mount", jstr(e, "mount")))
 			continue;
 		detach_all(jstr(e, "mount"));
 		rmdir(jstr(e, "mount"));
 	}
-	state_prune_retired(st);
-	r = state_save(ctx, g, st);
-	if (r < 0)
-		goto out;
 	r = count;
 	goto out;
 
@@ -1283,7 +1285,7 @@ out:
 	free(changed);
 	json_decref(new_slots);
 	json_decref(new_paths);
-	json_decref(old_slots);
+	json_decref(next);
 	strv_free(dirs, n_dirs);
 	plan_free(p, n);
 	base_id_free(&base);
