@@ -219,6 +219,7 @@ static int grafted_dirs(struct rsr_ctx *ctx, const struct rsr_graft *g, char ***
 
 static int state_load(struct rsr_ctx *ctx, const struct rsr_graft *g, json_t **ret)
 {
+	static const char *const arrays[] = {"slots", "paths", "retired"};
 	_cleanup_free_ char *path = graft_path(g, RSR_GRAFT_STATE_FILE), *buf = NULL;
 	json_t *st = NULL;
 	json_error_t jerr;
@@ -243,12 +244,12 @@ static int state_load(struct rsr_ctx *ctx, const struct rsr_graft *g, json_t **r
 		st = json_object();
 	if (!st)
 		return rsr_error(ctx, -ENOMEM, "out of memory");
-	if (!json_is_array(json_object_get(st, "slots")))
-		json_object_set_new(st, "slots", json_array());
-	if (!json_is_array(json_object_get(st, "paths")))
-		json_object_set_new(st, "paths", json_array());
-	if (!json_is_array(json_object_get(st, "retired")))
-		json_object_set_new(st, "retired", json_array());
+	for (size_t i = 0; i < ARRAY_SIZE(arrays); i++)
+		if (!json_is_array(json_object_get(st, arrays[i])) &&
+		    json_object_set_new(st, arrays[i], json_array()) < 0) {
+			json_decref(st);
+			return rsr_error(ctx, -ENOMEM, "out of memory");
+		}
 	*ret = st;
 	return 0;
 }
@@ -263,9 +264,8 @@ static int state_save(struct rsr_ctx *ctx, const struct rsr_graft *g, json_t *st
 	r = mkdir_rel(ctx, g, RSR_GRAFT_RUN_DIR, 0755);
 	if (r < 0)
 		return r;
-	json_object_set_new(st, "version", json_integer(1));
-	buf = rsr_json_dumps(st, JSON_INDENT(2) | JSON_SORT_KEYS);
-	if (!buf)
+	if (json_object_set_new(st, "version", json_integer(1)) < 0 ||
+	    !(buf = rsr_json_dumps(st, JSON_INDENT(2) | JSON_SORT_KEYS)))
 		return rsr_error(ctx, -ENOMEM, "out of memory");
 	size_t len = strlen(buf);
 	char *nl = realloc(buf, len + 2);
@@ -330,16 +330,19 @@ static void state_reconcile(const struct rsr_graft *g, json_t *st)
 		json_object_del(st, "base");
 }
 
-static void state_retire(json_t *st, dev_t dev, const char *what, const char *dir, bool overlay)
+/* Remembers a device that went, for status to find the processes still using it. */
+static int state_retire(struct rsr_ctx *ctx, json_t *st, dev_t dev, const char *what, const char *dir, bool overlay)
 {
 	json_t *ret = json_object_get(st, "retired");
 	char d[32];
 
 	graft_format_dev(dev, d);
-	json_array_append_new(
-	    ret, json_pack("{s:s, s:s, s:s, s:b}", "dev", d, "what", what, "dir", dir, "overlay", overlay));
+	if (json_array_append_new(
+		ret, json_pack("{s:s, s:s, s:s, s:b}", "dev", d, "what", what, "dir", dir, "overlay", overlay)) < 0)
+		return rsr_error(ctx, -ENOMEM, "out of memory");
 	while (json_array_size(ret) > RETIRED_MAX)
 		json_array_remove(ret, 0);
+	return 0;
 }
 
 /* "the graft of /usr (libssl3 3.0.22, swapped out)" from the slots of the state; the caller frees. */
@@ -454,16 +457,17 @@ static int base_identity(struct rsr_ctx *ctx, const struct rsr_graft *g, json_t 
 	return 0;
 }
 
+/* The base identity as recorded in the state; NULL on ENOMEM. */
 static json_t *base_json(const struct base_id *b)
 {
 	json_t *o = json_object();
 
-	if (b->name)
-		json_object_set_new(o, "name", json_string(b->name));
-	if (b->version)
-		json_object_set_new(o, "version", json_string(b->version));
-	if (b->build)
-		json_object_set_new(o, "build", json_string(b->build));
+	if (!o || (b->name && json_object_set_new(o, "name", json_string(b->name)) < 0) ||
+	    (b->version && json_object_set_new(o, "version", json_string(b->version)) < 0) ||
+	    (b->build && json_object_set_new(o, "build", json_string(b->build)) < 0)) {
+		json_decref(o);
+		return NULL;
+	}
 	return o;
 }
 
@@ -491,6 +495,28 @@ static int name_file(struct rsr_ctx *ctx, int r, const char *fdpath, const char 
 }
 
 /*
+ * Opens the cryptex at `fdpath` (which may be "/proc/self/fd/N" for `path`),
+ * checking the manifest's signature against the trusted keys of the root
+ * before its JSON is parsed: nothing an untrusted party wrote is parsed.
+ * A failure names `path`; a bad or unknown signature also says where the
+ * trusted keys are.
+ */
+static int open_signed(struct rsr_ctx *ctx, const struct rsr_graft *g, const char *fdpath, const char *path,
+		       struct rsr_cryptex **ret_cx)
+{
+	char keys[PATH_MAX + 32];
+	int r;
+
+	r = rsr_cryptex_open_trusted(ctx, fdpath, g->keys, ret_cx);
+	if (r >= 0)
+		return r;
+	if (r != RSR_E_SIGNATURE)
+		return name_file(ctx, r, fdpath, path, NULL, NULL);
+	snprintf(keys, sizeof(keys), " (trusted keys: %s%s)", g->prefix, RSR_GRAFT_KEYS_DIR);
+	return name_file(ctx, r, fdpath, path, "refused", keys);
+}
+
+/*
  * Opens and fully checks a cryptex file for grafting on this device. On
  * success *ret_fd is the open file (the same inode that was verified) and
  * *ret_cx the parsed cryptex.
@@ -507,9 +533,9 @@ static int check_image(struct rsr_ctx *ctx, struct rsr_graft *g, const char *pat
 		return rsr_error_errno(ctx, -errno, "%s", path);
 	/* Through the descriptor: what is verified is what gets attached. */
 	snprintf(fdpath, sizeof(fdpath), "/proc/self/fd/%d", fd);
-	r = rsr_cryptex_open(ctx, fdpath, &cx);
+	r = open_signed(ctx, g, fdpath, path, &cx);
 	if (r < 0)
-		return name_file(ctx, r, fdpath, path, NULL, NULL);
+		return r;
 	const char *name = rsr_cryptex_name(cx);
 	if (!graft_slot_name_valid(name)) {
 		r = rsr_error(ctx, RSR_E_FORMAT, "%s: slot name '%s' is not valid", path, name);
@@ -518,13 +544,6 @@ static int check_image(struct rsr_ctx *ctx, struct rsr_graft *g, const char *pat
 	if (want_slot && strcmp(want_slot, name)) {
 		r = rsr_error(ctx, RSR_E_MISMATCH, "%s: is a cryptex for slot '%s', installed in slot '%s'", path, name,
 			      want_slot);
-		goto fail;
-	}
-	r = rsr_cryptex_verify_signature(ctx, cx, g->keys);
-	if (r < 0) {
-		char keys[PATH_MAX + 32];
-		snprintf(keys, sizeof(keys), " (trusted keys: %s%s)", g->prefix, RSR_GRAFT_KEYS_DIR);
-		r = name_file(ctx, r, fdpath, path, "refused", keys);
 		goto fail;
 	}
 	if (!base->build) {
@@ -835,26 +854,34 @@ static bool plan_covers(const struct plan *p, const char *dir)
 	return false;
 }
 
-/* The layer list of `dir`: images of later slots above earlier ones, the base last. */
+/* The layer list of `dir`: images of later slots above earlier ones, the base last. NULL on ENOMEM. */
 static json_t *layers_for(const struct rsr_graft *g, const struct plan *p, size_t n, const char *dir)
 {
 	json_t *a = json_array();
 	char *s;
+	int r;
+
+	if (!a)
+		return NULL;
 
 	for (size_t i = n; i-- > 0;) {
 		if (!plan_covers(&p[i], dir))
 			continue;
 		if (asprintf(&s, "%s/%s", p[i].mount, dir) < 0)
 			goto oom;
-		json_array_append_new(a, json_string(s));
+		r = json_array_append_new(a, json_string(s));
 		free(s);
+		if (r < 0)
+			goto oom;
 	}
 	if (json_array_size(a) == 0)
 		return a; /* nothing covers it */
 	if (asprintf(&s, "%s%s/base/%s", g->prefix, RSR_GRAFT_RUN_DIR, dir) < 0)
 		goto oom;
-	json_array_append_new(a, json_string(s));
+	r = json_array_append_new(a, json_string(s));
 	free(s);
+	if (r < 0)
+		goto oom;
 	return a;
 oom:
 	json_decref(a);
@@ -957,14 +984,19 @@ undo_base:
 	return r;
 }
 
+/* The state entry of a grafted slot; NULL on ENOMEM. */
 static json_t *slot_entry(const struct plan *p)
 {
 	char d[32];
 	json_t *covers = json_array();
 
-	for (size_t i = 0; i < p->n_covers; i++)
-		json_array_append_new(covers, json_string(p->covers[i]));
+	for (size_t i = 0; covers && i < p->n_covers; i++)
+		if (json_array_append_new(covers, json_string(p->covers[i])) < 0) {
+			json_decref(covers);
+			return NULL;
+		}
 	graft_format_dev(p->im.dev, d);
+	/* "o" takes covers, on failure too (jansson >= 2.11); a NULL covers fails the pack. */
 	return json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:b, s:b, s:o}", "slot", p->slot, "version", p->version,
 			 "root_hash", p->root_hash, "image", p->image, "mount", p->mount, "device", p->im.device, "dev",
 			 d, "verity", p->im.verity, "direct_io", p->im.direct_io, "covers", covers);
@@ -985,6 +1017,7 @@ static void rollback_dirs(struct rsr_ctx *ctx, const struct rsr_graft *g, json_t
 		_cleanup_free_ char *t = graft_path(g, dirs[k]);
 		json_t *pe = state_find(json_object_get(st, "paths"), "path", dirs[k]);
 		dev_t went = 0, back = 0;
+		bool recorded = true;
 		char d[32];
 		if (!changed[k])
 			continue;
@@ -994,10 +1027,15 @@ static void rollback_dirs(struct rsr_ctx *ctx, const struct rsr_graft *g, json_t
 		}
 		/* Files opened through the short-lived new stack belong to images that are going. */
 		if (went)
-			state_retire(st, went, "a graft rolled back after a failure", t ? t : "", true);
+			recorded =
+			    state_retire(ctx, st, went, "a graft rolled back after a failure", t ? t : "", true) >= 0;
 		graft_format_dev(back, d);
-		if (pe && back)
-			json_object_set_new(pe, "dev", json_string(d));
+		if (pe && back && json_object_set_new(pe, "dev", json_string(d)) < 0)
+			recorded = false;
+		/* Best effort: the next run drops state entries that do not match the mounts. */
+		if (!recorded)
+			rsr_warn(ctx, "%s%s: out of memory recording the rollback in %s%s", g->prefix, dirs[k],
+				 g->prefix, RSR_GRAFT_STATE_FILE);
 	}
 	if (n_done > 0)
 		(void)state_save(ctx, g, st);
@@ -1009,7 +1047,7 @@ int rsr_graft_activate(struct rsr_ctx *ctx, struct rsr_graft *g)
 	struct plan *p = NULL;
 	size_t n = 0, n_dirs = 0, n_done = 0;
 	char **dirs = NULL;
-	json_t *st = NULL, *new_paths = NULL, *new_slots = NULL, **old_layers = NULL, **new_layers = NULL;
+	json_t *st = NULL, *next = NULL, *new_paths = NULL, *new_slots = NULL, **old_layers = NULL, **new_layers = NULL;
 	struct base_id base = {0};
 	bool *changed = NULL;
 	int r, count = 0;
@@ -1031,8 +1069,12 @@ int rsr_graft_activate(struct rsr_ctx *ctx, struct rsr_graft *g)
 	/* 1. Check every new image before anything changes. */
 	for (size_t i = 0; i < n; i++) {
 		json_t *old = state_find(json_object_get(st, "slots"), "slot", p[i].slot);
-		/* An image grafted already was verified when it was; only a new one is checked again. */
-		r = rsr_cryptex_open(ctx, p[i].image, &p[i].cx);
+		/*
+		 * The signature is checked before the manifest is parsed, for every image.
+		 * The blocks of an image grafted already were verified when it was; only
+		 * a new one is checked in full again.
+		 */
+		r = open_signed(ctx, g, p[i].image, p[i].image, &p[i].cx);
 		if (r < 0) {
 			r = rsr_error_prefix(ctx, r, "slot '%s'", p[i].slot);
 			goto out;
@@ -1093,8 +1135,10 @@ int rsr_graft_activate(struct rsr_ctx *ctx, struct rsr_graft *g)
 			goto out;
 		}
 		old_layers[k] = e ? json_incref(json_object_get(e, "layers")) : NULL;
-		if (!old_layers[k] && !top_is_graft(t, NULL))
-			old_layers[k] = json_array(); /* bare base */
+		if (!old_layers[k] && !top_is_graft(t, NULL) && !(old_layers[k] = json_array() /* bare base */)) {
+			r = rsr_error(ctx, -ENOMEM, "out of memory");
+			goto out;
+		}
 		changed[k] = !old_layers[k] || !json_equal(old_layers[k], new_layers[k]);
 	}
 
@@ -1127,8 +1171,10 @@ int rsr_graft_activate(struct rsr_ctx *ctx, struct rsr_graft *g)
 	}
 
 	/* 4. Switch each directory: the new stack beneath the old one, then the old one goes. */
-	if (!json_is_object(json_object_get(st, "base")))
-		json_object_set_new(st, "base", base_json(&base));
+	if (!json_is_object(json_object_get(st, "base")) && json_object_set_new(st, "base", base_json(&base)) < 0) {
+		r = rsr_error(ctx, -ENOMEM, "out of memory");
+		goto undo;
+	}
 	for (size_t k = 0; k < n_dirs; k++) {
 		dev_t old_dev = 0, new_dev = 0;
 		if (!changed[k])
@@ -1141,58 +1187,86 @@ int rsr_graft_activate(struct rsr_ctx *ctx, struct rsr_graft *g)
 		if (old_dev) {
 			_cleanup_free_ char *t = graft_path(g, dirs[k]),
 					    *what = describe_graft(st, dirs[k], "swapped out");
-			if (what)
-				state_retire(st, old_dev, what, t ? t : "", true);
+			if (!t || !what)
+				goto oom_rollback;
+			r = state_retire(ctx, st, old_dev, what, t, true);
+			if (r < 0)
+				goto rollback;
 		}
 		rsr_info(ctx, "%s%s: %s", g->prefix, dirs[k],
 			 json_array_size(new_layers[k]) ? (old_dev ? "graft swapped" : "grafted") : "back to base");
 	}
 
-	/* 5. Old images that nothing uses any more go (lazily; overlays hold them while they live). */
+	/*
+	 * 5. The new state, saved before the old images go: until then any failure,
+	 * saving included, rolls back. Every new mount is in place, so retired
+	 * device numbers they reuse can be forgotten now; the old images are
+	 * still mounted, so those retired below are kept.
+	 */
+	state_prune_retired(st);
 	new_slots = json_array();
 	new_paths = json_array();
+	if (!new_slots || !new_paths)
+		goto oom_rollback;
 	for (size_t i = 0; i < n; i++) {
 		bool used = false;
 		for (size_t k = 0; k < n_dirs; k++)
 			used |= plan_covers(&p[i], dirs[k]) && json_array_size(new_layers[k]) > 0;
-		if (used && (p[i].reuse || p[i].mounted))
-			json_array_append_new(new_slots, slot_entry(&p[i]));
-	}
-	json_t *e;
-	size_t idx;
-	json_array_foreach(json_object_get(st, "slots"), idx, e)
-	{
-		if (state_find(new_slots, "mount", jstr(e, "mount")))
-			continue;
-		_cleanup_free_ char *what = NULL;
-		dev_t d;
-		if (graft_parse_dev(jstr(e, "dev"), &d) &&
-		    asprintf(&what, "image %s %s (swapped out)", jstr(e, "slot"), jstr(e, "version")) > 0)
-			state_retire(st, d, what, jstr(e, "mount"), false);
-		detach_all(jstr(e, "mount"));
-		rmdir(jstr(e, "mount"));
+		if (used && (p[i].reuse || p[i].mounted) && json_array_append_new(new_slots, slot_entry(&p[i])) < 0)
+			goto oom_rollback;
 	}
 	for (size_t k = 0; k < n_dirs; k++) {
 		char d[32];
 		_cleanup_free_ char *t = graft_path(g, dirs[k]);
 		dev_t dev;
-		if (json_array_size(new_layers[k]) == 0 || !t || !top_is_graft(t, &dev))
+		if (!t)
+			goto oom_rollback;
+		if (json_array_size(new_layers[k]) == 0 || !top_is_graft(t, &dev))
 			continue;
 		graft_format_dev(dev, d);
-		json_array_append_new(new_paths,
-				      json_pack("{s:s, s:s, s:O}", "path", dirs[k], "dev", d, "layers", new_layers[k]));
+		if (json_array_append_new(new_paths, json_pack("{s:s, s:s, s:O}", "path", dirs[k], "dev", d, "layers",
+							       new_layers[k])) < 0)
+			goto oom_rollback;
 	}
-	json_object_set(st, "slots", new_slots);
-	json_object_set(st, "paths", new_paths);
+	json_t *e;
+	size_t idx;
+	json_array_foreach(json_object_get(st, "slots"), idx, e)
+	{
+		_cleanup_free_ char *what = NULL;
+		dev_t d;
+		if (state_find(new_slots, "mount", jstr(e, "mount")) || !graft_parse_dev(jstr(e, "dev"), &d))
+			continue;
+		if (asprintf(&what, "image %s %s (swapped out)", jstr(e, "slot"), jstr(e, "version")) < 0) {
+			what = NULL;
+			goto oom_rollback;
+		}
+		r = state_retire(ctx, st, d, what, jstr(e, "mount"), false);
+		if (r < 0)
+			goto rollback;
+	}
+	/* A shallow copy: st keeps describing the old mounts for a rollback. */
+	next = json_copy(st);
+	if (!next || json_object_set(next, "slots", new_slots) < 0 || json_object_set(next, "paths", new_paths) < 0)
+		goto oom_rollback;
 	if (json_array_size(new_paths) == 0)
-		json_object_del(st, "base");
-	state_prune_retired(st);
-	r = state_save(ctx, g, st);
+		(void)json_object_del(next, "base"); /* fails only if there is none */
+	r = state_save(ctx, g, next);
 	if (r < 0)
-		goto out;
+		goto rollback;
+
+	/* 6. Old images that nothing uses any more go (lazily; overlays hold them while they live). */
+	json_array_foreach(json_object_get(st, "slots"), idx, e)
+	{
+		if (state_find(new_slots, "mount", jstr(e, "mount")))
+			continue;
+		detach_all(jstr(e, "mount"));
+		rmdir(jstr(e, "mount"));
+	}
 	r = count;
 	goto out;
 
+oom_rollback:
+	r = rsr_error(ctx, -ENOMEM, "out of memory");
 rollback:
 	rollback_dirs(ctx, g, st, dirs, changed, old_layers, n_done, r);
 undo:
@@ -1211,6 +1285,7 @@ out:
 	free(changed);
 	json_decref(new_slots);
 	json_decref(new_paths);
+	json_decref(next);
 	strv_free(dirs, n_dirs);
 	plan_free(p, n);
 	base_id_free(&base);
@@ -1218,26 +1293,40 @@ out:
 	return r;
 }
 
-/* Lazily detaches every mount under run/rsr/<sub>/, retiring their devices. */
-static void detach_under(const struct rsr_graft *g, json_t *st, const char *sub, const char *what)
+/*
+ * Lazily detaches every mount under run/rsr/<sub>/, retiring their devices
+ * (when `what` says what they are).
+ */
+static int detach_under(struct rsr_ctx *ctx, const struct rsr_graft *g, json_t *st, const char *sub, const char *what)
 {
 	_cleanup_free_ char *dir = NULL;
 	struct dirent *de;
 	DIR *d;
+	int r = 0;
 
-	if (asprintf(&dir, "%s%s/%s", g->prefix, RSR_GRAFT_RUN_DIR, sub) < 0 || !(d = opendir(dir)))
-		return;
-	while ((de = readdir(d))) {
+	if (asprintf(&dir, "%s%s/%s", g->prefix, RSR_GRAFT_RUN_DIR, sub) < 0) {
+		dir = NULL;
+		return rsr_error(ctx, -ENOMEM, "out of memory");
+	}
+	if (!(d = opendir(dir)))
+		return 0;
+	while (r >= 0 && (de = readdir(d))) {
 		_cleanup_free_ char *p = NULL;
 		struct stat sb;
-		if (de->d_name[0] == '.' || asprintf(&p, "%s/%s", dir, de->d_name) < 0)
+		if (de->d_name[0] == '.')
 			continue;
+		if (asprintf(&p, "%s/%s", dir, de->d_name) < 0) {
+			p = NULL;
+			r = rsr_error(ctx, -ENOMEM, "out of memory");
+			break;
+		}
 		if (what && graft_is_mount_point(p) && stat(p, &sb) == 0)
-			state_retire(st, sb.st_dev, what, p, false);
+			r = state_retire(ctx, st, sb.st_dev, what, p, false);
 		detach_all(p);
 		rmdir(p);
 	}
 	closedir(d);
+	return r;
 }
 
 int rsr_graft_deactivate(struct rsr_ctx *ctx, struct rsr_graft *g)
@@ -1266,11 +1355,17 @@ int rsr_graft_deactivate(struct rsr_ctx *ctx, struct rsr_graft *g)
 			goto out;
 		}
 		what = describe_graft(st, dirs[k], "ungrafted");
+		if (!what) {
+			r = rsr_error(ctx, -ENOMEM, "out of memory");
+			goto out;
+		}
 		for (int i = 0; i < 64 && top_is_graft(t, &dev); i++) {
 			r = graft_detach(ctx, t);
 			if (r < 0)
 				goto out;
-			state_retire(st, dev, what ? what : "an ungrafted overlay", t, true);
+			r = state_retire(ctx, st, dev, what, t, true);
+			if (r < 0)
+				goto out;
 		}
 		count++;
 		rsr_info(ctx, "%s: back to base", t);
@@ -1279,18 +1374,31 @@ int rsr_graft_deactivate(struct rsr_ctx *ctx, struct rsr_graft *g)
 	{
 		_cleanup_free_ char *what = NULL;
 		dev_t d;
-		if (graft_parse_dev(jstr(e, "dev"), &d) &&
-		    asprintf(&what, "image %s %s (ungrafted)", jstr(e, "slot"), jstr(e, "version")) > 0)
-			state_retire(st, d, what, jstr(e, "mount"), false);
+		if (graft_parse_dev(jstr(e, "dev"), &d)) {
+			if (asprintf(&what, "image %s %s (ungrafted)", jstr(e, "slot"), jstr(e, "version")) < 0) {
+				what = NULL;
+				r = rsr_error(ctx, -ENOMEM, "out of memory");
+				goto out;
+			}
+			r = state_retire(ctx, st, d, what, jstr(e, "mount"), false);
+			if (r < 0)
+				goto out;
+		}
 		detach_all(jstr(e, "mount"));
 		rmdir(jstr(e, "mount"));
 	}
 	/* Leftovers of interrupted runs too. */
-	detach_under(g, st, "images", "image (ungrafted)");
-	detach_under(g, st, "base", NULL);
-	json_object_set_new(st, "slots", json_array());
-	json_object_set_new(st, "paths", json_array());
-	json_object_del(st, "base");
+	r = detach_under(ctx, g, st, "images", "image (ungrafted)");
+	if (r < 0)
+		goto out;
+	r = detach_under(ctx, g, st, "base", NULL);
+	if (r < 0)
+		goto out;
+	if (json_object_set_new(st, "slots", json_array()) < 0 || json_object_set_new(st, "paths", json_array()) < 0) {
+		r = rsr_error(ctx, -ENOMEM, "out of memory");
+		goto out;
+	}
+	(void)json_object_del(st, "base"); /* fails only if there is none */
 	state_prune_retired(st);
 	r = state_save(ctx, g, st);
 	if (r >= 0)
@@ -1349,7 +1457,7 @@ int rsr_graft_status(struct rsr_ctx *ctx, struct rsr_graft *g, struct rsr_graft_
 		s->slot = strdup(p[i].slot);
 		s->image = strdup(p[i].image);
 		rep->n_slots++;
-		if (rsr_cryptex_open(ctx, p[i].image, &cx) < 0) {
+		if (open_signed(ctx, g, p[i].image, p[i].image, &cx) < 0) {
 			rsr_warn(ctx, "%s", rsr_ctx_error(ctx));
 			rsr_ctx_clear_error(ctx);
 		} else {
