@@ -5,10 +5,13 @@
  * server that sends more. HTTP and HTTPS only, the system's CA store,
  * timeouts on connect and on a stalled transfer.
  */
+#include <dlfcn.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <sys/stat.h>
 
+/* Calls go through the table below, which the header's type-checking macros would shadow. */
+#define CURL_DISABLE_TYPECHECK 1
 #include <curl/curl.h>
 
 #include "fetch.h"
@@ -16,12 +19,51 @@
 
 #define FILE_ATTEMPTS 4
 
+/*
+ * libcurl, loaded on the first transfer: linking it would load its whole
+ * dependency chain (TLS, Kerberos, LDAP, ...) into every rsr command, about
+ * 13 ms of start-up each, for the two commands that fetch. Like libcurl's
+ * own global initialisation, this is process-wide and done once.
+ */
+static struct {
+	CURLcode (*global_init)(long flags);
+	CURL *(*easy_init)(void);
+	CURLcode (*easy_setopt)(CURL *curl, CURLoption option, ...);
+	CURLcode (*easy_perform)(CURL *curl);
+	CURLcode (*easy_getinfo)(CURL *curl, CURLINFO info, ...);
+	void (*easy_reset)(CURL *curl);
+	void (*easy_cleanup)(CURL *curl);
+	const char *(*easy_strerror)(CURLcode code);
+} curl_api;
 static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
-static CURLcode curl_init_result;
+static char curl_load_error[256]; /* empty once libcurl is loaded and initialised */
 
 static void curl_init_once(void)
 {
-	curl_init_result = curl_global_init(CURL_GLOBAL_DEFAULT);
+	static const char *const names[] = {"curl_global_init",	 "curl_easy_init",    "curl_easy_setopt",
+					    "curl_easy_perform", "curl_easy_getinfo", "curl_easy_reset",
+					    "curl_easy_cleanup", "curl_easy_strerror"};
+	void **slots[] = {(void **)&curl_api.global_init,  (void **)&curl_api.easy_init,
+			  (void **)&curl_api.easy_setopt,  (void **)&curl_api.easy_perform,
+			  (void **)&curl_api.easy_getinfo, (void **)&curl_api.easy_reset,
+			  (void **)&curl_api.easy_cleanup, (void **)&curl_api.easy_strerror};
+	void *lib = dlopen(RSR_LIBCURL_SONAME, RTLD_NOW | RTLD_LOCAL);
+	CURLcode c;
+
+	if (!lib) {
+		snprintf(curl_load_error, sizeof(curl_load_error), "cannot load %s: %s", RSR_LIBCURL_SONAME, dlerror());
+		return;
+	}
+	for (size_t i = 0; i < ARRAY_SIZE(names); i++)
+		if (!(*slots[i] = dlsym(lib, names[i]))) {
+			snprintf(curl_load_error, sizeof(curl_load_error), "%s has no %s", RSR_LIBCURL_SONAME,
+				 names[i]);
+			return; /* the library stays loaded: unloading it is not worth the risk */
+		}
+	c = curl_api.global_init(CURL_GLOBAL_DEFAULT);
+	if (c != CURLE_OK)
+		snprintf(curl_load_error, sizeof(curl_load_error), "cannot initialise libcurl: %s",
+			 curl_api.easy_strerror(c));
 }
 
 int http_init(struct rsr_ctx *ctx, struct http *h, char *const *mirrors, size_t n_mirrors, unsigned timeout,
@@ -30,9 +72,9 @@ int http_init(struct rsr_ctx *ctx, struct http *h, char *const *mirrors, size_t 
 	*h = (struct http){
 	    .mirrors = mirrors, .n_mirrors = n_mirrors, .timeout = timeout ? timeout : 30, .ca_file = ca_file};
 	pthread_once(&curl_once, curl_init_once);
-	if (curl_init_result != CURLE_OK)
-		return rsr_error(ctx, -EIO, "cannot initialise libcurl: %s", curl_easy_strerror(curl_init_result));
-	h->curl = curl_easy_init();
+	if (curl_load_error[0])
+		return rsr_error(ctx, -EIO, "%s", curl_load_error);
+	h->curl = curl_api.easy_init();
 	if (!h->curl)
 		return rsr_error(ctx, -ENOMEM, "cannot initialise libcurl");
 	return 0;
@@ -41,7 +83,7 @@ int http_init(struct rsr_ctx *ctx, struct http *h, char *const *mirrors, size_t 
 void http_done(struct http *h)
 {
 	if (h->curl)
-		curl_easy_cleanup(h->curl);
+		curl_api.easy_cleanup(h->curl);
 	h->curl = NULL;
 }
 
@@ -70,7 +112,7 @@ static size_t on_data(char *data, size_t size, size_t nmemb, void *userdata)
 	if (s->fd >= 0 && !s->checked) {
 		long code = 0;
 		s->checked = true;
-		curl_easy_getinfo(s->curl, CURLINFO_RESPONSE_CODE, &code);
+		curl_api.easy_getinfo(s->curl, CURLINFO_RESPONSE_CODE, &code);
 		if (code == 200 && s->start > 0) {
 			/* The server ignored the Range: take the whole body from the start. */
 			if (ftruncate(s->fd, 0) < 0) {
@@ -127,38 +169,38 @@ static int transfer(struct rsr_ctx *ctx, struct http *h, const char *base, const
 
 	if (asprintf(&url, "%.*s/%s", (int)(bl && base[bl - 1] == '/' ? bl - 1 : bl), base, rel) < 0)
 		return rsr_error(ctx, -ENOMEM, "out of memory");
-	curl_easy_reset(c);
+	curl_api.easy_reset(c);
 	s->curl = c;
 	s->checked = false;
 	s->over = false;
 	s->err = 0;
-	curl_easy_setopt(c, CURLOPT_URL, url);
-	curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
-	curl_easy_setopt(c, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
-	curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 1L);
-	curl_easy_setopt(c, CURLOPT_MAXREDIRS, 5L);
-	curl_easy_setopt(c, CURLOPT_FAILONERROR, 1L);
-	curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-	curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT, (long)h->timeout);
-	curl_easy_setopt(c, CURLOPT_LOW_SPEED_LIMIT, 1L);
-	curl_easy_setopt(c, CURLOPT_LOW_SPEED_TIME, (long)h->timeout);
-	curl_easy_setopt(c, CURLOPT_USERAGENT, "rsr/" RSR_VERSION);
-	curl_easy_setopt(c, CURLOPT_ERRORBUFFER, errbuf);
-	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_data);
-	curl_easy_setopt(c, CURLOPT_WRITEDATA, s);
-	curl_easy_setopt(c, CURLOPT_XFERINFOFUNCTION, on_progress);
-	curl_easy_setopt(c, CURLOPT_XFERINFODATA, s);
-	curl_easy_setopt(c, CURLOPT_NOPROGRESS, 0L);
+	curl_api.easy_setopt(c, CURLOPT_URL, url);
+	curl_api.easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
+	curl_api.easy_setopt(c, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+	curl_api.easy_setopt(c, CURLOPT_FOLLOWLOCATION, 1L);
+	curl_api.easy_setopt(c, CURLOPT_MAXREDIRS, 5L);
+	curl_api.easy_setopt(c, CURLOPT_FAILONERROR, 1L);
+	curl_api.easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+	curl_api.easy_setopt(c, CURLOPT_CONNECTTIMEOUT, (long)h->timeout);
+	curl_api.easy_setopt(c, CURLOPT_LOW_SPEED_LIMIT, 1L);
+	curl_api.easy_setopt(c, CURLOPT_LOW_SPEED_TIME, (long)h->timeout);
+	curl_api.easy_setopt(c, CURLOPT_USERAGENT, "rsr/" RSR_VERSION);
+	curl_api.easy_setopt(c, CURLOPT_ERRORBUFFER, errbuf);
+	curl_api.easy_setopt(c, CURLOPT_WRITEFUNCTION, on_data);
+	curl_api.easy_setopt(c, CURLOPT_WRITEDATA, s);
+	curl_api.easy_setopt(c, CURLOPT_XFERINFOFUNCTION, on_progress);
+	curl_api.easy_setopt(c, CURLOPT_XFERINFODATA, s);
+	curl_api.easy_setopt(c, CURLOPT_NOPROGRESS, 0L);
 	/* Metadata must not arrive compressed beyond its bound: ask for identity. */
-	curl_easy_setopt(c, CURLOPT_ACCEPT_ENCODING, NULL);
+	curl_api.easy_setopt(c, CURLOPT_ACCEPT_ENCODING, NULL);
 	if (h->ca_file)
-		curl_easy_setopt(c, CURLOPT_CAINFO, h->ca_file);
+		curl_api.easy_setopt(c, CURLOPT_CAINFO, h->ca_file);
 	if (s->fd >= 0 && s->start > 0) {
 		snprintf(range, sizeof(range), "%llu-", (unsigned long long)s->start);
-		curl_easy_setopt(c, CURLOPT_RANGE, range);
+		curl_api.easy_setopt(c, CURLOPT_RANGE, range);
 	}
-	cc = curl_easy_perform(c);
-	curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &code);
+	cc = curl_api.easy_perform(c);
+	curl_api.easy_getinfo(c, CURLINFO_RESPONSE_CODE, &code);
 	if (s->over)
 		return rsr_error(ctx, RSR_E_LIMIT, "%s: the server sent more than the %llu bytes the metadata allows",
 				 url, (unsigned long long)s->max);
@@ -173,7 +215,7 @@ static int transfer(struct rsr_ctx *ctx, struct http *h, const char *base, const
 		return -ENOENT;
 	}
 	if (cc != CURLE_OK)
-		return rsr_error(ctx, -EIO, "%s: %s", url, errbuf[0] ? errbuf : curl_easy_strerror(cc));
+		return rsr_error(ctx, -EIO, "%s: %s", url, errbuf[0] ? errbuf : curl_api.easy_strerror(cc));
 	return 0;
 }
 

@@ -205,19 +205,23 @@ struct fill {
 	unsigned worker;
 	uint64_t o, e, i0, i1;
 	uint8_t *out;
-	bool hashed;					  /* the input pieces are hashed */
-	uint64_t in_bytes;				  /* input bytes hashed */
-	bool reuse[PATCH_MAX_CHUNK_OUT / PIECE_SIZE + 2]; /* output piece i0 + k is input piece i0 + k */
+	bool hashed;					   /* the input pieces are hashed */
+	uint64_t in_bytes;				   /* input bytes hashed */
+	bool reuse[PATCH_MAX_CHUNK_OUT / PIECE_SIZE + 2];  /* output piece i0 + k is input piece i0 + k */
+	bool direct[PATCH_MAX_CHUNK_OUT / PIECE_SIZE + 2]; /* ... and was written from the piece buffer */
+	const char *why;				   /* of a failing fill */
 };
 
 /*
  * The fill function of a chunk (see patch_run_chunk_fill): reads each input
  * piece that starts in the chunk into the worker's buffer, hashes it there,
- * and copies the identity ranges it holds from there into the output. The
- * identity bytes before the chunk's first piece (its piece is read by the
- * chunk before) come from the mapping.
+ * and copies the identity ranges it holds from there into the output. A
+ * piece that is one identity copy is written straight from that buffer
+ * instead, unless the chunk's hash operations read its output. The identity
+ * bytes before the chunk's first piece (that piece is read by the chunk
+ * before) come from the mapping.
  */
-static int fill_chunk(void *arg, const struct patch_range *ranges, size_t n)
+static int fill_chunk(void *arg, const struct patch_range *ranges, size_t n, bool out_read)
 {
 	struct fill *f = arg;
 	struct apply *a = f->a;
@@ -236,21 +240,32 @@ static int fill_chunk(void *arg, const struct patch_range *ranges, size_t n)
 		uint64_t ps = i * PIECE_SIZE, in_len = piece_len(a->in_size, i), pe = ps + in_len;
 		uint64_t out_len = piece_len(a->p->output_size, i);
 
-		if ((r = hash_input_piece(a, i, f->worker)) < 0)
+		if ((r = hash_input_piece(a, i, f->worker)) < 0) {
+			f->why = r == -ENOMEM ? "out of memory" : "reading the input";
 			return r;
+		}
 		pb = a->piece_bufs[f->worker];
 		f->in_bytes += in_len;
 		/* Ranges that end before this piece are done. */
 		while (k < n && f->o + ranges[k].off + ranges[k].len <= ps)
 			k++;
+		if (k < n && f->o + ranges[k].off <= ps && f->o + ranges[k].off + ranges[k].len >= ps + out_len &&
+		    in_len == out_len && ps + out_len <= f->e) {
+			f->reuse[i - f->i0] = true;
+			if (!out_read) {
+				if ((r = rsr_pwrite_all(a->out_fd, pb, out_len, ps)) < 0) {
+					f->why = "write";
+					return r;
+				}
+				f->direct[i - f->i0] = true;
+				continue;
+			}
+		}
 		for (size_t j = k; j < n && f->o + ranges[j].off < pe; j++) {
 			uint64_t s = RSR_MAX(f->o + ranges[j].off, ps);
 			uint64_t t = RSR_MIN(RSR_MIN(f->o + ranges[j].off + ranges[j].len, pe), f->e);
 			if (s < t)
 				memcpy(f->out + (s - f->o), pb + (s - ps), (size_t)(t - s));
-			if (f->o + ranges[j].off <= ps && f->o + ranges[j].off + ranges[j].len >= ps + out_len &&
-			    in_len == out_len && ps + out_len <= f->e)
-				f->reuse[i - f->i0] = true;
 		}
 	}
 	f->hashed = true;
@@ -318,12 +333,28 @@ static int chunk_task(struct apply *a, uint32_t c, unsigned worker)
 		if (off + len > f.e)
 			continue;
 		if (f.reuse[i - f.i0])
-			memcpy(a->out_h[i], a->in_h[i], 32);
+			memcpy(a->out_h[i], a->in_h[i], 32); /* the same bytes, hashed once */
 		else if (rsr_sha256(f.out + (off - f.o), len, a->out_h[i]) < 0)
 			return fail(a, c, -ENOMEM, "out of memory");
 	}
-	if ((r = rsr_pwrite_all(a->out_fd, f.out, v.out_size, f.o)) < 0)
-		return fail(a, c, r, "write");
+	/* The chunk, but for the pieces already written from the piece buffer. */
+	r = 0;
+	{
+		uint64_t from = f.o;
+
+		for (uint64_t i = f.i0; i <= f.i1 && r >= 0; i++) {
+			uint64_t to = i < f.i1 ? i * PIECE_SIZE : f.e;
+
+			if (i < f.i1 && !f.direct[i - f.i0])
+				continue;
+			if (to > from)
+				r = rsr_pwrite_all(a->out_fd, f.out + (from - f.o), (size_t)(to - from), from);
+			if (i < f.i1)
+				from = to + piece_len(out_size, i);
+		}
+		if (r < 0)
+			return fail(a, c, r, "write");
+	}
 	mark_written(a, c);
 	{
 		/* The pieces that a boundary of the chunk cuts. */

@@ -200,14 +200,16 @@ int patch_run_chunk(const struct rsr_patch *p, uint32_t set, uint32_t chunk, con
  * the unchanged regions of an image) can be left to the caller: with a fill
  * function, patch_run_chunk_fill() does not copy them but hands their
  * ranges (chunk offsets, in order, adjacent ones merged) to fill() after the
- * other operations and before the deferred OP_HASH ones, which read the
- * whole chunk: fill() must have written them into `out` when it returns 0.
- * fill() is called once per chunk, also with no range.
+ * other operations and before the deferred OP_HASH ones. When `out_read`
+ * is true those read the chunk's output, and fill() must have written every
+ * range into `out` when it returns 0; otherwise it may instead write a range
+ * to its destination by itself. fill() is called once per chunk, also with
+ * no range.
  */
 struct patch_range {
 	uint64_t off, len;
 };
-typedef int (*patch_fill_fn)(void *arg, const struct patch_range *ranges, size_t n);
+typedef int (*patch_fill_fn)(void *arg, const struct patch_range *ranges, size_t n, bool out_read);
 int patch_run_chunk_fill(const struct rsr_patch *p, uint32_t set, uint32_t chunk, const uint8_t *in, uint64_t in_size,
 			 uint8_t *out, patch_read_prior_fn read_prior, void *read_arg, patch_fill_fn fill,
 			 void *fill_arg, const char **why);

@@ -708,7 +708,7 @@ static int run_frame(const uint8_t *frame, const struct patch_chunk_view *vp, co
 		r = RSR_E_FORMAT;
 	}
 	if (r == 0 && e.fill)
-		r = e.fill(e.fill_arg, e.ids, e.n_ids);
+		r = e.fill(e.fill_arg, e.ids, e.n_ids, e.n_defs > 0);
 	if (r == 0 && !e.dry)
 		r = run_hashes(&e, out, read_prior, read_arg);
 	free(e.defs);

@@ -38,7 +38,7 @@ struct fill_check {
 	uint8_t *out;
 };
 
-static int fill_check(void *arg, const struct patch_range *r, size_t n)
+static int fill_check(void *arg, const struct patch_range *r, size_t n, bool out_read)
 {
 	struct fill_check *f = arg;
 	uint64_t end = 0;
