@@ -153,6 +153,24 @@ static uint8_t rnd8(void)
 	return (uint8_t)(rng_state >> 56);
 }
 
+/* Applies tpath("p") to "a" and "r" to "b" and checks that they give "b" and "a". */
+static void apply_both_ways(struct rsr_ctx *ctx)
+{
+	assert_int_equal(rsr_patch_apply(ctx, tpath("a"), tpath("p"), tpath("out")), RSR_PATCH_APPLIED);
+	assert_true(same_file(tpath("out"), tpath("b")));
+	unlink(tpath("out"));
+	assert_int_equal(rsr_patch_apply(ctx, tpath("b"), tpath("r"), tpath("out")), RSR_PATCH_APPLIED);
+	assert_true(same_file(tpath("out"), tpath("a")));
+	unlink(tpath("out"));
+}
+
+static void remove_pair(void)
+{
+	static const char *const names[] = {"p", "r", "a", "b"};
+	for (size_t i = 0; i < ARRAY_SIZE(names); i++)
+		unlink(tpath(names[i]));
+}
+
 static void roundtrip(size_t old_len, size_t new_len, uint32_t chunk, unsigned threads)
 {
 	struct rsr_ctx *ctx;
@@ -174,19 +192,11 @@ static void roundtrip(size_t old_len, size_t new_len, uint32_t chunk, unsigned t
 	rsr_ctx_set_threads(ctx, threads);
 	if (rsr_patch_create(ctx, olds, 1, tpath("b"), tpath("p"), tpath("r"), &o) != 0)
 		fail_msg("create: %s", rsr_ctx_error(ctx));
-	assert_int_equal(rsr_patch_apply(ctx, tpath("a"), tpath("p"), tpath("out")), RSR_PATCH_APPLIED);
-	assert_true(same_file(tpath("out"), tpath("b")));
-	unlink(tpath("out"));
-	assert_int_equal(rsr_patch_apply(ctx, tpath("b"), tpath("r"), tpath("out")), RSR_PATCH_APPLIED);
-	assert_true(same_file(tpath("out"), tpath("a")));
+	apply_both_ways(ctx);
 	rsr_ctx_free(ctx);
 	free(a);
 	free(b);
-	unlink(tpath("out"));
-	unlink(tpath("p"));
-	unlink(tpath("r"));
-	unlink(tpath("a"));
-	unlink(tpath("b"));
+	remove_pair();
 }
 
 static void test_roundtrip(void **state)
@@ -230,18 +240,13 @@ static void pieces_case(size_t old_len, size_t new_len, uint32_t chunk, unsigned
 	rsr_ctx_set_threads(ctx, threads);
 	if (rsr_patch_create(ctx, olds, 1, tpath("b"), tpath("p"), tpath("r"), &o) != 0)
 		fail_msg("create: %s", rsr_ctx_error(ctx));
-	assert_int_equal(rsr_patch_apply(ctx, tpath("a"), tpath("p"), tpath("out")), RSR_PATCH_APPLIED);
-	assert_true(same_file(tpath("out"), tpath("b")));
+	apply_both_ways(ctx);
 	assert_int_equal(rsr_patch_open(ctx, tpath("p"), &p), 0);
 	assert_int_equal(rsr_patch_digest_file(ctx, tpath("b"), d), 0);
 	assert_memory_equal(d, rsr_patch_output_digest(p), 32);
 	assert_int_equal(rsr_patch_digest_file(ctx, tpath("a"), d), 0);
 	assert_memory_equal(d, rsr_patch_input_digest(p, 0), 32);
 	rsr_patch_free(p);
-	unlink(tpath("out"));
-	assert_int_equal(rsr_patch_apply(ctx, tpath("b"), tpath("r"), tpath("out")), RSR_PATCH_APPLIED);
-	assert_true(same_file(tpath("out"), tpath("a")));
-	unlink(tpath("out"));
 	for (size_t k = 0; k < ARRAY_SIZE(flips); k++) {
 		a[flips[k]] ^= 0x10;
 		write_file(tpath("a"), a, old_len);
@@ -252,10 +257,7 @@ static void pieces_case(size_t old_len, size_t new_len, uint32_t chunk, unsigned
 	rsr_ctx_free(ctx);
 	free(a);
 	free(b);
-	unlink(tpath("p"));
-	unlink(tpath("r"));
-	unlink(tpath("a"));
-	unlink(tpath("b"));
+	remove_pair();
 }
 
 static void test_pieces(void **state)
