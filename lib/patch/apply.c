@@ -315,7 +315,8 @@ static int chunk_task(struct apply *a, uint32_t c, unsigned worker)
 		}
 	}
 	if (a->fused && !f.hashed) {
-		/* The chunk did not get to its fill: hash its input pieces anyway. */
+		/* The chunk did not get to its fill, or it failed: hash its input pieces anyway. */
+		f.in_bytes = 0;
 		for (uint64_t i = f.i0; i < f.i1 && i * PIECE_SIZE < a->in_size; i++) {
 			if ((r = hash_input_piece(a, i, worker)) < 0)
 				return fail(a, c, r, r == -ENOMEM ? "out of memory" : "reading the input");
