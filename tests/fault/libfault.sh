@@ -7,7 +7,8 @@
 #       no longer reaches allocation N. With RSR_FAULT_STRIDE=K > 1 it tries
 #       every allocation among the first and the last RSR_FAULT_DENSE (100)
 #       (the command's own setup and its output) and every K-th between
-#       (mostly OpenSSL initialising itself). With FAULT_PERSIST=1 every
+#       (mostly OpenSSL initialising itself); RSR_FAULT_PHASE=P makes the
+#       first of those P after the dense head instead of K. With FAULT_PERSIST=1 every
 #       allocation from the N-th on fails (memory exhausted for good).
 #   fault_io_walk LABEL PREPARE CHECK SYSCALLS ERRNOS -- ARGS...
 #       for each syscall and errno, fails call N = 1, 2, ... of that syscall
@@ -86,6 +87,7 @@ fault_alloc_walk() {
 	[ -n "${RSR_FAILMALLOC_SO:-}" ] && [ -f "$RSR_FAILMALLOC_SO" ] ||
 		fail "RSR_FAILMALLOC_SO does not name the allocation-failure shim"
 	local rep=$T/failmalloc.report stride=${RSR_FAULT_STRIDE:-1} n=0 rc total failed=0 survived=0 runs=0 suppressed=0
+	local phase=${RSR_FAULT_PHASE:-${RSR_FAULT_STRIDE:-1}}
 	local head=${RSR_FAULT_DENSE:-100} tail count
 	# An unfaulted run counts the allocations.
 	$prepare
@@ -99,6 +101,9 @@ fault_alloc_walk() {
 		# Every allocation of the first and last $head, every $stride-th between.
 		if [ "$n" -lt "$head" ] || [ "$n" -ge "$tail" ]; then
 			n=$((n + 1))
+		elif [ "$n" -eq "$head" ]; then
+			n=$((n + phase))
+			[ "$n" -le "$tail" ] || n=$tail
 		else
 			n=$((n + stride))
 			[ "$n" -le "$tail" ] || n=$tail
