@@ -153,6 +153,14 @@ void rsr_hex_encode(const void *buf, size_t len, char *out);
 /* Decodes exactly `len` bytes from `hex` (2*len characters, nothing after); false if malformed. */
 bool rsr_hex_decode(const char *hex, void *out, size_t len);
 
+/*
+ * Working buffers of a megabyte or more, backed by transparent huge pages
+ * where the kernel has them (lib/common/alloc.c); smaller ones are plain
+ * malloc. Released with free().
+ */
+void *rsr_alloc_large(size_t n);
+void *rsr_calloc_large(size_t n, size_t size);
+
 /* File I/O: full reads and writes that retry on EINTR and short counts. Return 0 or -errno. */
 int rsr_write_all(int fd, const void *buf, size_t len);
 int rsr_pwrite_all(int fd, const void *buf, size_t len, uint64_t off);

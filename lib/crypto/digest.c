@@ -29,7 +29,7 @@ int rsr_sha256(const void *buf, size_t len, uint8_t out[32])
 int rsr_sha256_fd(struct rsr_ctx *ctx, int fd, uint64_t off, uint64_t len, const char *what, uint8_t out[32])
 {
 	const size_t bufsz = 1u << 20;
-	_cleanup_free_ uint8_t *buf = malloc(bufsz);
+	_cleanup_free_ uint8_t *buf = rsr_alloc_large(bufsz);
 	EVP_MD_CTX *md = EVP_MD_CTX_new();
 	uint64_t done = 0;
 	unsigned int n = 32;

@@ -155,7 +155,7 @@ static int run_pass(struct pass *p)
 		goto out;
 	}
 	for (unsigned t = 0; t < threads; t++) {
-		p->bufs[t] = malloc((size_t)BATCH_BLOCKS * RSR_VERITY_BLOCK);
+		p->bufs[t] = rsr_alloc_large((size_t)BATCH_BLOCKS * RSR_VERITY_BLOCK);
 		if (!p->bufs[t] || hasher_init(&p->hashers[t], p->salt, p->salt_len) < 0) {
 			r = rsr_error(p->ctx, -ENOMEM, "%s: out of memory", p->what);
 			goto out;
@@ -219,7 +219,7 @@ int rsr_verity_build(struct rsr_ctx *ctx, int fd, uint64_t data_off, uint64_t da
 	if (rsr_verity_layout(data_blocks, &l) < 0)
 		return rsr_error(ctx, -EINVAL, "hash tree: unsupported size of %llu blocks",
 				 (unsigned long long)data_blocks);
-	tree = calloc(RSR_MAX(l.tree_blocks, 1), RSR_VERITY_BLOCK);
+	tree = rsr_calloc_large(RSR_MAX(l.tree_blocks, 1), RSR_VERITY_BLOCK);
 	if (!tree)
 		return rsr_error(ctx, -ENOMEM, "hash tree: out of memory");
 	if (l.levels == 0) {
@@ -297,7 +297,7 @@ int rsr_verity_verify(struct rsr_ctx *ctx, int fd, uint64_t data_off, uint64_t d
 		goto out;
 	}
 	/* The tree is ~1/128 of the data: read it whole and check it top-down. */
-	tree = malloc(l.tree_blocks * RSR_VERITY_BLOCK);
+	tree = rsr_alloc_large(l.tree_blocks * RSR_VERITY_BLOCK);
 	if (!tree) {
 		r = rsr_error(ctx, -ENOMEM, "%s: out of memory", what);
 		goto out;

@@ -114,7 +114,7 @@ static size_t piece_len(uint64_t size, uint64_t i)
 static uint8_t *piece_buf(struct apply *a, unsigned worker)
 {
 	if (!a->piece_bufs[worker])
-		a->piece_bufs[worker] = malloc(PIECE_SIZE);
+		a->piece_bufs[worker] = rsr_alloc_large(PIECE_SIZE);
 	return a->piece_bufs[worker];
 }
 
@@ -291,7 +291,7 @@ static int chunk_task(struct apply *a, uint32_t c, unsigned worker)
 	if (!skip) {
 		if (a->buf_caps[worker] < v.out_size) {
 			free(a->bufs[worker]);
-			a->bufs[worker] = malloc(v.out_size);
+			a->bufs[worker] = rsr_alloc_large(v.out_size);
 			a->buf_caps[worker] = a->bufs[worker] ? v.out_size : 0;
 		}
 		f.out = a->bufs[worker];

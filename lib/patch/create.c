@@ -441,7 +441,7 @@ static int build_sa(struct matcher *m)
 {
 	if (m->r_len < 2 || m->r_len > INT32_MAX)
 		return 0;
-	m->sa = malloc((size_t)m->r_len * sizeof(int32_t));
+	m->sa = rsr_alloc_large((size_t)m->r_len * sizeof(int32_t));
 	if (!m->sa)
 		return -ENOMEM;
 	if (divsufsort(m->r, m->sa, (int32_t)m->r_len) != 0) {
@@ -503,10 +503,17 @@ struct job {
 	uint32_t n_chunks;
 	struct buf *frames;	 /* n_sets * n_chunks */
 	uint32_t *payload_sizes; /* n_sets * n_chunks */
+	struct scratch *scratch; /* per worker, kept across chunks: fresh pages and contexts cost */
 	pthread_mutex_t lock;
 	uint64_t done;
 	int err;
 	char errmsg[256];
+};
+
+struct scratch {
+	ZSTD_CCtx *cctx;
+	uint8_t *out; /* the self-check's output */
+	size_t out_cap;
 };
 
 struct hslot {
@@ -523,13 +530,13 @@ static int match_blocks(struct set *s, const struct image *nw)
 	bool *used;
 	uint64_t r_blocks = 0;
 
-	s->blk = malloc((nnb ? nnb : 1) * sizeof(int64_t));
+	s->blk = rsr_alloc_large((nnb ? nnb : 1) * sizeof(int64_t));
 	if (!s->blk)
 		return -ENOMEM;
 	while (cap < nob * 2 + 2)
 		cap <<= 1;
-	tab = calloc(cap, sizeof(*tab));
-	used = calloc((size_t)(old->size + BLOCK - 1) / BLOCK + 1, 1);
+	tab = rsr_calloc_large(cap, sizeof(*tab));
+	used = rsr_calloc_large((size_t)(old->size + BLOCK - 1) / BLOCK + 1, 1);
 	if (!tab || !used) {
 		free(tab);
 		free(used);
@@ -569,8 +576,8 @@ static int match_blocks(struct set *s, const struct image *nw)
 	for (uint64_t b = 0; b * BLOCK < old->size; b++)
 		if (!used[b])
 			r_blocks++;
-	s->rmap = malloc((r_blocks ? r_blocks : 1) * sizeof(uint64_t));
-	s->r_buf = malloc(r_blocks ? r_blocks * BLOCK : 1);
+	s->rmap = rsr_alloc_large((r_blocks ? r_blocks : 1) * sizeof(uint64_t));
+	s->r_buf = rsr_alloc_large(r_blocks ? r_blocks * BLOCK : 1);
 	if (!s->rmap || !s->r_buf) {
 		free(used);
 		return -ENOMEM;
@@ -699,7 +706,7 @@ static int find_tree(struct job *j)
 	words.cap = 64;
 	while (words.cap < 2 * n_changed * (BLOCK / 32))
 		words.cap <<= 1;
-	words.tab = calloc(words.cap, sizeof(*words.tab));
+	words.tab = rsr_calloc_large(words.cap, sizeof(*words.tab));
 	if (!md || !words.tab) {
 		EVP_MD_CTX_free(md);
 		free(words.tab);
@@ -734,7 +741,7 @@ static int find_tree(struct job *j)
 		t->cap = 64;
 		while (t->cap < 2 * n_changed)
 			t->cap <<= 1;
-		t->tab = calloc(t->cap, sizeof(*t->tab));
+		t->tab = rsr_calloc_large(t->cap, sizeof(*t->tab));
 		if (!t->tab) {
 			r = -ENOMEM;
 		} else {
@@ -1037,7 +1044,8 @@ static int chunk_job(void *arg, size_t index, unsigned worker)
 	uint32_t c = (uint32_t)(index % j->n_chunks);
 	struct set *s = &j->sets[si];
 	struct buf ctrl = {0}, diff = {0}, lit = {0}, runs = {0}, nz = {0}, payload = {0}, *frame = &j->frames[index];
-	ZSTD_CCtx *cctx = NULL;
+	struct scratch *sc = &j->scratch[worker];
+	ZSTD_CCtx *cctx;
 	size_t bound, n;
 	int r;
 
@@ -1063,12 +1071,16 @@ static int chunk_job(void *arg, size_t index, unsigned worker)
 	}
 	bound = ZSTD_compressBound(payload.len);
 	frame->p = malloc(bound);
-	cctx = ZSTD_createCCtx();
+	if (!sc->cctx)
+		sc->cctx = ZSTD_createCCtx();
+	cctx = sc->cctx;
 	if (!frame->p || !cctx) {
 		r = -ENOMEM;
 		goto out;
 	}
 	frame->cap = bound;
+	/* One context per worker: its tables are allocated once, not per chunk. */
+	ZSTD_CCtx_reset(cctx, ZSTD_reset_session_and_parameters);
 	ZSTD_CCtx_setParameter(cctx, ZSTD_c_compressionLevel, (int)j->opts->level);
 	ZSTD_CCtx_setParameter(cctx, ZSTD_c_checksumFlag, 0); /* the patch digest covers every byte */
 	ZSTD_CCtx_setParameter(cctx, ZSTD_c_contentSizeFlag, 1);
@@ -1086,16 +1098,19 @@ static int chunk_job(void *arg, size_t index, unsigned worker)
 					     .comp_size = (uint32_t)n,
 					     .payload_size = (uint32_t)payload.len};
 		const char *why = NULL;
-		uint8_t *out = malloc(v.out_size);
-		if (!out) {
-			r = -ENOMEM;
-			goto out;
+		if (sc->out_cap < v.out_size) {
+			free(sc->out);
+			sc->out = rsr_alloc_large(v.out_size);
+			sc->out_cap = sc->out ? v.out_size : 0;
+			if (!sc->out) {
+				r = -ENOMEM;
+				goto out;
+			}
 		}
-		r = patch_run_frame(frame->p, &v, s->old ? s->old->p : NULL, s->old ? s->old->size : 0, out, read_new,
-				    j->nw, NULL, &why);
-		if (r == 0 && memcmp(out, j->nw->p + v.out_offset, v.out_size) != 0)
+		r = patch_run_frame(frame->p, &v, s->old ? s->old->p : NULL, s->old ? s->old->size : 0, sc->out,
+				    read_new, j->nw, NULL, &why);
+		if (r == 0 && memcmp(sc->out, j->nw->p + v.out_offset, v.out_size) != 0)
 			r = RSR_E_DIGEST;
-		free(out);
 		if (r < 0) {
 			if (r != -ENOMEM) {
 				pthread_mutex_lock(&j->lock);
@@ -1114,7 +1129,6 @@ static int chunk_job(void *arg, size_t index, unsigned worker)
 		r = RSR_E_CANCELED;
 	pthread_mutex_unlock(&j->lock);
 out:
-	ZSTD_freeCCtx(cctx);
 	buf_free(&ctrl);
 	buf_free(&diff);
 	buf_free(&lit);
@@ -1275,6 +1289,7 @@ static int create_one(struct rsr_ctx *ctx, struct image *olds, size_t n_olds, st
 	struct prep pr = {.j = &j, .olds = olds, .n_olds = n_olds, .deflate = n_olds && !opts->no_deflate};
 	bool *handled = NULL;
 	double t0 = now_ms();
+	unsigned threads;
 	int r;
 
 	j.n_sets = n_olds ? n_olds : 1;
@@ -1336,9 +1351,20 @@ static int create_one(struct rsr_ctx *ctx, struct image *olds, size_t n_olds, st
 		r = rsr_error(ctx, -ENOMEM, "out of memory");
 		goto out;
 	}
+	threads = rsr_threads_for(ctx, j.n_sets * j.n_chunks);
+	j.scratch = calloc(threads, sizeof(*j.scratch));
+	if (!j.scratch) {
+		r = rsr_error(ctx, -ENOMEM, "out of memory");
+		goto out;
+	}
 	pthread_mutex_init(&j.lock, NULL);
-	r = rsr_parallel_for(rsr_threads_for(ctx, j.n_sets * j.n_chunks), j.n_sets * j.n_chunks, chunk_job, &j);
+	r = rsr_parallel_for(threads, j.n_sets * j.n_chunks, chunk_job, &j);
 	pthread_mutex_destroy(&j.lock);
+	for (unsigned t = 0; t < threads; t++) {
+		ZSTD_freeCCtx(j.scratch[t].cctx);
+		free(j.scratch[t].out);
+	}
+	free(steal_ptr(&j.scratch));
 	if (r == RSR_E_CANCELED)
 		goto out;
 	if (r == RSR_E_LIMIT) {

@@ -56,7 +56,7 @@ static int piece_task(void *arg, size_t i, unsigned worker)
 	int r;
 
 	if (!p) {
-		if (!j->bufs[worker] && !(j->bufs[worker] = malloc(PIECE_SIZE)))
+		if (!j->bufs[worker] && !(j->bufs[worker] = rsr_alloc_large(PIECE_SIZE)))
 			r = -ENOMEM;
 		else
 			r = rsr_pread_all(j->fd, j->bufs[worker], len, off);
