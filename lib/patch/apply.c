@@ -288,6 +288,17 @@ static int chunk_task(struct apply *a, uint32_t c, unsigned worker)
 	f.i1 = f.e / PIECE_SIZE + (f.e % PIECE_SIZE != 0);
 	if (!piece_buf(a, worker))
 		return fail(a, c, -ENOMEM, "out of memory");
+	/*
+	 * The chunk's blocks before any of its bytes: a full disk fails here,
+	 * not in the middle of a write. Each chunk allocates its own range, so
+	 * the allocation (on tmpfs, every page of the output) is spread over
+	 * the threads instead of made on one before they start.
+	 */
+	if (!skip && v.out_size > 0 && fallocate(a->out_fd, 0, (off_t)f.o, (off_t)v.out_size) < 0 &&
+	    errno != EOPNOTSUPP && errno != ENOSYS) {
+		fail(a, c, -errno, "cannot allocate its space");
+		skip = true;
+	}
 	if (!skip) {
 		if (a->buf_caps[worker] < v.out_size) {
 			free(a->bufs[worker]);
@@ -536,13 +547,6 @@ int rsr_patch_apply(struct rsr_ctx *ctx, const char *old_path, const char *patch
 		goto out;
 	}
 	a.out_fd = af->fd;
-	/* Blocks for the whole output first: a full disk fails here, before any work. */
-	if (p->output_size > 0 && fallocate(af->fd, 0, 0, (off_t)p->output_size) < 0 && errno != EOPNOTSUPP &&
-	    errno != ENOSYS) {
-		r = rsr_error_errno(ctx, -errno, "%s: cannot allocate %llu bytes", out_path,
-				    (unsigned long long)p->output_size);
-		goto out;
-	}
 	a.in_fd = in_fd;
 	pthread_mutex_init(&a.lock, NULL);
 	pthread_cond_init(&a.cond, NULL);

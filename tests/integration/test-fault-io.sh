@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# I/O faults: every write, fsync, rename, copy_file_range, symlinkat and mkdir of each
+# I/O faults: every write, fallocate, fsync, rename, copy_file_range, symlinkat and mkdir of each
 # state-changing command fails in turn with EIO and with ENOSPC, in rsr and
 # in the programs it runs (strace -f -e inject). Each run must end with exit
 # status 0 and the right result, or exit status 1 with a message and the
@@ -11,7 +11,7 @@ command -v strace >/dev/null || fail "strace is not installed (scripts/install-d
 strace -f -qq -o /dev/null -e trace=write -e inject=write:error=EIO:when=1000 true 2>/dev/null ||
 	skip_all "strace cannot trace here (no ptrace permission in this container?)"
 
-SYSCALLS="write pwrite64 fsync fdatasync rename renameat renameat2 copy_file_range symlinkat linkat mkdir mkdirat"
+SYSCALLS="write pwrite64 fallocate fsync fdatasync rename renameat renameat2 copy_file_range symlinkat linkat mkdir mkdirat"
 ERRNOS="EIO ENOSPC"
 
 mkdir -p "$T/src/usr/lib/x86_64-linux-gnu" "$T/src/usr/share/doc/fault"
