@@ -5,7 +5,7 @@
  * tables is expensive, under a hypervisor that shadows them, a fault costs
  * more than hashing the page: on the second benchmark machine 8 MiB of fresh
  * 4 KiB pages took 29 ms to touch and 0.7 ms as 2 MiB pages
- * (bench/RESULTS.md). So buffers of 1 MiB or more are aligned to 2 MiB,
+ * (bench/RESULTS.md). So buffers of 512 KiB or more are aligned to 2 MiB,
  * rounded up to a multiple of it, and marked for transparent huge pages,
  * which makes one fault of every 512. A kernel without them ignores the
  * advice and the buffer is an ordinary one. Allocated with aligned_alloc, so
@@ -24,7 +24,7 @@ void *rsr_alloc_large(size_t n)
 	size_t rounded;
 	void *p;
 
-	if (n < (HUGE_SIZE >> 1))
+	if (n < (HUGE_SIZE >> 2))
 		return malloc(n ? n : 1);
 	if (n > SIZE_MAX - HUGE_SIZE)
 		return NULL;

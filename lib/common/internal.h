@@ -154,7 +154,7 @@ void rsr_hex_encode(const void *buf, size_t len, char *out);
 bool rsr_hex_decode(const char *hex, void *out, size_t len);
 
 /*
- * Working buffers of a megabyte or more, backed by transparent huge pages
+ * Working buffers of 512 KiB or more, backed by transparent huge pages
  * where the kernel has them (lib/common/alloc.c); smaller ones are plain
  * malloc. Released with free().
  */
