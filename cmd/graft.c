@@ -163,11 +163,15 @@ int cmd_ungraft(struct cmd_env *env, int argc, char **argv)
 	return EXIT_OK;
 }
 
+/* NULL when out of memory. */
 static json_t *strv_json(char **v, size_t n)
 {
 	json_t *a = json_array();
-	for (size_t i = 0; i < n; i++)
-		json_array_append_new(a, json_string(v[i] ? v[i] : ""));
+	for (size_t i = 0; a && i < n; i++)
+		if (json_array_append_new(a, json_string(v[i] ? v[i] : "")) < 0) {
+			json_decref(a);
+			a = NULL;
+		}
 	return a;
 }
 
@@ -176,37 +180,46 @@ static json_t *jstr_or_null(const char *s)
 	return s ? json_string(s) : json_null();
 }
 
+/* The report as JSON; NULL when any part of it could not be made (out of memory). */
 static json_t *report_json(const struct rsr_graft_report *rep)
 {
 	json_t *o = json_object(), *slots = json_array(), *stale = json_array();
+	bool ok = o && slots && stale;
 
-	json_object_set_new(o, "root", json_string(rep->root));
-	json_object_set_new(o, "base",
-			    json_pack("{s:o, s:o, s:o}", "name", jstr_or_null(rep->base_name), "version",
-				      jstr_or_null(rep->base_version), "build", jstr_or_null(rep->base_build)));
-	json_object_set_new(o, "verity_available", json_boolean(rep->verity_available));
-	for (size_t i = 0; i < rep->n_slots; i++) {
+	ok = ok && json_object_set_new(o, "root", json_string(rep->root)) == 0;
+	ok = ok && json_object_set_new(o, "base",
+				       json_pack("{s:o, s:o, s:o}", "name", jstr_or_null(rep->base_name), "version",
+						 jstr_or_null(rep->base_version), "build",
+						 jstr_or_null(rep->base_build))) == 0;
+	ok = ok && json_object_set_new(o, "verity_available", json_boolean(rep->verity_available)) == 0;
+	for (size_t i = 0; ok && i < rep->n_slots; i++) {
 		const struct rsr_graft_slot_info *s = &rep->slots[i];
-		json_array_append_new(
-		    slots, json_pack("{s:s, s:o, s:o, s:o, s:o, s:b, s:b, s:o, s:o, s:b, s:b, s:o}", "slot", s->slot,
-				     "version", jstr_or_null(s->version), "grafted_version",
-				     jstr_or_null(s->grafted_version), "root_hash", jstr_or_null(s->root_hash), "image",
-				     jstr_or_null(s->image), "grafted", s->grafted, "pending", s->pending, "mount",
-				     jstr_or_null(s->mount), "device", jstr_or_null(s->device), "verity", s->verity,
-				     "direct_io", s->direct_io, "covers", strv_json(s->covers, s->n_covers)));
-		json_object_set_new(json_array_get(slots, json_array_size(slots) - 1), "removed",
-				    json_boolean(s->removed));
+		json_t *so = json_pack(
+		    "{s:s, s:o, s:o, s:o, s:o, s:b, s:b, s:o, s:o, s:b, s:b, s:o}", "slot", s->slot, "version",
+		    jstr_or_null(s->version), "grafted_version", jstr_or_null(s->grafted_version), "root_hash",
+		    jstr_or_null(s->root_hash), "image", jstr_or_null(s->image), "grafted", s->grafted, "pending",
+		    s->pending, "mount", jstr_or_null(s->mount), "device", jstr_or_null(s->device), "verity", s->verity,
+		    "direct_io", s->direct_io, "covers", strv_json(s->covers, s->n_covers));
+		ok = so && json_object_set_new(so, "removed", json_boolean(s->removed)) == 0;
+		ok = json_array_append_new(slots, so) == 0 && ok;
 	}
-	json_object_set_new(o, "slots", slots);
-	json_object_set_new(o, "grafted_paths", strv_json(rep->grafted_paths, rep->n_grafted_paths));
-	for (size_t i = 0; i < rep->n_stale; i++) {
+	ok = ok && json_object_set_new(o, "slots", json_incref(slots)) == 0;
+	ok = ok && json_object_set_new(o, "grafted_paths", strv_json(rep->grafted_paths, rep->n_grafted_paths)) == 0;
+	for (size_t i = 0; ok && i < rep->n_stale; i++) {
 		const struct rsr_graft_stale_process *p = &rep->stale[i];
-		json_array_append_new(stale, json_pack("{s:i, s:o, s:o, s:o, s:o, s:I}", "pid", p->pid, "command",
-						       jstr_or_null(p->comm), "unit", jstr_or_null(p->unit), "file",
-						       jstr_or_null(p->file), "reason", jstr_or_null(p->reason),
-						       "files", (json_int_t)p->n_files));
+		ok =
+		    json_array_append_new(stale, json_pack("{s:i, s:o, s:o, s:o, s:o, s:I}", "pid", p->pid, "command",
+							   jstr_or_null(p->comm), "unit", jstr_or_null(p->unit), "file",
+							   jstr_or_null(p->file), "reason", jstr_or_null(p->reason),
+							   "files", (json_int_t)p->n_files)) == 0;
 	}
-	json_object_set_new(o, "stale_processes", stale);
+	ok = ok && json_object_set_new(o, "stale_processes", json_incref(stale)) == 0;
+	json_decref(slots);
+	json_decref(stale);
+	if (!ok) {
+		json_decref(o);
+		return NULL;
+	}
 	return o;
 }
 
@@ -341,7 +354,10 @@ int cmd_status(struct cmd_env *env, int argc, char **argv)
 			r = cmd_fail(env, -1);
 		} else if (json) {
 			json_t *o = report_json(rep);
-			json_object_set_new(o, "response", cmd_response_state_json(st));
+			if (o && json_object_set_new(o, "response", cmd_response_state_json(st)) < 0) {
+				json_decref(o);
+				o = NULL;
+			}
 			r = cmd_print_json(o) != EXIT_OK ? EXIT_FAIL : EXIT_OK;
 		} else {
 			cmd_print_response_state(st);

@@ -47,7 +47,10 @@ bool rsr_key_is_private(const struct rsr_key *key);
 /* Ed25519 signature of msg. Needs a private key. */
 int rsr_key_sign(struct rsr_ctx *ctx, const struct rsr_key *key, const void *msg, size_t len,
 		 uint8_t ret_sig[RSR_SIGNATURE_SIZE]);
-/* 0 if sig is a valid signature of msg by key, RSR_E_SIGNATURE if not. Records no message. */
+/*
+ * 0 if sig is a valid signature of msg by key, RSR_E_SIGNATURE if not,
+ * -ENOMEM if OpenSSL failed inside (out of memory). Records no message.
+ */
 int rsr_key_verify(const struct rsr_key *key, const void *msg, size_t len, const uint8_t sig[RSR_SIGNATURE_SIZE]);
 
 /* A set of trusted public keys. */

@@ -218,6 +218,8 @@ int rsr_sha256(const void *buf, size_t len, uint8_t out[32]);
  * returned a document with a key missing). Free the result with free().
  */
 char *rsr_json_dumps(const json_t *v, size_t flags);
+/* After json_loadb() returned NULL: whether it ran out of memory rather than met bad JSON. */
+bool rsr_json_load_oom(const json_error_t *e);
 
 /* SHA-256 of `len` bytes of fd from `off`, with progress reported as `what`. */
 int rsr_sha256_fd(struct rsr_ctx *ctx, int fd, uint64_t off, uint64_t len, const char *what, uint8_t out[32]);

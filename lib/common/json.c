@@ -26,3 +26,13 @@ char *rsr_json_dumps(const json_t *v, size_t flags)
 	}
 	return s;
 }
+
+bool rsr_json_load_oom(const json_error_t *e)
+{
+	/*
+	 * jansson reports most allocation failures as such, but one in setting
+	 * up its lexer leaves the error as initialised: no text at all, which
+	 * no parse error has.
+	 */
+	return json_error_code(e) == json_error_out_of_memory || e->text[0] == '\0';
+}

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <sys/stat.h>
 
+#include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 
@@ -230,15 +231,25 @@ int rsr_key_sign(struct rsr_ctx *ctx, const struct rsr_key *key, const void *msg
 
 int rsr_key_verify(const struct rsr_key *key, const void *msg, size_t len, const uint8_t sig[RSR_SIGNATURE_SIZE])
 {
-	EVP_MD_CTX *md = EVP_MD_CTX_new();
-	int ok;
+	EVP_MD_CTX *md;
+	int v = -1;
 
-	if (!md)
-		return -ENOMEM;
-	ok = EVP_DigestVerifyInit(md, NULL, NULL, NULL, key->pkey) == 1 &&
-	     EVP_DigestVerify(md, sig, RSR_SIGNATURE_SIZE, msg, len) == 1;
+	/*
+	 * A signature that does not match makes EVP_DigestVerify return 0 and
+	 * queue no error. Anything else is OpenSSL failing inside (out of
+	 * memory), which must not be reported as an altered signature.
+	 */
+	ERR_clear_error();
+	md = EVP_MD_CTX_new();
+	if (md && EVP_DigestVerifyInit(md, NULL, NULL, NULL, key->pkey) == 1)
+		v = EVP_DigestVerify(md, sig, RSR_SIGNATURE_SIZE, msg, len);
 	EVP_MD_CTX_free(md);
-	return ok ? 0 : RSR_E_SIGNATURE;
+	if (v == 1)
+		return 0;
+	if (v == 0 && ERR_peek_error() == 0)
+		return RSR_E_SIGNATURE;
+	ERR_clear_error();
+	return -ENOMEM;
 }
 
 int rsr_keyring_new(struct rsr_keyring **ret_ring)

@@ -233,6 +233,8 @@ static int state_load(struct rsr_ctx *ctx, const struct rsr_graft *g, json_t **r
 		if (r < 0)
 			return r;
 		st = json_loadb(buf, len, 0, &jerr);
+		if (!st && rsr_json_load_oom(&jerr))
+			return rsr_error(ctx, -ENOMEM, "%s: out of memory", path);
 		if (!st || !json_is_object(st)) {
 			/* run/ is scratch space: a damaged file is forgotten, not fatal. */
 			rsr_warn(ctx, "%s: unreadable (%s); ignoring it", path, st ? "not an object" : jerr.text);
@@ -1416,6 +1418,13 @@ static char *dup_or_null(const char *s)
 	return s && *s ? strdup(s) : NULL;
 }
 
+/* dup_or_null() into *dst; false when out of memory. */
+static bool dup_field(char **dst, const char *s)
+{
+	*dst = dup_or_null(s);
+	return *dst || !s || !*s;
+}
+
 int rsr_graft_status(struct rsr_ctx *ctx, struct rsr_graft *g, struct rsr_graft_report **ret_report)
 {
 	struct rsr_graft_report *rep = calloc(1, sizeof(*rep));
@@ -1454,29 +1463,37 @@ int rsr_graft_status(struct rsr_ctx *ctx, struct rsr_graft *g, struct rsr_graft_
 		struct rsr_graft_slot_info *s = &rep->slots[rep->n_slots];
 		struct rsr_cryptex *cx = NULL;
 		json_t *g_e = state_find(slots, "slot", p[i].slot);
+		bool ok;
 		s->slot = strdup(p[i].slot);
 		s->image = strdup(p[i].image);
 		rep->n_slots++;
-		if (open_signed(ctx, g, p[i].image, p[i].image, &cx) < 0) {
+		if (!s->slot || !s->image)
+			goto oom;
+		r = open_signed(ctx, g, p[i].image, p[i].image, &cx);
+		if (r == -ENOMEM)
+			goto fail; /* not a fault of the image: no report rather than a wrong one */
+		if (r < 0) {
 			rsr_warn(ctx, "%s", rsr_ctx_error(ctx));
 			rsr_ctx_clear_error(ctx);
 		} else {
 			s->version = strdup(rsr_cryptex_version(cx));
 			s->root_hash = strdup(rsr_cryptex_root_hash_hex(cx));
-			s->n_covers = rsr_cryptex_path_count(cx);
-			s->covers = calloc(s->n_covers + 1, sizeof(char *));
-			for (size_t j = 0; s->covers && j < s->n_covers; j++)
-				s->covers[j] = strdup(rsr_cryptex_covered_path(cx, j));
+			s->covers = calloc(rsr_cryptex_path_count(cx) + 1, sizeof(char *));
+			ok = s->version && s->root_hash && s->covers;
+			for (size_t j = 0; ok && j < rsr_cryptex_path_count(cx); j++)
+				ok = (s->covers[s->n_covers++] = strdup(rsr_cryptex_covered_path(cx, j))) != NULL;
 			rsr_cryptex_free(cx);
+			if (!ok)
+				goto oom;
 		}
 		if (g_e) {
 			s->grafted = s->root_hash && !strcmp(s->root_hash, jstr(g_e, "root_hash"));
 			s->pending = !s->grafted;
-			s->mount = dup_or_null(jstr(g_e, "mount"));
-			s->device = dup_or_null(jstr(g_e, "device"));
 			s->verity = json_is_true(json_object_get(g_e, "verity"));
 			s->direct_io = json_is_true(json_object_get(g_e, "direct_io"));
-			s->grafted_version = dup_or_null(jstr(g_e, "version"));
+			if (!dup_field(&s->mount, jstr(g_e, "mount")) || !dup_field(&s->device, jstr(g_e, "device")) ||
+			    !dup_field(&s->grafted_version, jstr(g_e, "version")))
+				goto oom;
 		} else {
 			s->pending = true;
 		}
@@ -1491,20 +1508,22 @@ int rsr_graft_status(struct rsr_ctx *ctx, struct rsr_graft *g, struct rsr_graft_
 			continue;
 		struct rsr_graft_slot_info *s = &rep->slots[rep->n_slots++];
 		json_t *c = json_object_get(e, "covers");
+		bool ok;
 		s->slot = strdup(jstr(e, "slot"));
-		s->grafted_version = dup_or_null(jstr(e, "version"));
-		s->root_hash = dup_or_null(jstr(e, "root_hash"));
-		s->image = dup_or_null(jstr(e, "image"));
-		s->mount = dup_or_null(jstr(e, "mount"));
-		s->device = dup_or_null(jstr(e, "device"));
 		s->verity = json_is_true(json_object_get(e, "verity"));
 		s->direct_io = json_is_true(json_object_get(e, "direct_io"));
 		s->pending = true; /* the next graft removes it */
 		s->removed = true;
 		s->covers = calloc(json_array_size(c) + 1, sizeof(char *));
-		for (size_t j = 0; s->covers && j < json_array_size(c); j++)
-			s->covers[s->n_covers++] = strdup(
-			    json_string_value(json_array_get(c, j)) ? json_string_value(json_array_get(c, j)) : "");
+		ok = s->slot && s->covers && dup_field(&s->grafted_version, jstr(e, "version")) &&
+		     dup_field(&s->root_hash, jstr(e, "root_hash")) && dup_field(&s->image, jstr(e, "image")) &&
+		     dup_field(&s->mount, jstr(e, "mount")) && dup_field(&s->device, jstr(e, "device"));
+		for (size_t j = 0; ok && j < json_array_size(c); j++) {
+			const char *v = json_string_value(json_array_get(c, j));
+			ok = (s->covers[s->n_covers++] = strdup(v ? v : "")) != NULL;
+		}
+		if (!ok)
+			goto oom;
 	}
 	{
 		char **dirs = NULL;
@@ -1529,6 +1548,8 @@ int rsr_graft_status(struct rsr_ctx *ctx, struct rsr_graft *g, struct rsr_graft_
 	json_decref(st);
 	*ret_report = rep;
 	return 0;
+oom:
+	r = rsr_error(ctx, -ENOMEM, "out of memory");
 fail:
 	plan_free(p, n);
 	base_id_free(&base);

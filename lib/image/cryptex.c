@@ -907,6 +907,8 @@ static int parse_manifest(struct rsr_ctx *ctx, struct rsr_cryptex *cx)
 	int r = RSR_E_FORMAT;
 
 	m = json_loadb(cx->manifest, cx->manifest_len, JSON_REJECT_DUPLICATES, &jerr);
+	if (!m && rsr_json_load_oom(&jerr))
+		return rsr_error(ctx, -ENOMEM, "out of memory");
 	if (!m)
 		return rsr_error(ctx, RSR_E_FORMAT, "%s: manifest is not valid JSON: %s at byte %d", w, jerr.text,
 				 jerr.position);

@@ -157,6 +157,8 @@ int tuf_parse(struct rsr_ctx *ctx, const void *buf, size_t len, enum tuf_role ro
 	int r = RSR_E_FORMAT;
 
 	env = json_loadb(buf, len, JSON_REJECT_DUPLICATES, &jerr);
+	if (!env && rsr_json_load_oom(&jerr))
+		return rsr_error(ctx, -ENOMEM, "out of memory");
 	if (!env)
 		return rsr_error(ctx, RSR_E_FORMAT, "%s: not JSON: %s (line %d)", what, jerr.text, jerr.line);
 	s = json_object_get(env, "signed");
@@ -379,8 +381,14 @@ int tuf_verify(struct rsr_ctx *ctx, const struct tuf_root *root, enum tuf_role r
 			listed |= !strcmp(rk->keyids[k], kid);
 		if (!listed || !(tk = find_key(root, kid)))
 			continue;
-		if (!is_hex(sv, 2 * RSR_SIGNATURE_SIZE) || !rsr_hex_decode(sv, raw, sizeof(raw)) ||
-		    rsr_key_verify(tk->key, msg, len, raw) < 0) {
+		if (!is_hex(sv, 2 * RSR_SIGNATURE_SIZE) || !rsr_hex_decode(sv, raw, sizeof(raw))) {
+			n_bad++;
+			continue;
+		}
+		r = rsr_key_verify(tk->key, msg, len, raw);
+		if (r == -ENOMEM)
+			return rsr_error(ctx, r, "out of memory");
+		if (r < 0) {
 			n_bad++;
 			continue;
 		}

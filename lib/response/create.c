@@ -71,6 +71,8 @@ static int load_advisories(struct rsr_ctx *ctx, const char *path, json_t **ret)
 	if (r < 0)
 		return r;
 	doc = json_loadb(buf, len, JSON_REJECT_DUPLICATES, &jerr);
+	if (!doc && rsr_json_load_oom(&jerr))
+		return rsr_error(ctx, -ENOMEM, "out of memory");
 	if (!doc)
 		return rsr_error(ctx, RSR_E_FORMAT, "%s: not valid JSON: %s at line %d", path, jerr.text, jerr.line);
 	list = json_is_array(doc) ? doc : json_object_get(doc, "advisories");

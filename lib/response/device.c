@@ -307,7 +307,7 @@ static int state_load(struct rsr_ctx *ctx, struct rsr_device *dev, struct state 
 	if (r < 0)
 		return rsr_error_errno(ctx, r, "%s/%s/state.json", dev->root, STATE_DIR);
 	doc = json_loadb(buf, len, JSON_REJECT_DUPLICATES, &jerr);
-	if (!doc && json_error_code(&jerr) == json_error_out_of_memory)
+	if (!doc && rsr_json_load_oom(&jerr))
 		return rsr_error(ctx, -ENOMEM, "%s/%s/state.json: out of memory", dev->root, STATE_DIR);
 	inst = json_object_get(doc, "installed");
 	if (!json_is_object(doc) || !json_is_integer(json_object_get(doc, "high_water")) ||
@@ -575,7 +575,7 @@ static int recover_locked(struct rsr_ctx *ctx, struct rsr_device *dev)
 		return rsr_error_errno(ctx, r, "%s/%s/journal.json", dev->root, STATE_DIR);
 	j = json_loadb(buf, len, JSON_REJECT_DUPLICATES, &jerr);
 	/* Out of memory is not damage: the journal must stay for the next attempt. */
-	if (!j && json_error_code(&jerr) == json_error_out_of_memory)
+	if (!j && rsr_json_load_oom(&jerr))
 		return rsr_error(ctx, -ENOMEM, "%s/%s/journal.json: out of memory", dev->root, STATE_DIR);
 	if (!j || check_journal(j) < 0) {
 		json_decref(j);

@@ -346,6 +346,7 @@ static int check_signatures(struct rsr_ctx *ctx, json_t *doc, const struct rsr_k
 	_cleanup_free_ uint8_t *msg = NULL;
 	size_t i, n, len;
 	char seen[MAX_SIGS * 18] = "";
+	int r;
 
 	if (!json_is_array(sigs) || (n = json_array_size(sigs)) == 0 || n > MAX_SIGS)
 		return rsr_error(ctx, RSR_E_FORMAT, "'signatures' must list 1 to %d signatures", MAX_SIGS);
@@ -369,8 +370,11 @@ static int check_signatures(struct rsr_ctx *ctx, json_t *doc, const struct rsr_k
 					 "signature %zu: 'keyid' or 'sig' is not hex of the right size", i);
 		snprintf(seen + strlen(seen), sizeof(seen) - strlen(seen), "%s%.16s", i ? ", " : "", kid);
 		key = rsr_keyring_find(trusted, id);
-		if (key && rsr_key_verify(key, msg, len, raw) == 0)
+		r = key ? rsr_key_verify(key, msg, len, raw) : RSR_E_SIGNATURE;
+		if (r == 0)
 			return 0;
+		if (r == -ENOMEM)
+			return rsr_error(ctx, r, "out of memory");
 	}
 	return rsr_error(ctx, RSR_E_SIGNATURE, "no valid signature by a trusted key (signed by %s; %zu key%s trusted)",
 			 seen, rsr_keyring_count(trusted), rsr_keyring_count(trusted) == 1 ? "" : "s");
@@ -443,6 +447,10 @@ int rsr_response_parse(struct rsr_ctx *ctx, const void *buf, size_t len, const s
 	if (!resp)
 		return rsr_error(ctx, -ENOMEM, "out of memory");
 	resp->doc = json_loadb(buf, len, JSON_REJECT_DUPLICATES, &jerr);
+	if (!resp->doc && rsr_json_load_oom(&jerr)) {
+		rsr_response_free(resp);
+		return rsr_error(ctx, -ENOMEM, "out of memory");
+	}
 	if (!resp->doc) {
 		rsr_response_free(resp);
 		return rsr_error(ctx, RSR_E_FORMAT, "response manifest is not valid JSON: %s at byte %d", jerr.text,

@@ -104,6 +104,12 @@ check_remove() { if [ "$1" = 0 ]; then check_slot none; else check_slot none "$T
 fault_alloc_walk "graft --add (install)" fault_root_reset check_install -- graft --root "$T/root" --add "$T/os2.cptx" --no-mount
 fault_alloc_walk "graft --remove" fault_root_reset check_remove -- graft --root "$T/root" --remove os --no-mount
 
+# rsr status --json: the whole document or a failure, never a part of it.
+fault_root_reset
+"$RSR" status --root "$T/root" --json >"$T/status.ref" 2>/dev/null || fail "rsr status --json failed without faults"
+check_status() { [ "$1" != 0 ] || diff "$T/status.ref" "$T/out" >&2 || fail "status --json printed other JSON after a fault"; }
+fault_alloc_walk "status --json" nothing check_status -- status --root "$T/root" --json
+
 # Install and remove a response (no grafting): the device is on the base or
 # on (a), completely, after the failure and the recovery any rsr command does.
 if [ -d "$RSR_CORPUS/debs" ]; then
