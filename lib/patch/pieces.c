@@ -99,8 +99,10 @@ static int pieces_run(struct rsr_ctx *ctx, struct pieces_job *j, unsigned thread
 	if (r < 0 && ctx && j->err == -ENODATA)
 		return rsr_error(ctx, RSR_E_FORMAT, "%s: shorter than %llu bytes", j->what,
 				 (unsigned long long)j->size);
+	if (r < 0 && ctx && j->err == -ENOMEM)
+		return rsr_error(ctx, -ENOMEM, "%s: out of memory", j->what);
 	if (r < 0 && ctx && j->err)
-		return rsr_error_errno(ctx, j->err, "%s: cannot hash piece %llu", j->what,
+		return rsr_error_errno(ctx, j->err, "%s: cannot read piece %llu", j->what,
 				       (unsigned long long)j->err_piece);
 	return r; /* or the progress callback's cancellation, already recorded */
 }
