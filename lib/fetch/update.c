@@ -34,6 +34,16 @@ struct candidate {
 	bool withdrawn;
 };
 
+/* A current image's SHA-256, valid while the file (a new inode on every switch) is unchanged. */
+struct slot_digest {
+	char slot[65];
+	dev_t dev;
+	ino_t ino;
+	off_t size;
+	struct timespec mtime;
+	char sha[65];
+};
+
 struct rsr_updater {
 	char *root;
 	char *state; /* ROOT/var/lib/rsr/tuf */
@@ -52,6 +62,8 @@ struct rsr_updater {
 	struct candidate chosen;
 	bool checked;
 	int lockfd;
+	struct slot_digest *digests; /* of the slots' current images, hashed once per open */
+	size_t n_digests;
 };
 
 static char *path_join(const char *a, const char *b)
@@ -149,6 +161,7 @@ void rsr_update_free(struct rsr_updater *u)
 		close(u->lockfd);
 	free(u->advs);
 	free(u->cves);
+	free(u->digests);
 	free(u->root);
 	free(u->state);
 	free(u->machine_id);
@@ -528,22 +541,45 @@ static bool candidate_parse(const char *path, json_t *info, const char *base, st
 	return true;
 }
 
-/* SHA-256 (hex) of the current image of a slot, or "" when the slot has none. */
+/*
+ * SHA-256 (hex) of the current image of a slot, or "" when the slot has none.
+ * Checking for and then fetching an update both ask; the image is hashed once.
+ */
 static void slot_sha(struct rsr_ctx *ctx, struct rsr_updater *u, const char *slot, char out[65])
 {
 	_cleanup_free_ char *rel = NULL, *p = NULL;
 	_cleanup_close_ int fd = -1;
+	struct slot_digest *sd;
 	struct stat st;
 	uint8_t d[32];
 
 	out[0] = '\0';
-	if (asprintf(&rel, "%s/%s/current", RSR_GRAFT_IMAGES_DIR, slot) < 0 || !(p = path_join(u->root, rel)))
+	if (strlen(slot) >= sizeof(sd->slot) || asprintf(&rel, "%s/%s/current", RSR_GRAFT_IMAGES_DIR, slot) < 0 ||
+	    !(p = path_join(u->root, rel)))
 		return;
 	fd = open(p, O_RDONLY | O_CLOEXEC);
 	if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
 		return;
-	if (rsr_sha256_fd(ctx, fd, 0, (uint64_t)st.st_size, slot, d) == 0)
-		rsr_hex_encode(d, 32, out);
+	for (size_t i = 0; i < u->n_digests; i++) {
+		sd = &u->digests[i];
+		if (!strcmp(sd->slot, slot) && sd->dev == st.st_dev && sd->ino == st.st_ino && sd->size == st.st_size &&
+		    sd->mtime.tv_sec == st.st_mtim.tv_sec && sd->mtime.tv_nsec == st.st_mtim.tv_nsec) {
+			memcpy(out, sd->sha, sizeof(sd->sha));
+			return;
+		}
+	}
+	if (rsr_sha256_fd(ctx, fd, 0, (uint64_t)st.st_size, slot, d) < 0)
+		return;
+	rsr_hex_encode(d, 32, out);
+	/* Without room to remember it, it is hashed again next time. */
+	sd = realloc(u->digests, (u->n_digests + 1) * sizeof(*sd));
+	if (!sd)
+		return;
+	u->digests = sd;
+	sd = &u->digests[u->n_digests++];
+	*sd = (struct slot_digest){.dev = st.st_dev, .ino = st.st_ino, .size = st.st_size, .mtime = st.st_mtim};
+	memcpy(sd->slot, slot, strlen(slot) + 1);
+	memcpy(sd->sha, out, sizeof(sd->sha));
 }
 
 /* The files of the chosen response this device needs: manifest, forward patches it can use, reverse patches. */

@@ -615,6 +615,32 @@ static int commit(struct rsr_ctx *ctx, struct rsr_device *dev, json_t *j)
 	return roll_forward(ctx, dev, j);
 }
 
+/*
+ * Whether the image at `path` is a cryptex signed by a trusted key whose
+ * signed root hash is `root`: 1 if so, 0 if not (or if it is no valid
+ * cryptex), -ENOMEM. Only the header, the manifest and its signature are
+ * read, not the blocks; the image staged from it is verified block by block
+ * afterwards (verify_staged). This tells a slot that is already on the
+ * target, or already back on its base, without hashing its image whole; an
+ * image that is neither is left to the patcher, which checks its input's
+ * digest in the same pass that writes the output.
+ */
+static int image_has_root(struct rsr_ctx *ctx, struct rsr_device *dev, const char *path, const char *root)
+{
+	struct rsr_cryptex *cx = NULL;
+	int r = rsr_cryptex_open_trusted(ctx, path, dev->keys, &cx);
+
+	if (r == -ENOMEM)
+		return r;
+	if (r < 0) {
+		rsr_ctx_clear_error(ctx);
+		return 0;
+	}
+	r = !strcmp(rsr_cryptex_root_hash_hex(cx), root);
+	rsr_cryptex_free(cx);
+	return r;
+}
+
 /* Verifies a staged image against the root hash the response signed. */
 static int verify_staged(struct rsr_ctx *ctx, struct rsr_device *dev, const char *name, const char *slot,
 			 const char *want_root)
@@ -769,8 +795,7 @@ int rsr_device_install(struct rsr_ctx *ctx, struct rsr_device *dev, const char *
 		const struct rsr_response_image *im = rsr_response_image(resp, i);
 		_cleanup_close_ int sfd = -1;
 		_cleanup_free_ char *cur_path = NULL, *patch = NULL, *out_path = NULL, *rev = NULL, *rel = NULL;
-		char cur[128], staged[128], sha[65], image[80];
-		bool accepted = false;
+		char cur[128], staged[128], image[80];
 
 		if (strcmp(im->arch, dev->arch))
 			continue;
@@ -789,25 +814,17 @@ int rsr_device_install(struct rsr_ctx *ctx, struct rsr_device *dev, const char *
 		}
 		snprintf(staged, sizeof(staged), "%s.cptx", im->slot);
 		snprintf(image, sizeof(image), "%s.cptx", im->root_hash);
-		if ((r = response_file_sha256(ctx, cur_path, sha, NULL)) < 0)
+		if ((r = image_has_root(ctx, dev, cur_path, im->root_hash)) < 0) {
+			r = rsr_error(ctx, r, "out of memory");
 			goto out;
-		if (!strcmp(sha, im->sha256)) {
+		}
+		if (r > 0) {
 			/* Already the target image: nothing to patch. */
 			if (linkat(sfd, cur, infd, staged, 0) < 0) {
 				r = rsr_error_errno(ctx, -errno, "slot '%s': cannot stage", im->slot);
 				goto out;
 			}
 		} else {
-			for (size_t k = 0; k < im->n_forward_inputs; k++)
-				accepted |= !strcmp(sha, im->forward_inputs[k]);
-			if (!accepted) {
-				r = rsr_error(
-				    ctx, RSR_E_MISMATCH,
-				    "slot '%s': this device's image (%s, digest %.16s…) is none of the %zu images "
-				    "response (%s) patches from",
-				    im->slot, cur, sha, im->n_forward_inputs, rsr_response_letter(resp));
-				goto out;
-			}
 			/* The patch itself must be the one the response signed. */
 			if ((r = copy_checked(ctx, patch, infd, ".forward.rsrp", im->forward_sha256,
 					      im->forward_size)) < 0)
@@ -822,8 +839,17 @@ int rsr_device_install(struct rsr_ctx *ctx, struct rsr_device *dev, const char *
 			}
 			rsr_info(ctx, "slot '%s': applying %llu-byte patch to %s", im->slot,
 				 (unsigned long long)im->forward_size, cur);
+			/* It accepts only the images the response patches from, and checks which one this is. */
 			r = rsr_patch_apply(ctx, cur_path, staged_patch, out_path);
 			unlinkat(infd, ".forward.rsrp", 0);
+			if (r == RSR_E_MISMATCH) {
+				rsr_error_prefix(
+				    ctx, r,
+				    "slot '%s': this device's image (%s) is none of the %zu images response "
+				    "(%s) patches from",
+				    im->slot, cur, im->n_forward_inputs, rsr_response_letter(resp));
+				goto out;
+			}
 			if (r < 0) {
 				rsr_error_prefix(ctx, r, "slot '%s'", im->slot);
 				goto out;
@@ -950,9 +976,11 @@ int rsr_device_remove(struct rsr_ctx *ctx, struct rsr_device *dev, unsigned flag
 				goto out;
 			}
 		} else {
-			if ((r = response_file_sha256(ctx, cur_path, sha, NULL)) < 0)
+			if ((r = image_has_root(ctx, dev, cur_path, im->base_root_hash)) < 0) {
+				r = rsr_error(ctx, r, "out of memory");
 				goto out;
-			if (!strcmp(sha, im->base_sha256)) {
+			}
+			if (r > 0) {
 				if (linkat(sfd, cur, infd, staged, 0) < 0) {
 					r = rsr_error_errno(ctx, -errno, "slot '%s': cannot stage", im->slot);
 					goto out;

@@ -100,6 +100,13 @@ refuse "a response signed by an unknown key" "$T/wrong-key" "no valid signature 
 "$RSR" -q response create -o "$T/wrong-base" --base-build test-2 --letter c --key "$V/key" \
 	--slot libxml2="$T/xml-other-base0.cptx:$T/xml-other-base.cptx" --advisories "$V/adv-b.json"
 refuse "a response for another base build" "$T/wrong-base" "is for base build 'test-2'; this device runs 'test-1'"
+# A response whose base is another libxml2 image than this device's: the patcher finds
+# out in its pass (the image is not hashed whole first), and nothing is switched.
+"$RSR" -q cryptex build "$(corpus_pair libxml2)/old" -o "$T/xml-other-old.cptx" --name libxml2 --version 2.9.14-u3 --base test-1 --key "$V/key"
+"$RSR" -q response create -o "$T/other-input" --base-build test-1 --letter c --sequence 3 --key "$V/key" \
+	--slot libxml2="$T/xml-other-old.cptx:$V/xml-b.cptx" --advisories "$V/adv-b.json"
+refuse "a response that patches from another image than the device's" "$T/other-input" \
+	"slot 'libxml2': this device's image (.*) is none of the 1 images response (c) patches from: patch .* has digest"
 # A patch whose output is a validly signed image, but not the one the response signed.
 cp -r "$V/b" "$T/b-wrong-output"
 "$RSR" -q patch create "$V/xml-base.cptx" "$V/ssl-b.cptx" -o "$T/b-wrong-output/patches/libxml2-x86_64.forward.rsrp" 2>/dev/null ||
