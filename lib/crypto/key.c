@@ -237,7 +237,9 @@ int rsr_key_verify(const struct rsr_key *key, const void *msg, size_t len, const
 	/*
 	 * A signature that does not match makes EVP_DigestVerify return 0 and
 	 * queue no error. Anything else is OpenSSL failing inside (out of
-	 * memory), which must not be reported as an altered signature.
+	 * memory), which must not be reported as an altered signature. A
+	 * failed allocation is queued by the function that made it in OpenSSL
+	 * 3.0, and by CRYPTO_malloc itself from 3.2 on.
 	 */
 	ERR_clear_error();
 	md = EVP_MD_CTX_new();
