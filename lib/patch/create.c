@@ -502,6 +502,7 @@ struct job {
 	uint64_t *bounds; /* n_chunks + 1 */
 	uint32_t n_chunks;
 	struct buf *frames;	 /* n_sets * n_chunks */
+	struct buf *payloads;	 /* n_sets * n_chunks: the operations, between planning and compressing */
 	uint32_t *payload_sizes; /* n_sets * n_chunks */
 	struct scratch *scratch; /* per worker, kept across chunks: fresh pages and contexts cost */
 	pthread_mutex_t lock;
@@ -614,13 +615,15 @@ static bool is_hex(uint8_t c)
 	return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
 }
 
-static void block_hash(EVP_MD_CTX *md, const uint8_t *salt, size_t salt_len, const uint8_t *blk, uint8_t out[32])
+/* 0, or -ENOMEM: SHA-256 fails only when OpenSSL cannot allocate. */
+static int block_hash(EVP_MD_CTX *md, const uint8_t *salt, size_t salt_len, const uint8_t *blk, uint8_t out[32])
 {
 	unsigned int n = 32;
-	EVP_DigestInit_ex(md, EVP_sha256(), NULL);
-	EVP_DigestUpdate(md, salt, salt_len);
-	EVP_DigestUpdate(md, blk, HASH_BLOCK);
-	EVP_DigestFinal_ex(md, out, &n);
+
+	if (EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1 || EVP_DigestUpdate(md, salt, salt_len) != 1 ||
+	    EVP_DigestUpdate(md, blk, HASH_BLOCK) != 1 || EVP_DigestFinal_ex(md, out, &n) != 1)
+		return -ENOMEM;
+	return 0;
 }
 
 static const struct tslot *tree_find(const struct tree *t, const uint8_t *w)
@@ -725,7 +728,11 @@ static int find_tree(struct job *j)
 			uint8_t h[32];
 			if (s->blk[b] >= 0 || seen++ % step)
 				continue;
-			block_hash(md, cands[c], cand_len[c], nw->p + b * BLOCK, h);
+			if (block_hash(md, cands[c], cand_len[c], nw->p + b * BLOCK, h) < 0) {
+				EVP_MD_CTX_free(md);
+				free(words.tab);
+				return -ENOMEM;
+			}
 			if (tree_find(&words, h))
 				hits++;
 			sampled++;
@@ -747,12 +754,13 @@ static int find_tree(struct job *j)
 		} else {
 			memcpy(t->salt, cands[best], cand_len[best]);
 			t->salt_len = cand_len[best];
-			for (uint64_t b = 0; b < nb; b++) {
+			for (uint64_t b = 0; b < nb && r == 0; b++) {
 				uint8_t h[32];
 				if (s->blk[b] >= 0)
 					continue;
-				block_hash(md, t->salt, t->salt_len, nw->p + b * BLOCK, h);
-				tree_add(t, h, b * BLOCK);
+				r = block_hash(md, t->salt, t->salt_len, nw->p + b * BLOCK, h);
+				if (r == 0)
+					tree_add(t, h, b * BLOCK);
 			}
 		}
 	}
@@ -815,8 +823,67 @@ static void diff_region(struct job *j, struct set *s, uint64_t y, uint64_t ge, u
 	}
 }
 
+/*
+ * The byte-wise differences of a chunk, run-length coded as they are made:
+ * (zeros, explicit) pairs into runs, the explicit bytes into nz. A lone zero
+ * between differences stays explicit. Coding on the fly keeps no buffer of
+ * the differences themselves, which are as long as the adds (megabytes).
+ */
+struct rle {
+	struct buf runs, nz;
+	uint64_t zeros, n_explicit;
+	bool in_explicit, pending_zero; /* pending: a zero inside explicit bytes, kept if a non-zero follows */
+};
+
+static void rle_push(struct rle *e, uint8_t d)
+{
+	if (!e->in_explicit) {
+		if (d == 0) {
+			e->zeros++;
+		} else {
+			e->in_explicit = true;
+			e->n_explicit = 1;
+			buf_byte(&e->nz, d);
+		}
+	} else if (e->pending_zero) {
+		e->pending_zero = false;
+		if (d != 0) {
+			uint8_t two[2] = {0, d};
+			buf_put(&e->nz, two, 2);
+			e->n_explicit += 2;
+		} else {
+			buf_varint(&e->runs, e->zeros);
+			buf_varint(&e->runs, e->n_explicit);
+			e->in_explicit = false;
+			e->zeros = 2;
+		}
+	} else if (d != 0) {
+		buf_byte(&e->nz, d);
+		e->n_explicit++;
+	} else {
+		e->pending_zero = true;
+	}
+}
+
+static void rle_finish(struct rle *e)
+{
+	if (e->in_explicit) {
+		buf_varint(&e->runs, e->zeros);
+		buf_varint(&e->runs, e->n_explicit);
+		if (e->pending_zero) {
+			buf_varint(&e->runs, 1);
+			buf_varint(&e->runs, 0);
+		}
+	} else if (e->zeros) {
+		buf_varint(&e->runs, e->zeros);
+		buf_varint(&e->runs, 0);
+	}
+	e->zeros = e->n_explicit = 0;
+	e->in_explicit = e->pending_zero = false;
+}
+
 /* Emits the operations of one record range [a, b) of the new image. */
-static void emit_add(struct buf *ctrl, struct buf *diff, const uint8_t *old, const uint8_t *nw, uint64_t a,
+static void emit_add(struct buf *ctrl, struct rle *diff, const uint8_t *old, const uint8_t *nw, uint64_t a,
 		     uint64_t len, uint64_t o, int64_t *pos)
 {
 	uint64_t i = 0;
@@ -844,7 +911,7 @@ static void emit_add(struct buf *ctrl, struct buf *diff, const uint8_t *old, con
 			buf_svarint(ctrl, (int64_t)(o + i) - *pos);
 			buf_varint(ctrl, add_end - i);
 			for (uint64_t k = i; k < add_end; k++)
-				buf_byte(diff, (uint8_t)(nw[a + k] - old[o + k]));
+				rle_push(diff, (uint8_t)(nw[a + k] - old[o + k]));
 			*pos = (int64_t)(o + add_end);
 			i = add_end;
 		}
@@ -863,7 +930,7 @@ static void emit_add(struct buf *ctrl, struct buf *diff, const uint8_t *old, con
 
 /* Serializes the records clipped to [cs, ce); returns the input position after them. */
 static int64_t emit_recs(const struct recs *rs, const uint8_t *old, const uint8_t *nw, uint64_t cs, uint64_t ce,
-			 int64_t pos, struct buf *ctrl, struct buf *diff, struct buf *lit, const struct tree *tree,
+			 int64_t pos, struct buf *ctrl, struct rle *diff, struct buf *lit, const struct tree *tree,
 			 bool *salt_sent)
 {
 	for (size_t i = 0; i < rs->n; i++) {
@@ -904,7 +971,7 @@ static int64_t emit_recs(const struct recs *rs, const uint8_t *old, const uint8_
 }
 
 /* Plans one chunk of one input: records for the chunk's range of the new image. */
-static int plan_chunk(struct job *j, struct set *s, uint64_t cs, uint64_t ce, struct buf *ctrl, struct buf *diff,
+static int plan_chunk(struct job *j, struct set *s, uint64_t cs, uint64_t ce, struct buf *ctrl, struct rle *diff,
 		      struct buf *lit)
 {
 	const struct image *nw = j->nw;
@@ -1015,61 +1082,73 @@ static int read_new(void *arg, uint64_t off, void *buf, size_t len)
 	return 0;
 }
 
-/*
- * Run-length codes the differences: (zeros, explicit) pairs into runs, the
- * explicit bytes into nz. A lone zero between differences stays explicit.
- */
-static void rle_diff(const struct buf *diff, struct buf *runs, struct buf *nz)
+/* Reports progress: planning a chunk counts for half of its bytes, compressing and checking it for the rest. */
+static int advance(struct job *j, uint64_t units)
 {
-	const uint8_t *d = diff->p;
-	size_t n = diff->len, j = 0;
+	int r = 0;
 
-	while (j < n) {
-		size_t z = j, s;
-		while (j < n && d[j] == 0)
-			j++;
-		s = j;
-		while (j < n && (d[j] != 0 || (j + 1 < n && d[j + 1] != 0)))
-			j++;
-		buf_varint(runs, s - z);
-		buf_varint(runs, j - s);
-		buf_put(nz, d + s, j - s);
-	}
+	pthread_mutex_lock(&j->lock);
+	j->done += units;
+	if (rsr_progress(j->ctx, "creating patch", j->done, 2 * (uint64_t)j->n_sets * j->nw->size) < 0)
+		r = RSR_E_CANCELED;
+	pthread_mutex_unlock(&j->lock);
+	return r;
 }
 
+/* Plans chunk `index` (set-major) into its operations payload, j->payloads[index]. */
+static int plan_job(void *arg, size_t index, unsigned worker)
+{
+	struct job *j = arg;
+	uint32_t c = (uint32_t)(index % j->n_chunks);
+	struct buf ctrl = {0}, lit = {0}, *payload = &j->payloads[index];
+	struct rle diff = {0};
+	int r;
+
+	(void)worker;
+	r = plan_chunk(j, &j->sets[index / j->n_chunks], j->bounds[c], j->bounds[c + 1], &ctrl, &diff, &lit);
+	if (r < 0)
+		goto out;
+	rle_finish(&diff);
+	buf_varint(payload, ctrl.len);
+	buf_varint(payload, diff.runs.len);
+	buf_varint(payload, diff.nz.len);
+	buf_varint(payload, lit.len);
+	buf_put(payload, ctrl.p, ctrl.len);
+	buf_put(payload, diff.runs.p, diff.runs.len);
+	buf_put(payload, diff.nz.p, diff.nz.len);
+	buf_put(payload, lit.p, lit.len);
+	if (ctrl.oom || lit.oom || diff.runs.oom || diff.nz.oom || payload->oom)
+		r = -ENOMEM;
+	else if (payload->len > PATCH_MAX_CHUNK_PAYLOAD)
+		r = RSR_E_LIMIT;
+	else
+		r = advance(j, j->bounds[c + 1] - j->bounds[c]);
+out:
+	buf_free(&ctrl);
+	buf_free(&lit);
+	buf_free(&diff.runs);
+	buf_free(&diff.nz);
+	if (r < 0)
+		buf_free(payload);
+	return r;
+}
+
+/* Compresses chunk `index`'s payload (planned first if it is not yet) and checks that it reproduces its output. */
 static int chunk_job(void *arg, size_t index, unsigned worker)
 {
 	struct job *j = arg;
 	size_t si = index / j->n_chunks;
 	uint32_t c = (uint32_t)(index % j->n_chunks);
 	struct set *s = &j->sets[si];
-	struct buf ctrl = {0}, diff = {0}, lit = {0}, runs = {0}, nz = {0}, payload = {0}, *frame = &j->frames[index];
+	struct buf *payload = &j->payloads[index], *frame = &j->frames[index];
 	struct scratch *sc = &j->scratch[worker];
 	ZSTD_CCtx *cctx;
 	size_t bound, n;
-	int r;
+	int r = 0;
 
-	r = plan_chunk(j, s, j->bounds[c], j->bounds[c + 1], &ctrl, &diff, &lit);
-	if (r < 0)
+	if (!payload->p && (r = plan_job(j, index, worker)) < 0)
 		goto out;
-	rle_diff(&diff, &runs, &nz);
-	buf_varint(&payload, ctrl.len);
-	buf_varint(&payload, runs.len);
-	buf_varint(&payload, nz.len);
-	buf_varint(&payload, lit.len);
-	buf_put(&payload, ctrl.p, ctrl.len);
-	buf_put(&payload, runs.p, runs.len);
-	buf_put(&payload, nz.p, nz.len);
-	buf_put(&payload, lit.p, lit.len);
-	if (ctrl.oom || diff.oom || lit.oom || runs.oom || nz.oom || payload.oom) {
-		r = -ENOMEM;
-		goto out;
-	}
-	if (payload.len > PATCH_MAX_CHUNK_PAYLOAD) {
-		r = RSR_E_LIMIT;
-		goto out;
-	}
-	bound = ZSTD_compressBound(payload.len);
+	bound = ZSTD_compressBound(payload->len);
 	frame->p = malloc(bound);
 	if (!sc->cctx)
 		sc->cctx = ZSTD_createCCtx();
@@ -1084,19 +1163,20 @@ static int chunk_job(void *arg, size_t index, unsigned worker)
 	ZSTD_CCtx_setParameter(cctx, ZSTD_c_compressionLevel, (int)j->opts->level);
 	ZSTD_CCtx_setParameter(cctx, ZSTD_c_checksumFlag, 0); /* the patch digest covers every byte */
 	ZSTD_CCtx_setParameter(cctx, ZSTD_c_contentSizeFlag, 1);
-	n = ZSTD_compress2(cctx, frame->p, bound, payload.p, payload.len);
+	n = ZSTD_compress2(cctx, frame->p, bound, payload->p, payload->len);
 	if (ZSTD_isError(n)) {
 		r = -ENOMEM;
 		goto out;
 	}
 	frame->len = n;
-	j->payload_sizes[index] = (uint32_t)payload.len;
+	j->payload_sizes[index] = (uint32_t)payload->len;
+	buf_free(payload);
 	/* Self-check: the chunk must give back exactly the new image's bytes. */
 	{
 		struct patch_chunk_view v = {.out_offset = j->bounds[c],
 					     .out_size = (uint32_t)(j->bounds[c + 1] - j->bounds[c]),
 					     .comp_size = (uint32_t)n,
-					     .payload_size = (uint32_t)payload.len};
+					     .payload_size = j->payload_sizes[index]};
 		const char *why = NULL;
 		if (sc->out_cap < v.out_size) {
 			free(sc->out);
@@ -1123,18 +1203,9 @@ static int chunk_job(void *arg, size_t index, unsigned worker)
 			goto out;
 		}
 	}
-	pthread_mutex_lock(&j->lock);
-	j->done += j->bounds[c + 1] - j->bounds[c];
-	if (rsr_progress(j->ctx, "creating patch", j->done, (uint64_t)j->n_sets * j->nw->size) < 0)
-		r = RSR_E_CANCELED;
-	pthread_mutex_unlock(&j->lock);
+	r = advance(j, j->bounds[c + 1] - j->bounds[c]);
 out:
-	buf_free(&ctrl);
-	buf_free(&diff);
-	buf_free(&lit);
-	buf_free(&runs);
-	buf_free(&nz);
-	buf_free(&payload);
+	buf_free(payload);
 	return r;
 }
 
@@ -1222,8 +1293,12 @@ static int write_patch(struct rsr_ctx *ctx, struct job *j, const char *path)
 		pc[0] = (struct patch_piece){h.p + sizeof(hdr), h.len - sizeof(hdr)};
 		for (size_t i = 0; i < n; i++)
 			pc[i + 1] = (struct patch_piece){j->frames[i].p, j->frames[i].len};
-		patch_digest((const struct patch_header *)h.p, pc, n + 1, digest);
+		r = patch_digest((const struct patch_header *)h.p, pc, n + 1, digest);
 		free(pc);
+		if (r < 0) {
+			buf_free(&h);
+			return rsr_error(ctx, r, "out of memory");
+		}
 	}
 	memcpy(h.p + offsetof(struct patch_header, patch_sha256), digest, 32);
 
@@ -1327,6 +1402,33 @@ static int create_one(struct rsr_ctx *ctx, struct image *olds, size_t n_olds, st
 				st->ref_of[i] = SIZE_MAX;
 		}
 	}
+	/*
+	 * From here on only the token streams of the members diffed in token
+	 * form are read: the anchors and the other streams go, before the chunk
+	 * phase needs its memory.
+	 */
+	for (size_t i = 0; i < nm.n; i++) {
+		free(steal_ptr(&nm.m[i].anchors));
+		if (!handled[i])
+			buf_free(&nm.m[i].tokens);
+	}
+	for (size_t s = 0; s < n_olds; s++) {
+		struct members *om = &j.sets[s].old_members;
+		bool *referenced = calloc(om->n + 1, 1);
+		if (!referenced) {
+			r = rsr_error(ctx, -ENOMEM, "out of memory");
+			goto out;
+		}
+		for (size_t i = 0; i < nm.n; i++)
+			if (j.sets[s].ref_of[i] != SIZE_MAX)
+				referenced[j.sets[s].ref_of[i]] = true;
+		for (size_t i = 0; i < om->n; i++) {
+			free(steal_ptr(&om->m[i].anchors));
+			if (!referenced[i])
+				buf_free(&om->m[i].tokens);
+		}
+		free(referenced);
+	}
 	rsr_debug(ctx, "%s: %zu deflate streams; matching and suffix arrays done at %.0f ms", nw->path, nm.n,
 		  now_ms() - t0);
 	/*
@@ -1346,21 +1448,40 @@ static int create_one(struct rsr_ctx *ctx, struct image *olds, size_t n_olds, st
 		goto out;
 	}
 	j.frames = calloc(j.n_sets * j.n_chunks + 1, sizeof(*j.frames));
+	j.payloads = calloc(j.n_sets * j.n_chunks + 1, sizeof(*j.payloads));
 	j.payload_sizes = calloc(j.n_sets * j.n_chunks + 1, sizeof(uint32_t));
-	if (!j.frames || !j.payload_sizes) {
+	if (!j.frames || !j.payloads || !j.payload_sizes) {
 		r = rsr_error(ctx, -ENOMEM, "out of memory");
 		goto out;
 	}
 	threads = rsr_threads_for(ctx, j.n_sets * j.n_chunks);
-	j.scratch = calloc(threads, sizeof(*j.scratch));
-	if (!j.scratch) {
-		r = rsr_error(ctx, -ENOMEM, "out of memory");
-		goto out;
-	}
 	pthread_mutex_init(&j.lock, NULL);
-	r = rsr_parallel_for(threads, j.n_sets * j.n_chunks, chunk_job, &j);
+	/*
+	 * Two phases: every chunk is planned first, which needs the suffix arrays
+	 * and token streams; they are freed before the chunks are compressed and
+	 * checked, which needs a zstd context and an output buffer per worker. So
+	 * peak memory is the larger of the two, not their sum. The payloads kept
+	 * in between are the operations, a fraction of the image for a patch
+	 * worth making. A full replacement has nothing to free and is planned
+	 * chunk by chunk in the second phase, so that it never holds a copy of
+	 * the whole image.
+	 */
+	if (n_olds) {
+		r = rsr_parallel_for(threads, j.n_sets * j.n_chunks, plan_job, &j);
+		for (size_t s = 0; s < j.n_sets; s++) {
+			struct image *old = j.sets[s].old;
+			set_free(&j.sets[s]);
+			j.sets[s] = (struct set){.old = old};
+		}
+		members_free(&nm);
+		free(steal_ptr(&j.tree.tab));
+	}
+	if (r >= 0) {
+		j.scratch = calloc(threads, sizeof(*j.scratch));
+		r = j.scratch ? rsr_parallel_for(threads, j.n_sets * j.n_chunks, chunk_job, &j) : -ENOMEM;
+	}
 	pthread_mutex_destroy(&j.lock);
-	for (unsigned t = 0; t < threads; t++) {
+	for (unsigned t = 0; j.scratch && t < threads; t++) {
 		ZSTD_freeCCtx(j.scratch[t].cctx);
 		free(j.scratch[t].out);
 	}
@@ -1387,7 +1508,10 @@ out:
 		set_free(&j.sets[s]);
 	for (size_t i = 0; j.frames && i < j.n_sets * j.n_chunks; i++)
 		buf_free(&j.frames[i]);
+	for (size_t i = 0; j.payloads && i < j.n_sets * j.n_chunks; i++)
+		buf_free(&j.payloads[i]);
 	free(j.frames);
+	free(j.payloads);
 	free(j.payload_sizes);
 	free(j.bounds);
 	free(j.sets);

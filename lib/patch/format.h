@@ -129,7 +129,8 @@ struct patch_piece {
 	const void *p;
 	size_t len;
 };
-void patch_digest(const struct patch_header *h, const struct patch_piece *pieces, size_t n, uint8_t out[32]);
+/* 0, or -ENOMEM when OpenSSL cannot allocate. */
+int patch_digest(const struct patch_header *h, const struct patch_piece *pieces, size_t n, uint8_t out[32]);
 
 void patch_chunk_get(const struct rsr_patch *p, uint32_t set, uint32_t chunk, struct patch_chunk_view *v);
 

@@ -57,24 +57,20 @@ void buf_svarint(struct buf *b, int64_t v)
 	buf_varint(b, ((uint64_t)v << 1) ^ (uint64_t)(v >> 63));
 }
 
-void patch_digest(const struct patch_header *h, const struct patch_piece *pieces, size_t n, uint8_t out[32])
+int patch_digest(const struct patch_header *h, const struct patch_piece *pieces, size_t n, uint8_t out[32])
 {
 	struct patch_header hcopy = *h;
 	EVP_MD_CTX *md = EVP_MD_CTX_new();
 	unsigned int dlen = 32;
+	bool ok;
 
 	memset(hcopy.patch_sha256, 0, 32);
-	if (!md || EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1) {
-		/* Cannot happen short of memory exhaustion; a zero digest then fails every check. */
-		memset(out, 0, 32);
-		EVP_MD_CTX_free(md);
-		return;
-	}
-	EVP_DigestUpdate(md, &hcopy, sizeof(hcopy));
-	for (size_t i = 0; i < n; i++)
-		EVP_DigestUpdate(md, pieces[i].p, pieces[i].len);
-	EVP_DigestFinal_ex(md, out, &dlen);
+	ok = md && EVP_DigestInit_ex(md, EVP_sha256(), NULL) == 1 && EVP_DigestUpdate(md, &hcopy, sizeof(hcopy)) == 1;
+	for (size_t i = 0; ok && i < n; i++)
+		ok = EVP_DigestUpdate(md, pieces[i].p, pieces[i].len) == 1;
+	ok = ok && EVP_DigestFinal_ex(md, out, &dlen) == 1;
 	EVP_MD_CTX_free(md);
+	return ok ? 0 : -ENOMEM;
 }
 
 static int format_error(struct rsr_ctx *ctx, const char *why)
@@ -103,7 +99,8 @@ int rsr_patch_load(struct rsr_ctx *ctx, const void *buf, size_t len, struct rsr_
 	/* The digest covers the whole file: a flipped bit or a truncation anywhere is caught here. */
 	{
 		struct patch_piece rest = {(const uint8_t *)buf + sizeof(*h), len - sizeof(*h)};
-		patch_digest(h, &rest, 1, digest);
+		if (patch_digest(h, &rest, 1, digest) < 0)
+			return rsr_error(ctx, -ENOMEM, "out of memory");
 		if (memcmp(digest, h->patch_sha256, 32) != 0)
 			return format_error(ctx, "file corrupt or truncated (patch digest mismatch)");
 	}

@@ -93,6 +93,29 @@ if "$RSR" patch --help >/dev/null 2>&1; then
 		fi
 	}
 	fault_alloc_walk "patch apply" empty_o check_patch -- patch apply "$T/prev.cptx" "$T/fwd.rsrp" -o "$T/o/x.cptx"
+	# Patch create, forward and reverse in one run: both patches, exactly
+	# the unfaulted ones, or nothing.
+	"$RSR" patch create "$T/ref.cptx" "$T/prev.cptx" -o "$T/rev.rsrp" >/dev/null 2>&1 ||
+		fail "rsr patch create (reverse) failed without faults"
+	check_create() {
+		if [ "$1" = 0 ]; then
+			cmp -s "$T/o/f.rsrp" "$T/fwd.rsrp" || fail "a create that survived a fault made another patch"
+			cmp -s "$T/o/r.rsrp" "$T/rev.rsrp" || fail "a create that survived a fault made another reverse patch"
+			[ "$(dir_listing "$T/o")" = "$(printf 'f.rsrp\nr.rsrp')" ] || fail "left behind: $(dir_listing "$T/o")"
+		else
+			case $(dir_listing "$T/o") in
+			"" | f.rsrp) ;; # the forward patch is complete before the reverse one is begun
+			*) fail "a failed patch create left: $(dir_listing "$T/o")" ;;
+			esac
+			[ ! -e "$T/o/f.rsrp" ] || cmp -s "$T/o/f.rsrp" "$T/fwd.rsrp" || fail "a failed create left a bad patch"
+		fi
+	}
+	# Two threads, except under AddressSanitizer: its thread start-up
+	# (pthread_getattr_np) cannot take a failed allocation and aborts.
+	cthreads=2
+	if [ -n "${RSR_SANITIZE:-}" ] && [ "$RSR_SANITIZE" != none ]; then cthreads=1; fi
+	fault_alloc_walk "patch create" empty_o check_create -- \
+		patch create "$T/prev.cptx" "$T/ref.cptx" -o "$T/o/f.rsrp" --reverse "$T/o/r.rsrp" --threads $cthreads
 fi
 
 # Install and remove on a device root (rsr graft --no-mount): the slot's
