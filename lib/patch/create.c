@@ -652,6 +652,14 @@ static int tree_add(struct tree *t, const uint8_t h[32], uint64_t off)
 	return 0;
 }
 
+/* One sampled block hash under one candidate salt. */
+struct sample {
+	uint8_t h[32];
+	uint32_t next; /* in its hash chain; UINT32_MAX ends it */
+	uint8_t cand;
+	bool found; /* among the changed blocks' words */
+};
+
 /*
  * Looks for a hash tree over the new image: 32-byte entries that are
  * SHA-256(salt || block) of its changed 4 KiB blocks. Candidate salts are
@@ -668,7 +676,6 @@ static int find_tree(struct job *j)
 	uint8_t cands[MAX_SALTS][32];
 	size_t n_cands = 1, best = SIZE_MAX, best_hits = 0;
 	size_t cand_len[MAX_SALTS] = {0};
-	struct tree words = {0};
 	EVP_MD_CTX *md;
 	int r = 0;
 
@@ -706,43 +713,71 @@ static int find_tree(struct job *j)
 		}
 	}
 	md = EVP_MD_CTX_new();
-	words.cap = 64;
-	while (words.cap < 2 * n_changed * (BLOCK / 32))
-		words.cap <<= 1;
-	words.tab = rsr_calloc_large(words.cap, sizeof(*words.tab));
-	if (!md || !words.tab) {
-		EVP_MD_CTX_free(md);
-		free(words.tab);
+	if (!md)
 		return -ENOMEM;
-	}
-	/* Every 32-byte word of the changed blocks, then a sample of hashes per candidate salt. */
-	for (uint64_t b = 0; b < nb; b++)
-		if (s->blk[b] < 0)
-			for (uint64_t w = b * BLOCK; w < (b + 1) * BLOCK; w += 32)
-				tree_add(&words, nw->p + w, w);
-	for (size_t c = 0; c < n_cands; c++) {
-		size_t hits = 0, sampled = 0;
-		uint64_t step = n_changed / 64 + 1, seen = 0;
+	/*
+	 * A sample of block hashes per candidate salt, in a small chained table;
+	 * then every 32-byte word of the changed blocks is looked up in it. (The
+	 * other way round, a table of all the words, takes 40 bytes per word:
+	 * megabytes, at the time the suffix array is built.)
+	 */
+	{
+		uint64_t step = n_changed / 64 + 1;
+		size_t n = 0, cap = 1, hits[MAX_SALTS] = {0};
+		struct sample *smp = malloc((size_t)n_cands * 64 * sizeof(*smp));
+		uint32_t *head;
 
-		for (uint64_t b = 0; b < nb && sampled < 64; b++) {
-			uint8_t h[32];
-			if (s->blk[b] >= 0 || seen++ % step)
-				continue;
-			if (block_hash(md, cands[c], cand_len[c], nw->p + b * BLOCK, h) < 0) {
-				EVP_MD_CTX_free(md);
-				free(words.tab);
-				return -ENOMEM;
+		while (cap < (size_t)n_cands * 64 * 2)
+			cap <<= 1;
+		head = malloc(cap * sizeof(*head));
+		if (!smp || !head) {
+			free(smp);
+			free(head);
+			EVP_MD_CTX_free(md);
+			return -ENOMEM;
+		}
+		memset(head, 0xff, cap * sizeof(*head));
+		for (size_t c = 0; c < n_cands; c++) {
+			size_t sampled = 0;
+			uint64_t seen = 0;
+			for (uint64_t b = 0; b < nb && sampled < 64; b++) {
+				struct sample *x = &smp[n];
+				size_t k;
+				if (s->blk[b] >= 0 || seen++ % step)
+					continue;
+				if (block_hash(md, cands[c], cand_len[c], nw->p + b * BLOCK, x->h) < 0) {
+					free(smp);
+					free(head);
+					EVP_MD_CTX_free(md);
+					return -ENOMEM;
+				}
+				x->cand = (uint8_t)c;
+				x->found = false;
+				k = hash64(x->h, 32) & (cap - 1);
+				x->next = head[k];
+				head[k] = (uint32_t)n++;
+				sampled++;
 			}
-			if (tree_find(&words, h))
-				hits++;
-			sampled++;
 		}
-		if (hits > best_hits) {
-			best_hits = hits;
-			best = c;
+		for (uint64_t b = 0; b < nb; b++) {
+			if (s->blk[b] >= 0)
+				continue;
+			for (uint64_t w = b * BLOCK; w < (b + 1) * BLOCK; w += 32)
+				for (uint32_t i = head[hash64(nw->p + w, 32) & (cap - 1)]; i != UINT32_MAX;
+				     i = smp[i].next)
+					if (!smp[i].found && !memcmp(smp[i].h, nw->p + w, 32)) {
+						smp[i].found = true;
+						hits[smp[i].cand]++;
+					}
 		}
+		for (size_t c = 0; c < n_cands; c++)
+			if (hits[c] > best_hits) {
+				best_hits = hits[c];
+				best = c;
+			}
+		free(smp);
+		free(head);
 	}
-	free(words.tab);
 	if (best_hits >= 4) {
 		struct tree *t = &j->tree;
 		t->cap = 64;
