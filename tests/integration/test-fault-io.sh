@@ -98,6 +98,27 @@ if "$RSR" patch --help >/dev/null 2>&1; then
 	# In place: the old image is the input and the output.
 	fault_io_walk "patch apply (in place)" prev_o check_replace "$SYSCALLS" "$ERRNOS" -- \
 		patch apply "$T/o/x.cptx" "$T/fwd.rsrp" -o "$T/o/x.cptx"
+	# Create, forward and reverse: after a failure, nothing, the forward
+	# patch alone (it is finished before the reverse one is begun) or, when
+	# only the last directory fsync failed, both; never a partial patch.
+	"$RSR" patch create "$T/ref.cptx" "$T/prev.cptx" -o "$T/rev.rsrp" >/dev/null 2>&1 ||
+		fail "rsr patch create (reverse) failed without faults"
+	check_create() {
+		local l
+		l=$(dir_listing "$T/o" | tr '\n' ' ')
+		if [ "$1" = 0 ]; then
+			[ "$l" = "f.rsrp r.rsrp " ] || fail "left behind: $l"
+		else
+			case $l in
+			"" | "f.rsrp " | "f.rsrp r.rsrp ") ;;
+			*) fail "a failed patch create left: $l" ;;
+			esac
+		fi
+		[ ! -e "$T/o/f.rsrp" ] || cmp -s "$T/o/f.rsrp" "$T/fwd.rsrp" || fail "a partial or foreign forward patch"
+		[ ! -e "$T/o/r.rsrp" ] || cmp -s "$T/o/r.rsrp" "$T/rev.rsrp" || fail "a partial or foreign reverse patch"
+	}
+	fault_io_walk "patch create" empty_o check_create "$SYSCALLS" "$ERRNOS" -- \
+		patch create "$T/prev.cptx" "$T/ref.cptx" -o "$T/o/f.rsrp" --reverse "$T/o/r.rsrp"
 fi
 
 # Install and remove on a device root (rsr graft --no-mount): the slot's
