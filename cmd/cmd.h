@@ -49,6 +49,13 @@ int cmd_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Prints a JSON value (NULL: out of memory) to stdout, indented, with a newline; takes
  * ownership. Returns EXIT_OK, or EXIT_FAIL after an error message. */
 int cmd_print_json(json_t *v);
+/*
+ * json_object_set_new() and json_array_append_new() that clear *ok when they
+ * fail (a NULL value too), so that a document short of a member is never
+ * printed: build, then check ok once.
+ */
+void cmd_json_set(bool *ok, json_t *object, const char *key, json_t *value);
+void cmd_json_push(bool *ok, json_t *array, json_t *value);
 
 /* Turns on the progress bar when stderr is a terminal and --quiet is not set. */
 void cmd_progress_enable(struct cmd_env *env);

@@ -169,6 +169,7 @@ static int patch_info(struct cmd_env *env, int argc, char **argv)
 	bool json = false;
 	char h[65], b1[32];
 	json_t *root = NULL, *inputs = NULL;
+	bool jok = true;
 	int c, r, ret = EXIT_OK;
 	size_t n_sets;
 
@@ -203,7 +204,7 @@ static int patch_info(struct cmd_env *env, int argc, char **argv)
 			json_decref(inputs);
 			return cmd_error("out of memory");
 		}
-		json_object_set_new(root, "full_replacement", json_boolean(rsr_patch_input_count(p) == 0));
+		cmd_json_set(&jok, root, "full_replacement", json_boolean(rsr_patch_input_count(p) == 0));
 	} else {
 		printf("version:  %u\n", rsr_patch_version(p));
 		printf("output:   %s  %llu bytes (%s)\n", h, (unsigned long long)rsr_patch_output_size(p),
@@ -233,10 +234,10 @@ static int patch_info(struct cmd_env *env, int argc, char **argv)
 			    (json_int_t)st.deflate_bytes, "hash", "ops", (json_int_t)st.hash_ops, "bytes",
 			    (json_int_t)st.hash_bytes);
 			if (o && rsr_patch_input_count(p)) {
-				json_object_set_new(o, "digest", json_string(h));
-				json_object_set_new(o, "size", json_integer((json_int_t)rsr_patch_input_size(p, i)));
+				cmd_json_set(&jok, o, "digest", json_string(h));
+				cmd_json_set(&jok, o, "size", json_integer((json_int_t)rsr_patch_input_size(p, i)));
 			}
-			json_array_append_new(inputs, o);
+			cmd_json_push(&jok, inputs, o);
 		} else {
 			if (rsr_patch_input_count(p))
 				printf("input %zu:  %s  %llu bytes\n", i, h,
@@ -264,7 +265,11 @@ static int patch_info(struct cmd_env *env, int argc, char **argv)
 			json_decref(inputs);
 			return ret;
 		}
-		json_object_set_new(root, "inputs", inputs);
+		cmd_json_set(&jok, root, "inputs", inputs);
+		if (!jok) {
+			json_decref(root);
+			return cmd_error("out of memory");
+		}
 		return cmd_print_json(root) != EXIT_OK ? EXIT_FAIL : EXIT_OK;
 	}
 	return ret;

@@ -168,33 +168,40 @@ static int response_create(struct cmd_env *env, int argc, char **argv)
 
 static json_t *response_json(const struct rsr_response *resp)
 {
-	json_t *adv = json_array(), *imgs = json_array();
+	json_t *adv = json_array(), *imgs = json_array(), *doc;
+	bool ok = true;
 
 	for (size_t i = 0; i < rsr_response_advisory_count(resp); i++) {
 		const struct rsr_advisory *a = rsr_response_advisory(resp, i);
 		json_t *cves = json_array(), *files = json_array();
 		for (size_t k = 0; k < a->n_cves; k++)
-			json_array_append_new(cves, json_string(a->cves[k]));
+			cmd_json_push(&ok, cves, json_string(a->cves[k]));
 		for (size_t k = 0; k < a->n_files; k++)
-			json_array_append_new(files, json_string(a->files[k]));
-		json_array_append_new(adv, json_pack("{s:s, s:s, s:s, s:s, s:o, s:o}", "id", a->id, "title", a->title,
-						     "severity", a->severity, "summary", a->summary, "cves", cves,
-						     "affected_files", files));
+			cmd_json_push(&ok, files, json_string(a->files[k]));
+		cmd_json_push(&ok, adv,
+			      json_pack("{s:s, s:s, s:s, s:s, s:o, s:o}", "id", a->id, "title", a->title, "severity",
+					a->severity, "summary", a->summary, "cves", cves, "affected_files", files));
 	}
 	for (size_t i = 0; i < rsr_response_image_count(resp); i++) {
 		const struct rsr_response_image *im = rsr_response_image(resp, i);
-		json_array_append_new(
-		    imgs, json_pack("{s:s, s:s, s:s, s:s, s:s, s:I, s:s, s:s, s:I, s:I, s:I, s:i}", "slot", im->slot,
-				    "arch", im->arch, "version", im->version, "root_hash", im->root_hash,
-				    "base_version", im->base_version, "size", (json_int_t)im->size, "forward",
-				    im->forward, "reverse", im->reverse, "forward_size", (json_int_t)im->forward_size,
-				    "reverse_size", (json_int_t)im->reverse_size, "base_size",
-				    (json_int_t)im->base_size, "forward_inputs", (int)im->n_forward_inputs));
+		cmd_json_push(&ok, imgs,
+			      json_pack("{s:s, s:s, s:s, s:s, s:s, s:I, s:s, s:s, s:I, s:I, s:I, s:i}", "slot",
+					im->slot, "arch", im->arch, "version", im->version, "root_hash", im->root_hash,
+					"base_version", im->base_version, "size", (json_int_t)im->size, "forward",
+					im->forward, "reverse", im->reverse, "forward_size",
+					(json_int_t)im->forward_size, "reverse_size", (json_int_t)im->reverse_size,
+					"base_size", (json_int_t)im->base_size, "forward_inputs",
+					(int)im->n_forward_inputs));
 	}
-	return json_pack("{s:s, s:I, s:s, s:s, s:I, s:o, s:o}", "letter", rsr_response_letter(resp), "sequence",
-			 (json_int_t)rsr_response_sequence(resp), "base_build", rsr_response_base_build(resp),
-			 "restart", rsr_restart_name(rsr_response_restart(resp)), "timestamp",
-			 (json_int_t)rsr_response_timestamp(resp), "advisories", adv, "images", imgs);
+	doc = json_pack("{s:s, s:I, s:s, s:s, s:I, s:o, s:o}", "letter", rsr_response_letter(resp), "sequence",
+			(json_int_t)rsr_response_sequence(resp), "base_build", rsr_response_base_build(resp), "restart",
+			rsr_restart_name(rsr_response_restart(resp)), "timestamp",
+			(json_int_t)rsr_response_timestamp(resp), "advisories", adv, "images", imgs);
+	if (!ok) {
+		json_decref(doc);
+		return NULL;
+	}
+	return doc;
 }
 
 static int open_with_keys(struct cmd_env *env, const char *dir, char **keys, size_t nkeys, struct rsr_response **ret)
@@ -524,21 +531,28 @@ void cmd_print_response_state(const struct rsr_device_state *st)
 
 json_t *cmd_response_state_json(const struct rsr_device_state *st)
 {
-	json_t *fixes = json_array();
+	json_t *fixes = json_array(), *doc;
+	bool ok = true;
 
 	for (size_t i = 0; st->response && i < rsr_response_advisory_count(st->response); i++) {
 		const struct rsr_advisory *adv = rsr_response_advisory(st->response, i);
 		json_t *cves = json_array();
 		for (size_t k = 0; k < adv->n_cves; k++)
-			json_array_append_new(cves, json_string(adv->cves[k]));
-		json_array_append_new(fixes, json_pack("{s:s, s:s, s:s, s:o}", "id", adv->id, "title", adv->title,
-						       "severity", adv->severity, "cves", cves));
+			cmd_json_push(&ok, cves, json_string(adv->cves[k]));
+		cmd_json_push(&ok, fixes,
+			      json_pack("{s:s, s:s, s:s, s:o}", "id", adv->id, "title", adv->title, "severity",
+					adv->severity, "cves", cves));
 	}
-	return json_pack("{s:o, s:o, s:I, s:I, s:b, s:o, s:{s:I, s:I, s:I}}", "letter",
-			 st->letter ? json_string(st->letter) : json_null(), "version_suffix",
-			 st->letter ? json_sprintf("(%s)", st->letter) : json_null(), "sequence",
-			 (json_int_t)st->sequence, "high_water", (json_int_t)st->high_water, "interrupted",
-			 st->interrupted, "advisories", fixes, "disk", "images", (json_int_t)st->images_bytes,
-			 "reverse_patches", (json_int_t)st->reverse_bytes, "base_copies",
-			 (json_int_t)st->base_copy_bytes);
+	doc =
+	    json_pack("{s:o, s:o, s:I, s:I, s:b, s:o, s:{s:I, s:I, s:I}}", "letter",
+		      st->letter ? json_string(st->letter) : json_null(), "version_suffix",
+		      st->letter ? json_sprintf("(%s)", st->letter) : json_null(), "sequence", (json_int_t)st->sequence,
+		      "high_water", (json_int_t)st->high_water, "interrupted", st->interrupted, "advisories", fixes,
+		      "disk", "images", (json_int_t)st->images_bytes, "reverse_patches", (json_int_t)st->reverse_bytes,
+		      "base_copies", (json_int_t)st->base_copy_bytes);
+	if (!ok) {
+		json_decref(doc);
+		return NULL;
+	}
+	return doc;
 }

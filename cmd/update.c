@@ -146,27 +146,34 @@ static void client_close(struct client *c)
 static json_t *offer_json(const struct rsr_update_offer *o)
 {
 	static const char *actions[] = {"none", "install", "remove"};
-	json_t *avail = json_null();
+	json_t *avail = json_null(), *doc;
+	bool ok = true;
 
 	if (o->action == RSR_UPDATE_INSTALL) {
 		json_t *advs = json_array();
 		for (size_t i = 0; i < o->n_advisories; i++) {
 			json_t *cves = json_array();
 			for (size_t k = 0; k < o->advisories[i].n_cves; k++)
-				json_array_append_new(cves, json_string(o->advisories[i].cves[k]));
-			json_array_append_new(advs, json_pack("{s:s, s:s, s:s, s:o}", "id", o->advisories[i].id,
-							      "title", o->advisories[i].title, "severity",
-							      o->advisories[i].severity, "cves", cves));
+				cmd_json_push(&ok, cves, json_string(o->advisories[i].cves[k]));
+			cmd_json_push(&ok, advs,
+				      json_pack("{s:s, s:s, s:s, s:o}", "id", o->advisories[i].id, "title",
+						o->advisories[i].title, "severity", o->advisories[i].severity, "cves",
+						cves));
 		}
 		avail = json_pack("{s:s, s:o, s:I, s:s?, s:i, s:o, s:I, s:I}", "letter", o->letter, "version_suffix",
 				  json_sprintf("(%s)", o->letter), "sequence", (json_int_t)o->sequence, "restart",
 				  o->restart, "rollout", (int)o->rollout, "advisories", advs, "download_bytes",
 				  (json_int_t)o->download_bytes, "files", (json_int_t)o->n_files);
 	}
-	return json_pack("{s:s, s:o, s:b, s:s, s:o, s:I}", "base_build", o->base_build, "installed",
-			 o->installed_letter ? json_string(o->installed_letter) : json_null(), "installed_withdrawn",
-			 o->installed_withdrawn, "action", actions[o->action], "available", avail, "held_back",
-			 (json_int_t)o->n_held_back);
+	doc = json_pack("{s:s, s:o, s:b, s:s, s:o, s:I}", "base_build", o->base_build, "installed",
+			o->installed_letter ? json_string(o->installed_letter) : json_null(), "installed_withdrawn",
+			o->installed_withdrawn, "action", actions[o->action], "available", avail, "held_back",
+			(json_int_t)o->n_held_back);
+	if (!ok) {
+		json_decref(doc);
+		return NULL;
+	}
+	return doc;
 }
 
 static void offer_print(const struct rsr_update_offer *o)
@@ -308,7 +315,7 @@ static int update_verb(struct cmd_env *env, int argc, char **argv, bool install)
 	}
 	if (!install) {
 		if (json)
-			r = cmd_print_json(offer_json(o)) < 0 ? EXIT_FAIL : EXIT_OK;
+			r = cmd_print_json(offer_json(o)) != EXIT_OK ? EXIT_FAIL : EXIT_OK;
 		else
 			offer_print(o);
 		goto out;

@@ -74,6 +74,18 @@ int cmd_error(const char *fmt, ...)
 	return EXIT_FAIL;
 }
 
+void cmd_json_set(bool *ok, json_t *object, const char *key, json_t *value)
+{
+	if (json_object_set_new(object, key, value) < 0) /* releases value; fails on NULL */
+		*ok = false;
+}
+
+void cmd_json_push(bool *ok, json_t *array, json_t *value)
+{
+	if (json_array_append_new(array, value) < 0)
+		*ok = false;
+}
+
 int cmd_print_json(json_t *v)
 {
 	char *s;

@@ -220,6 +220,14 @@ int rsr_sha256(const void *buf, size_t len, uint8_t out[32]);
 char *rsr_json_dumps(const json_t *v, size_t flags);
 /* After json_loadb() returned NULL: whether it ran out of memory rather than met bad JSON. */
 bool rsr_json_load_oom(const json_error_t *e);
+/*
+ * json_object_set_new() and json_array_append_new() for building a document
+ * with one check at the end: a failure, including a NULL value (an
+ * allocation that failed while making it), clears *ok. Ignoring the result
+ * of the jansson calls would leave the document silently short of a member.
+ */
+void rsr_json_set(bool *ok, json_t *object, const char *key, json_t *value);
+void rsr_json_push(bool *ok, json_t *array, json_t *value);
 
 /* SHA-256 of `len` bytes of fd from `off`, with progress reported as `what`. */
 int rsr_sha256_fd(struct rsr_ctx *ctx, int fd, uint64_t off, uint64_t len, const char *what, uint8_t out[32]);

@@ -36,3 +36,16 @@ bool rsr_json_load_oom(const json_error_t *e)
 	 */
 	return json_error_code(e) == json_error_out_of_memory || e->text[0] == '\0';
 }
+
+void rsr_json_set(bool *ok, json_t *object, const char *key, json_t *value)
+{
+	/* json_object_set_new releases value when it fails, and fails on a NULL object or value. */
+	if (json_object_set_new(object, key, value) < 0)
+		*ok = false;
+}
+
+void rsr_json_push(bool *ok, json_t *array, json_t *value)
+{
+	if (json_array_append_new(array, value) < 0)
+		*ok = false;
+}

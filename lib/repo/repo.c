@@ -139,14 +139,14 @@ static int sign_role(struct rsr_ctx *ctx, const struct tuf_root *root, enum tuf_
 	return tuf_sign(ctx, env, keys, n);
 }
 
-static void set_expiry(json_t *s, enum tuf_role role, const struct rsr_repo_sign_opts *sign)
+static void set_expiry(bool *ok, json_t *s, enum tuf_role role, const struct rsr_repo_sign_opts *sign)
 {
 	static const uint64_t defaults[] = {RSR_REPO_EXPIRES_ROOT, RSR_REPO_EXPIRES_TARGETS, RSR_REPO_EXPIRES_SNAPSHOT,
 					    RSR_REPO_EXPIRES_TIMESTAMP};
 	char buf[32];
 
 	tuf_time_format((int64_t)(sign->now + (sign->expires[role] ? sign->expires[role] : defaults[role])), buf);
-	json_object_set_new(s, "expires", json_string(buf));
+	rsr_json_set(ok, s, "expires", json_string(buf));
 }
 
 static uint64_t version_of(json_t *env)
@@ -201,12 +201,15 @@ static int publish(struct rsr_ctx *ctx, struct repo *rp, bool targets_changed, c
 	uint8_t tsha[32], ssha[32];
 	json_t *snap = NULL, *ts = NULL;
 	char name[64];
+	bool ok = true;
 	int r;
 
 	if (targets_changed) {
 		json_t *s = json_object_get(rp->targets, "signed");
-		json_object_set_new(s, "version", json_integer((json_int_t)++tv));
-		set_expiry(s, TUF_TARGETS, sign);
+		rsr_json_set(&ok, s, "version", json_integer((json_int_t)++tv));
+		set_expiry(&ok, s, TUF_TARGETS, sign);
+		if (!ok)
+			return rsr_error(ctx, -ENOMEM, "out of memory");
 	}
 	/* The targets metadata is rewritten (and re-signed when changed) so its length and digest are known. */
 	if (targets_changed && (r = sign_role(ctx, rp->root, TUF_TARGETS, rp->targets, sign)) < 0)
@@ -221,18 +224,26 @@ static int publish(struct rsr_ctx *ctx, struct repo *rp, bool targets_changed, c
 		r = rsr_error(ctx, -ENOMEM, "out of memory");
 		goto out;
 	}
-	set_expiry(json_object_get(snap, "signed"), TUF_SNAPSHOT, sign);
-	json_object_set_new(json_object_get(snap, "signed"), "meta",
-			    json_pack("{s:o}", "targets.json", meta_entry(tv, tlen, tsha)));
+	set_expiry(&ok, json_object_get(snap, "signed"), TUF_SNAPSHOT, sign);
+	rsr_json_set(&ok, json_object_get(snap, "signed"), "meta",
+		     json_pack("{s:o}", "targets.json", meta_entry(tv, tlen, tsha)));
+	if (!ok) {
+		r = rsr_error(ctx, -ENOMEM, "out of memory");
+		goto out;
+	}
 	if ((r = sign_role(ctx, rp->root, TUF_SNAPSHOT, snap, sign)) < 0)
 		goto out;
 	snprintf(name, sizeof(name), "%llu.snapshot.json", (unsigned long long)sv);
 	if ((r = write_env(ctx, rp->dir, name, snap, &slen, ssha)) < 0)
 		goto out;
 
-	set_expiry(json_object_get(ts, "signed"), TUF_TIMESTAMP, sign);
-	json_object_set_new(json_object_get(ts, "signed"), "meta",
-			    json_pack("{s:o}", "snapshot.json", meta_entry(sv, slen, ssha)));
+	set_expiry(&ok, json_object_get(ts, "signed"), TUF_TIMESTAMP, sign);
+	rsr_json_set(&ok, json_object_get(ts, "signed"), "meta",
+		     json_pack("{s:o}", "snapshot.json", meta_entry(sv, slen, ssha)));
+	if (!ok) {
+		r = rsr_error(ctx, -ENOMEM, "out of memory");
+		goto out;
+	}
 	if ((r = sign_role(ctx, rp->root, TUF_TIMESTAMP, ts, sign)) < 0 ||
 	    (r = write_env(ctx, rp->dir, "timestamp.json", ts, NULL, NULL)) < 0)
 		goto out;
@@ -263,14 +274,16 @@ static int add_key(struct rsr_ctx *ctx, json_t *keys, json_t *ids, const struct 
 	char id[65];
 	int r;
 
+	bool ok = true;
+
 	if ((r = tuf_keyid(ctx, key, id)) < 0)
 		return r;
-	json_object_set_new(keys, id, tuf_key_json(key));
-	for (size_t i = 0; i < json_array_size(ids); i++)
+	rsr_json_set(&ok, keys, id, tuf_key_json(key));
+	for (size_t i = 0; ok && i < json_array_size(ids); i++)
 		if (!strcmp(json_string_value(json_array_get(ids, i)), id))
 			return 0;
-	json_array_append_new(ids, json_string(id));
-	return 0;
+	rsr_json_push(&ok, ids, json_string(id));
+	return ok ? 0 : rsr_error(ctx, -ENOMEM, "out of memory");
 }
 
 int rsr_repo_init(struct rsr_ctx *ctx, const char *dir, const struct rsr_repo_init_opts *init,
@@ -301,15 +314,20 @@ int rsr_repo_init(struct rsr_ctx *ctx, const char *dir, const struct rsr_repo_in
 	if (!root)
 		return rsr_error(ctx, -ENOMEM, "out of memory");
 	json_t *s = json_object_get(root, "signed");
-	json_object_set_new(s, "consistent_snapshot", json_true());
-	json_object_set_new(s, "keys", keys = json_object());
-	json_object_set_new(s, "roles", roles = json_object());
-	set_expiry(s, TUF_ROOT, sign);
+	bool ok = true;
+	rsr_json_set(&ok, s, "consistent_snapshot", json_true());
+	rsr_json_set(&ok, s, "keys", keys = json_object());
+	rsr_json_set(&ok, s, "roles", roles = json_object());
+	set_expiry(&ok, s, TUF_ROOT, sign);
 	for (int i = 0; i < TUF_N_ROLES; i++) {
 		json_t *ids = json_array();
-		json_object_set_new(
-		    roles, tuf_role_names[i],
-		    json_pack("{s:o, s:i}", "keyids", ids, "threshold", i == TUF_ROOT ? (int)threshold : 1));
+		rsr_json_set(&ok, roles, tuf_role_names[i],
+			     json_pack("{s:O, s:i}", "keyids", ids, "threshold", i == TUF_ROOT ? (int)threshold : 1));
+		json_decref(ids);
+		if (!ok) {
+			r = rsr_error(ctx, -ENOMEM, "out of memory");
+			goto out;
+		}
 		if (i == TUF_ROOT) {
 			for (size_t k = 0; k < init->n_root_keys; k++)
 				if ((r = add_key(ctx, keys, ids, init->root_keys[k])) < 0)
@@ -332,7 +350,11 @@ int rsr_repo_init(struct rsr_ctx *ctx, const char *dir, const struct rsr_repo_in
 		r = rsr_error(ctx, -ENOMEM, "out of memory");
 		goto out;
 	}
-	json_object_set_new(json_object_get(rp.targets, "signed"), "targets", json_object());
+	rsr_json_set(&ok, json_object_get(rp.targets, "signed"), "targets", json_object());
+	if (!ok) {
+		r = rsr_error(ctx, -ENOMEM, "out of memory");
+		goto out;
+	}
 	/* Check every role can be signed before anything is written. */
 	{
 		const struct rsr_key *tmp[64];
@@ -429,9 +451,13 @@ static int add_file(struct rsr_ctx *ctx, struct repo *rp, const char *rdir, cons
 	json_t *info = json_pack("{s:I, s:{s:s}}", "length", (json_int_t)len, "hashes", "sha256", hex);
 	if (!info)
 		return rsr_error(ctx, -ENOMEM, "out of memory");
-	if (custom)
-		json_object_set(info, "custom", custom);
-	json_object_set_new(json_object_get(json_object_get(rp->targets, "signed"), "targets"), target, info);
+	if (custom && json_object_set(info, "custom", custom) < 0) {
+		json_decref(info);
+		return rsr_error(ctx, -ENOMEM, "out of memory");
+	}
+	/* json_object_set_new releases info when it fails. */
+	if (json_object_set_new(json_object_get(json_object_get(rp->targets, "signed"), "targets"), target, info) < 0)
+		return rsr_error(ctx, -ENOMEM, "out of memory");
 	if (ret_target)
 		*ret_target = TAKE_PTR(target);
 	return 0;
@@ -440,32 +466,38 @@ static int add_file(struct rsr_ctx *ctx, struct repo *rp, const char *rdir, cons
 static json_t *response_custom(const struct rsr_response *resp, const char *prefix, unsigned rollout)
 {
 	json_t *advs = json_array(), *images = json_array(), *c;
+	bool ok = true;
 
 	for (size_t i = 0; i < rsr_response_advisory_count(resp); i++) {
 		const struct rsr_advisory *a = rsr_response_advisory(resp, i);
 		json_t *cves = json_array();
 		for (size_t k = 0; k < a->n_cves; k++)
-			json_array_append_new(cves, json_string(a->cves[k]));
-		json_array_append_new(advs, json_pack("{s:s, s:s, s:s, s:o}", "id", a->id, "title", a->title,
-						      "severity", a->severity, "cves", cves));
+			rsr_json_push(&ok, cves, json_string(a->cves[k]));
+		rsr_json_push(&ok, advs,
+			      json_pack("{s:s, s:s, s:s, s:o}", "id", a->id, "title", a->title, "severity", a->severity,
+					"cves", cves));
 	}
 	for (size_t i = 0; i < rsr_response_image_count(resp); i++) {
 		const struct rsr_response_image *im = rsr_response_image(resp, i);
 		json_t *inputs = json_array();
 		for (size_t k = 0; k < im->n_forward_inputs; k++)
-			json_array_append_new(inputs, json_string(im->forward_inputs[k]));
-		json_array_append_new(images,
-				      json_pack("{s:s, s:s, s:s, s:s, s:{s:s++, s:I, s:o}, s:{s:s++, s:I}}", "slot",
-						im->slot, "arch", im->arch, "version", im->version, "sha256",
-						im->sha256, "forward", "target", prefix, "/", im->forward, "length",
-						(json_int_t)im->forward_size, "inputs", inputs, "reverse", "target",
-						prefix, "/", im->reverse, "length", (json_int_t)im->reverse_size));
+			rsr_json_push(&ok, inputs, json_string(im->forward_inputs[k]));
+		rsr_json_push(&ok, images,
+			      json_pack("{s:s, s:s, s:s, s:s, s:{s:s++, s:I, s:o}, s:{s:s++, s:I}}", "slot", im->slot,
+					"arch", im->arch, "version", im->version, "sha256", im->sha256, "forward",
+					"target", prefix, "/", im->forward, "length", (json_int_t)im->forward_size,
+					"inputs", inputs, "reverse", "target", prefix, "/", im->reverse, "length",
+					(json_int_t)im->reverse_size));
 	}
 	c = json_pack("{s:{s:s, s:s, s:I, s:s, s:I, s:i, s:b, s:o, s:o}}", "rsr", "base_build",
 		      rsr_response_base_build(resp), "letter", rsr_response_letter(resp), "sequence",
 		      (json_int_t)rsr_response_sequence(resp), "restart", rsr_restart_name(rsr_response_restart(resp)),
 		      "timestamp", (json_int_t)rsr_response_timestamp(resp), "rollout", (int)rollout, "withdrawn", 0,
 		      "advisories", advs, "images", images);
+	if (!ok) {
+		json_decref(c);
+		return NULL;
+	}
 	return c;
 }
 
@@ -551,6 +583,7 @@ static int edit_response(struct rsr_ctx *ctx, const char *dir, const char *base_
 	_cleanup_free_ char *path = NULL;
 	struct repo rp;
 	json_t *c;
+	bool ok = true;
 	int r;
 
 	if (!withdraw && (rollout < 1 || rollout > 100))
@@ -569,10 +602,10 @@ static int edit_response(struct rsr_ctx *ctx, const char *dir, const char *base_
 		goto out;
 	}
 	if (withdraw)
-		json_object_set_new(c, "withdrawn", json_true());
+		rsr_json_set(&ok, c, "withdrawn", json_true());
 	else
-		json_object_set_new(c, "rollout", json_integer(rollout));
-	r = publish(ctx, &rp, true, sign);
+		rsr_json_set(&ok, c, "rollout", json_integer(rollout));
+	r = ok ? publish(ctx, &rp, true, sign) : rsr_error(ctx, -ENOMEM, "out of memory");
 out:
 	repo_done(&rp);
 	return r;
@@ -597,6 +630,7 @@ int rsr_repo_rotate_key(struct rsr_ctx *ctx, const char *dir, enum rsr_repo_role
 	struct repo rp;
 	struct tuf_root *nroot = NULL;
 	json_t *env = NULL, *s, *keys, *roles, *ids, *used;
+	bool ok = true;
 	_cleanup_free_ const struct rsr_key **signers = NULL;
 	const char *k;
 	json_t *v;
@@ -621,11 +655,16 @@ int rsr_repo_rotate_key(struct rsr_ctx *ctx, const char *dir, enum rsr_repo_role
 	s = json_object_get(env, "signed");
 	keys = json_object_get(s, "keys");
 	roles = json_object_get(s, "roles");
-	json_object_set_new(s, "version", json_integer((json_int_t)(rp.root->version + 1)));
-	set_expiry(s, TUF_ROOT, sign);
+	rsr_json_set(&ok, s, "version", json_integer((json_int_t)(rp.root->version + 1)));
+	set_expiry(&ok, s, TUF_ROOT, sign);
 	ids = json_array();
-	json_object_set_new(roles, tuf_role_names[role],
-			    json_pack("{s:o, s:i}", "keyids", ids, "threshold", (int)threshold));
+	rsr_json_set(&ok, roles, tuf_role_names[role],
+		     json_pack("{s:O, s:i}", "keyids", ids, "threshold", (int)threshold));
+	json_decref(ids);
+	if (!ok) {
+		r = rsr_error(ctx, -ENOMEM, "out of memory");
+		goto out;
+	}
 	for (size_t i = 0; i < n_new_keys; i++)
 		if ((r = add_key(ctx, keys, ids, new_keys[i])) < 0)
 			goto out;
@@ -636,7 +675,13 @@ int rsr_repo_rotate_key(struct rsr_ctx *ctx, const char *dir, enum rsr_repo_role
 		json_t *id;
 		size_t i;
 		json_array_foreach(json_object_get(v, "keyids"), i, id)
-		    json_object_set(used, json_string_value(id), id);
+		    rsr_json_set(&ok, used, json_string_value(id), json_incref(id));
+	}
+	if (!ok) {
+		/* A key missing from `used` would be dropped from the root while a role still names it. */
+		json_decref(used);
+		r = rsr_error(ctx, -ENOMEM, "out of memory");
+		goto out;
 	}
 	{
 		void *tmp;

@@ -434,7 +434,8 @@ int tuf_sign(struct rsr_ctx *ctx, json_t *env, const struct rsr_key *const *keys
 		json_decref(sigs);
 		return r;
 	}
-	json_object_set_new(env, "signatures", sigs);
+	if (json_object_set_new(env, "signatures", sigs) < 0) /* releases sigs */
+		return rsr_error(ctx, -ENOMEM, "out of memory");
 	return 0;
 }
 

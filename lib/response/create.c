@@ -197,6 +197,7 @@ int rsr_response_create(struct rsr_ctx *ctx, const char *out_dir, const struct r
 		const char *olds[2];
 		size_t n_olds = 1;
 		json_t *inputs, *im;
+		bool inputs_ok = true;
 
 		for (size_t k = 0; k < i; k++)
 			if (!strcmp(o->slots[k].slot, s->slot) &&
@@ -219,7 +220,7 @@ int rsr_response_create(struct rsr_ctx *ctx, const char *out_dir, const struct r
 		}
 		olds[0] = s->base_path;
 		inputs = json_array();
-		json_array_append_new(inputs, json_string(base.sha));
+		rsr_json_push(&inputs_ok, inputs, json_string(base.sha));
 		if (prev) {
 			const struct rsr_response_image *pi = rsr_response_find_image(prev, s->slot, arch);
 			if (pi && strcmp(pi->base_sha256, base.sha)) {
@@ -258,7 +259,7 @@ int rsr_response_create(struct rsr_ctx *ctx, const char *out_dir, const struct r
 					goto out;
 				}
 				olds[n_olds++] = prev_img;
-				json_array_append_new(inputs, json_string(pi->sha256));
+				rsr_json_push(&inputs_ok, inputs, json_string(pi->sha256));
 			}
 		}
 		rsr_info(ctx, "slot %s/%s: patches %s -> %s%s", s->slot, arch, base.version, nw.version,
@@ -271,6 +272,11 @@ int rsr_response_create(struct rsr_ctx *ctx, const char *out_dir, const struct r
 		if (r < 0 || (r = response_file_sha256(ctx, fwd, fwd_sha, &fwd_size)) < 0 ||
 		    (r = response_file_sha256(ctx, rev, rev_sha, &rev_size)) < 0) {
 			json_decref(inputs);
+			goto out;
+		}
+		if (!inputs_ok) {
+			json_decref(inputs);
+			r = rsr_error(ctx, -ENOMEM, "out of memory");
 			goto out;
 		}
 		im = image_json(s, arch, &nw, &base, fwd_rel, fwd_sha, fwd_size, inputs, rev_rel, rev_sha, rev_size);

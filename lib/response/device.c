@@ -742,6 +742,7 @@ int rsr_device_install(struct rsr_ctx *ctx, struct rsr_device *dev, const char *
 	_cleanup_close_ int infd = -1;
 	_cleanup_free_ char *mbuf = NULL, *mpath = NULL;
 	json_t *j = NULL, *slots = NULL;
+	bool slots_ok = true;
 	struct state st;
 	size_t mlen, n_mine = 0;
 	int r;
@@ -877,7 +878,7 @@ int rsr_device_install(struct rsr_ctx *ctx, struct rsr_device *dev, const char *
 				goto out;
 			}
 		}
-		json_object_set_new(slots, im->slot, json_string(image));
+		rsr_json_set(&slots_ok, slots, im->slot, json_string(image));
 	}
 	if (n_mine == 0) {
 		r = rsr_error(ctx, RSR_E_MISMATCH,
@@ -901,8 +902,9 @@ int rsr_device_install(struct rsr_ctx *ctx, struct rsr_device *dev, const char *
 		}
 	}
 	/* Staged and verified; from the journal on, the install completes even after a crash. */
-	j = json_pack("{s:s, s:s, s:I, s:O}", "op", "install", "letter", rsr_response_letter(resp), "sequence",
-		      (json_int_t)rsr_response_sequence(resp), "slots", slots);
+	if (slots_ok)
+		j = json_pack("{s:s, s:s, s:I, s:O}", "op", "install", "letter", rsr_response_letter(resp), "sequence",
+			      (json_int_t)rsr_response_sequence(resp), "slots", slots);
 	if (!j) {
 		r = rsr_error(ctx, -ENOMEM, "out of memory");
 		goto out;
@@ -923,6 +925,7 @@ int rsr_device_remove(struct rsr_ctx *ctx, struct rsr_device *dev, unsigned flag
 	_cleanup_close_ int infd = -1;
 	_cleanup_free_ char *cdir = NULL;
 	json_t *j = NULL, *slots = NULL;
+	bool slots_ok = true;
 	struct state st;
 	int r;
 
@@ -1004,9 +1007,9 @@ int rsr_device_remove(struct rsr_ctx *ctx, struct rsr_device *dev, unsigned flag
 		}
 		if ((r = verify_staged(ctx, dev, staged, im->slot, im->base_root_hash)) < 0)
 			goto out;
-		json_object_set_new(slots, im->slot, json_string(image));
+		rsr_json_set(&slots_ok, slots, im->slot, json_string(image));
 	}
-	j = slots ? json_pack("{s:s, s:O}", "op", "remove", "slots", slots) : NULL;
+	j = slots && slots_ok ? json_pack("{s:s, s:O}", "op", "remove", "slots", slots) : NULL;
 	if (!j) {
 		r = rsr_error(ctx, -ENOMEM, "out of memory");
 		goto out;
