@@ -272,9 +272,8 @@ static int write_root(struct rsr_ctx *ctx, const char *dir, json_t *env)
 static int add_key(struct rsr_ctx *ctx, json_t *keys, json_t *ids, const struct rsr_key *key)
 {
 	char id[65];
-	int r;
-
 	bool ok = true;
+	int r;
 
 	if ((r = tuf_keyid(ctx, key, id)) < 0)
 		return r;
