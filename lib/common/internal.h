@@ -169,6 +169,27 @@ int rsr_pread_all(int fd, void *buf, size_t len, uint64_t off);
 /* Copies len bytes from in_fd at in_off to out_fd at out_off (copy_file_range, then read/write). */
 int rsr_copy_range(int in_fd, uint64_t in_off, int out_fd, uint64_t out_off, uint64_t len);
 int rsr_fsync_dir_of(const char *path);
+
+/*
+ * A read-only view of a file for hashing in place (lib/common/view.c).
+ * rsr_view_open() maps [0, end) of fd and never fails: without a view,
+ * every window is NULL. rsr_view_window() returns the bytes at [off,
+ * off + len), which must lie in one RSR_VIEW_WINDOW-aligned window, when
+ * the kernel maps that window with one huge page; NULL means pread it.
+ * After RSR_VIEW_MAX_MISSES windows in a row that are not, it stops asking.
+ */
+#define RSR_VIEW_WINDOW (UINT32_C(2) << 20)
+struct rsr_view {
+	uint8_t *base; /* file offset 0; NULL when there is no view */
+	size_t len;
+	uint64_t size; /* bytes of the file that may be read */
+	int pagemap_fd;
+	unsigned misses; /* windows in a row that were not huge */
+};
+#define RSR_VIEW_MAX_MISSES 4
+void rsr_view_open(struct rsr_view *v, int fd, uint64_t end);
+const uint8_t *rsr_view_window(struct rsr_view *v, uint64_t off, size_t len);
+void rsr_view_close(struct rsr_view *v);
 /*
  * mkdir -p of `path` relative to `dirfd` (AT_FDCWD for the working directory
  * or an absolute path), mode 0755. Errors name the directory, after `what`
