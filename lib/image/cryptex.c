@@ -205,9 +205,8 @@ static void free_strv(char **v, size_t n)
  * Writes the header and the filesystem image in whole 2 MiB windows of the
  * output file, each one pwrite at a window boundary. Where the filesystem
  * has large folios (ext4 from Linux 6.16, XFS), the page cache then holds
- * each window in one huge folio, and every later pass over the image
- * (verification, patching) reads it in place instead of copying it out
- * (lib/common/view.c). copy_file_range would share extents on a filesystem
+ * each window in one huge folio, and verification hashes it in place
+ * instead of copying it out (lib/common/view.c). copy_file_range would share extents on a filesystem
  * that can, but leaves the cache in small folios where it copies.
  */
 static int write_header_and_image(int out_fd, const struct cptx_header *hdr, int img_fd, uint64_t image_size)
