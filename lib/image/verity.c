@@ -93,7 +93,7 @@ struct pass {
 	uint64_t head_blocks; /* blocks before the first window boundary of the file */
 	pthread_mutex_t lock;
 	uint64_t done;
-	uint64_t in_place;  /* work items hashed from the view */
+	uint64_t in_place;  /* work items hashed from the view, and done */
 	uint64_t bad_block; /* lowest mismatching data block, UINT64_MAX if none */
 	int err;
 };
@@ -117,6 +117,7 @@ static int pass_item(void *arg, size_t index, unsigned worker)
 	uint64_t first = 0, n = p->head_blocks, off;
 	const uint8_t *buf;
 	uint8_t digest[32];
+	bool in_place;
 	int r = 0;
 
 	if (!p->head_blocks || index > 0) {
@@ -126,12 +127,8 @@ static int pass_item(void *arg, size_t index, unsigned worker)
 	n = RSR_MIN(n, p->data_blocks - first);
 	off = p->data_off + first * RSR_VERITY_BLOCK;
 	buf = rsr_view_window(&p->view, off, (size_t)n * RSR_VERITY_BLOCK);
-
-	if (buf) {
-		pthread_mutex_lock(&p->lock);
-		p->in_place++;
-		pthread_mutex_unlock(&p->lock);
-	} else {
+	in_place = buf != NULL;
+	if (!in_place) {
 		buf = p->bufs[worker];
 		r = rsr_pread_all(p->fd, p->bufs[worker], (size_t)n * RSR_VERITY_BLOCK, off);
 	}
@@ -165,6 +162,7 @@ static int pass_item(void *arg, size_t index, unsigned worker)
 	}
 	pthread_mutex_lock(&p->lock);
 	p->done += n;
+	p->in_place += in_place;
 	r = p->err ? 0 : rsr_progress(p->ctx, p->what, p->done * RSR_VERITY_BLOCK, p->data_blocks * RSR_VERITY_BLOCK);
 	if (r < 0)
 		p->err = r;
