@@ -108,7 +108,7 @@ static int repo_init(struct cmd_env *env, int argc, char **argv)
 	struct common c = {0};
 	struct rsr_repo_init_opts io = {0};
 	const struct rsr_key *roots[MAX_KEYS];
-	struct rsr_key *k;
+	struct rsr_key *k = NULL;
 	unsigned long long n;
 	int ch, r = EXIT_OK;
 
@@ -205,7 +205,7 @@ static int repo_verb(struct cmd_env *env, int argc, char **argv, enum verb_kind 
 				    "--role takes root, targets, snapshot or timestamp (rsr repo rotate-key)");
 			break;
 		case 'n': {
-			struct rsr_key *k;
+			struct rsr_key *k = NULL;
 			if (kind != V_ROTATE)
 				r = cmd_usage_error("--new is an option of rsr repo rotate-key");
 			else if ((r = key_add(env, &newk, optarg, true, &k)) == EXIT_OK && rsr_key_is_private(k) &&
