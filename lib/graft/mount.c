@@ -25,23 +25,36 @@
 #define STATX_ATTR_MOUNT_ROOT 0x00002000
 #endif
 
-/* Appends the messages the kernel left on a filesystem context, if any. */
-static int fs_error(struct rsr_ctx *ctx, int fsfd, int err, const char *what)
+/* Reads the messages the kernel left on a filesystem context into log, "" if none. */
+static void fs_log(int fsfd, char *log, size_t size)
 {
-	char log[512] = "", line[256];
+	char line[256];
 	ssize_t n;
 
+	log[0] = '\0';
 	while (fsfd >= 0 && (n = read(fsfd, line, sizeof(line) - 1)) > 0) {
 		line[n] = '\0';
-		if (strlen(log) + (size_t)n + 3 < sizeof(log)) {
-			strcat(log, log[0] ? "; " : " (");
+		if (strlen(log) + (size_t)n + 3 < size) {
+			if (log[0])
+				strcat(log, "; ");
 			strcat(log, line);
 		}
 	}
-	if (log[0])
-		strcat(log, ")");
+}
+
+/* Records a failure of a filesystem context with the kernel's own messages, if any. */
+static int fs_error_log(struct rsr_ctx *ctx, int err, const char *what, const char *log)
+{
 	errno = -err;
-	return rsr_error(ctx, err, "%s: %s%s", what, strerror(-err), log);
+	return rsr_error(ctx, err, "%s: %s%s%s%s", what, strerror(-err), log[0] ? " (" : "", log, log[0] ? ")" : "");
+}
+
+static int fs_error(struct rsr_ctx *ctx, int fsfd, int err, const char *what)
+{
+	char log[512];
+
+	fs_log(fsfd, log, sizeof(log));
+	return fs_error_log(ctx, err, what, log);
 }
 
 bool graft_verity_available(void)
@@ -138,26 +151,60 @@ int graft_verity_table(char *buf, size_t size, dev_t dev, uint64_t data_blocks, 
 			(unsigned long long)hash_start_block, root_hex, salt_hex && *salt_hex ? salt_hex : "-");
 }
 
+/* True if the kernel has the dm "verity" target loaded. */
+static bool verity_target_loaded(int ctl)
+{
+	struct dm_buf b;
+	struct dm_target_versions *v;
+	size_t off;
+
+	dm_init(&b, "", 0);
+	if (ioctl(ctl, DM_LIST_VERSIONS, &b.io) < 0 || (b.io.flags & DM_BUFFER_FULL_FLAG))
+		return false;
+	for (off = b.io.data_start; off + sizeof(*v) <= b.io.data_size && off + sizeof(*v) <= sizeof(b);) {
+		v = (struct dm_target_versions *)((char *)&b + off);
+		if (memchr(v->name, '\0', sizeof(b) - off - sizeof(*v)) && strcmp(v->name, "verity") == 0)
+			return true;
+		if (!v->next)
+			break;
+		off += v->next;
+	}
+	return false;
+}
+
 /*
  * Creates a read-only dm-verity device over the loop device `loop` that
- * holds the image followed (at hash_start_block) by its hash tree.
+ * holds the image followed (at hash_start_block) by its hash tree, named
+ * `prefix` or, while a device of that name exists (the same image still
+ * mounted from an earlier graft), `prefix-2`, `prefix-3`... On success
+ * ret_name gets the name. -EOPNOTSUPP when the kernel has no verity target
+ * (its module missing); every other failure is an error of its own.
  */
-static int verity_create(struct rsr_ctx *ctx, struct rsr_cryptex *cx, const char *name, dev_t loop,
-			 uint64_t hash_start_block, char ret_dev[64], dev_t *ret_devt)
+static int verity_create(struct rsr_ctx *ctx, struct rsr_cryptex *cx, const char *prefix, dev_t loop,
+			 uint64_t hash_start_block, char ret_name[128], char ret_dev[64], dev_t *ret_devt)
 {
 	_cleanup_close_ int ctl = open("/dev/mapper/control", O_RDWR | O_CLOEXEC);
 	struct dm_buf b;
 	struct dm_target_spec *spec;
 	const char *salt = rsr_cryptex_salt_hex(cx);
 	uint64_t blocks = rsr_cryptex_data_blocks(cx);
+	char name[128];
 	dev_t dev;
 	int n;
 
 	if (ctl < 0)
 		return rsr_error_errno(ctx, -errno, "/dev/mapper/control");
-	dm_init(&b, name, DM_READONLY_FLAG);
-	if (ioctl(ctl, DM_DEV_CREATE, &b.io) < 0)
-		return rsr_error_errno(ctx, -errno, "dm-verity device %s", name);
+	for (unsigned i = 1;; i++) {
+		if (i == 1)
+			snprintf(name, sizeof(name), "%s", prefix);
+		else
+			snprintf(name, sizeof(name), "%s-%u", prefix, i);
+		dm_init(&b, name, DM_READONLY_FLAG);
+		if (ioctl(ctl, DM_DEV_CREATE, &b.io) == 0)
+			break;
+		if (errno != EBUSY || i == 64)
+			return rsr_error_errno(ctx, -errno, "dm-verity device %s", name);
+	}
 	dev = (dev_t)b.io.dev;
 
 	dm_init(&b, name, DM_READONLY_FLAG);
@@ -174,9 +221,12 @@ static int verity_create(struct rsr_ctx *ctx, struct rsr_cryptex *cx, const char
 	}
 	spec->next = 0;
 	if (ioctl(ctl, DM_TABLE_LOAD, &b.io) < 0) {
-		int r = rsr_error_errno(ctx, -errno, "dm-verity table for %s", name);
+		int err = -errno;
 		dm_remove(ctl, name, false);
-		return r;
+		/* The kernel loads the target's module for the table; without one, EINVAL. */
+		if (err == -EINVAL && !verity_target_loaded(ctl))
+			return rsr_error(ctx, -EOPNOTSUPP, "this kernel has no dm-verity target");
+		return rsr_error_errno(ctx, err, "dm-verity table for %s", name);
 	}
 	dm_init(&b, name, 0); /* DM_DEV_SUSPEND without the suspend flag resumes */
 	if (ioctl(ctl, DM_DEV_SUSPEND, &b.io) < 0) {
@@ -184,6 +234,7 @@ static int verity_create(struct rsr_ctx *ctx, struct rsr_cryptex *cx, const char
 		dm_remove(ctl, name, false);
 		return r;
 	}
+	snprintf(ret_name, 128, "%s", name);
 	snprintf(ret_dev, 64, "/dev/dm-%u", minor(dev));
 	*ret_devt = dev;
 	return 0;
@@ -227,7 +278,7 @@ int graft_mount_image(struct rsr_ctx *ctx, struct rsr_cryptex *cx, int file_fd, 
 	 */
 	if (graft_verity_available() && tree_off >= img_off + img_size && (tree_off - img_off) % 4096 == 0 &&
 	    tree_size > 0) {
-		char name[128];
+		char prefix[128], name[128];
 		dev_t dmdev;
 
 		r = loop_attach(ctx, file_fd, img_off, tree_off + tree_size - img_off, label, m.device, &loopfd,
@@ -236,8 +287,8 @@ int graft_mount_image(struct rsr_ctx *ctx, struct rsr_cryptex *cx, int file_fd, 
 			return r;
 		if (fstat(loopfd, &st) < 0)
 			return rsr_error_errno(ctx, -errno, "%s", m.device);
-		snprintf(name, sizeof(name), "rsr-%s-%.16s", rsr_cryptex_name(cx), rsr_cryptex_root_hash_hex(cx));
-		r = verity_create(ctx, cx, name, st.st_rdev, (tree_off - img_off) / 4096, m.device, &dmdev);
+		snprintf(prefix, sizeof(prefix), "rsr-%s-%.16s", rsr_cryptex_name(cx), rsr_cryptex_root_hash_hex(cx));
+		r = verity_create(ctx, cx, prefix, st.st_rdev, (tree_off - img_off) / 4096, name, m.device, &dmdev);
 		if (r >= 0) {
 			_cleanup_close_ int ctl = -1;
 
@@ -251,6 +302,8 @@ int graft_mount_image(struct rsr_ctx *ctx, struct rsr_cryptex *cx, int file_fd, 
 			m.verity = true;
 			goto mounted;
 		}
+		if (r != -EOPNOTSUPP)
+			return r;
 		/* No verity target in this kernel: the blocks were verified before. */
 		rsr_warn(ctx, "%s; mounting without dm-verity", rsr_ctx_error(ctx));
 		rsr_ctx_clear_error(ctx);
@@ -271,26 +324,100 @@ mounted:
 	return 0;
 }
 
-int graft_make_overlay(struct rsr_ctx *ctx, const char *const *layers, size_t n_layers, int *ret_fd)
+/*
+ * The layers as one "lowerdir" value, uppermost first: ':' separates them
+ * and a backslash escapes a ':' or a backslash inside a path. Kernels before 6.5 pass
+ * fsconfig parameters on as one comma-separated option string, so a path
+ * with a ',' cannot be given to them at all.
+ */
+static int join_layers(struct rsr_ctx *ctx, const char *const *layers, size_t n_layers, char **ret)
+{
+	size_t len = 1;
+	char *s, *p;
+
+	for (size_t i = 0; i < n_layers; i++) {
+		if (strchr(layers[i], ','))
+			return rsr_error(ctx, RSR_E_LIMIT,
+					 "overlay layer %s: this kernel takes overlay layers only as one option "
+					 "string, which cannot hold a ','",
+					 layers[i]);
+		len += 2 * strlen(layers[i]) + 1;
+	}
+	if (!(s = p = malloc(len)))
+		return rsr_error(ctx, -ENOMEM, "out of memory");
+	for (size_t i = 0; i < n_layers; i++) {
+		if (i)
+			*p++ = ':';
+		for (const char *c = layers[i]; *c; c++) {
+			if (*c == ':' || *c == '\\')
+				*p++ = '\\';
+			*p++ = *c;
+		}
+	}
+	*p = '\0';
+	*ret = s;
+	return 0;
+}
+
+/*
+ * One try at the overlay: each layer as its own "lowerdir+" parameter
+ * (Linux 6.8 and later: no escaping), or all of them in one "lowerdir".
+ * *ret_no_plus is set when the kernel may have refused "lowerdir+" itself:
+ * unknown to overlayfs' parser (6.5 to 6.7, which says so in the context's
+ * log), or passed on in the option string of kernels before 6.5, which fail
+ * the create with EINVAL and log only to the kernel's own log.
+ */
+static int overlay_try(struct rsr_ctx *ctx, const char *const *layers, size_t n_layers, bool plus, int *ret_fd,
+		       bool *ret_no_plus)
 {
 	_cleanup_close_ int fs = fsopen("overlay", FSOPEN_CLOEXEC);
-	int mnt;
+	_cleanup_free_ char *joined = NULL;
+	const char *what = "overlay";
+	char log[512];
+	int mnt, r;
 
+	*ret_no_plus = false;
 	if (fs < 0)
 		return rsr_error_errno(ctx, -errno, "overlayfs (is it in the kernel?)");
 	if (fsconfig(fs, FSCONFIG_SET_STRING, "source", "rsr", 0) < 0)
-		return fs_error(ctx, fs, -errno, "overlay");
-	/* Each layer as its own parameter: no escaping of ':' or ','. */
-	for (size_t i = 0; i < n_layers; i++)
-		if (fsconfig(fs, FSCONFIG_SET_STRING, "lowerdir+", layers[i], 0) < 0)
-			return fs_error(ctx, fs, -errno, layers[i]);
+		return fs_error(ctx, fs, -errno, what);
+	if (plus) {
+		for (size_t i = 0; i < n_layers; i++)
+			if (fsconfig(fs, FSCONFIG_SET_STRING, "lowerdir+", layers[i], 0) < 0) {
+				what = layers[i];
+				goto failed;
+			}
+	} else {
+		if ((r = join_layers(ctx, layers, n_layers, &joined)) < 0)
+			return r;
+		if (fsconfig(fs, FSCONFIG_SET_STRING, "lowerdir", joined, 0) < 0)
+			goto failed;
+	}
 	if (fsconfig(fs, FSCONFIG_CMD_CREATE, NULL, NULL, 0) < 0)
-		return fs_error(ctx, fs, -errno, "overlay");
-	mnt = fsmount(fs, FSMOUNT_CLOEXEC, MOUNT_ATTR_RDONLY);
+		goto failed;
+	mnt = fsmount(fs, FSMOUNT_CLOEXEC, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NODEV);
 	if (mnt < 0)
-		return fs_error(ctx, fs, -errno, "overlay");
+		return fs_error(ctx, fs, -errno, what);
 	*ret_fd = mnt;
 	return 0;
+failed:
+	r = -errno;
+	fs_log(fs, log, sizeof(log));
+	*ret_no_plus = plus && r == -EINVAL && (!log[0] || strstr(log, "lowerdir+"));
+	return fs_error_log(ctx, r, what, log);
+}
+
+int graft_make_overlay(struct rsr_ctx *ctx, const char *const *layers, size_t n_layers, int *ret_fd)
+{
+	bool no_plus;
+	int r;
+
+	r = overlay_try(ctx, layers, n_layers, true, ret_fd, &no_plus);
+	if (r >= 0 || !no_plus)
+		return r;
+	rsr_ctx_clear_error(ctx);
+	rsr_info(ctx, "overlay: this kernel has no 'lowerdir+' (Linux 6.8 and later); layers go in one 'lowerdir'");
+	return overlay_try(ctx, layers, n_layers, false, ret_fd, &no_plus);
 }
 
 int graft_attach(struct rsr_ctx *ctx, int mnt_fd, const char *target, bool replace, bool *ret_stacked)
