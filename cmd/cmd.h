@@ -73,6 +73,9 @@ int cmd_key(struct cmd_env *env, int argc, char **argv);
 int cmd_cryptex(struct cmd_env *env, int argc, char **argv);
 int cmd_graft(struct cmd_env *env, int argc, char **argv);
 int cmd_ungraft(struct cmd_env *env, int argc, char **argv);
+struct rsr_graft_report;
+/* After rsr_graft_restart_services() restarted n services: which, and the processes it could not restart. */
+void cmd_print_restarted(const struct rsr_graft_report *rep, int n, FILE *f);
 int cmd_status(struct cmd_env *env, int argc, char **argv);
 int cmd_restart_services(struct cmd_env *env, int argc, char **argv);
 int cmd_patch(struct cmd_env *env, int argc, char **argv);

@@ -223,6 +223,44 @@ static json_t *report_json(const struct rsr_graft_report *rep)
 	return o;
 }
 
+/* True if the unit is a service (systemctl can restart it). */
+static bool is_service(const char *u)
+{
+	size_t l = u ? strlen(u) : 0;
+	return l > 8 && strcmp(u + l - 8, ".service") == 0;
+}
+
+void cmd_print_restarted(const struct rsr_graft_report *rep, int n, FILE *f)
+{
+	bool first = true;
+
+	fprintf(f, "Restarted %d service%s", n, n == 1 ? "" : "s");
+	for (size_t i = 0; i < rep->n_stale; i++) {
+		const char *u = rep->stale[i].unit;
+		bool seen = false;
+		if (!is_service(u))
+			continue;
+		for (size_t j = 0; j < i && !seen; j++)
+			seen = rep->stale[j].unit && strcmp(rep->stale[j].unit, u) == 0;
+		if (!seen) {
+			fprintf(f, "%s%s", first ? ": " : ", ", u);
+			first = false;
+		}
+	}
+	fprintf(f, ".\n");
+	for (size_t i = 0; i < rep->n_stale; i++) {
+		const struct rsr_graft_stale_process *p = &rep->stale[i];
+		if (is_service(p->unit))
+			continue;
+		if (p->pid == 1)
+			fprintf(f, "Not a service: 1 %s; 'systemctl daemon-reexec' restarts it\n",
+				p->comm ? p->comm : "?");
+		else
+			fprintf(f, "Not in a service, restart by hand: %d %s (%s)\n", p->pid, p->comm ? p->comm : "?",
+				p->unit ? p->unit : "no unit");
+	}
+}
+
 static void print_stale(const struct rsr_graft_report *rep, FILE *f)
 {
 	for (size_t i = 0; i < rep->n_stale; i++) {
@@ -404,14 +442,7 @@ int cmd_restart_services(struct cmd_env *env, int argc, char **argv)
 		print_stale(rep, stderr);
 		goto out;
 	}
-	printf("Restarted %d service%s.\n", r, r == 1 ? "" : "s");
-	for (size_t i = 0; i < rep->n_stale; i++) {
-		const char *u = rep->stale[i].unit;
-		size_t l = u ? strlen(u) : 0;
-		if (l < 9 || strcmp(u + l - 8, ".service"))
-			printf("Not in a service, restart by hand: %d %s (%s)\n", rep->stale[i].pid,
-			       rep->stale[i].comm ? rep->stale[i].comm : "?", u ? u : "no unit");
-	}
+	cmd_print_restarted(rep, r, stdout);
 out:
 	rsr_graft_report_free(rep);
 	return ret;

@@ -238,7 +238,7 @@ static void apply_restart(struct cmd_env *env, struct client *c, const char *res
 		if (r < 0)
 			fprintf(stderr, "rsr: warning: restarting services: %s\n", rsr_ctx_error(env->ctx));
 		else
-			printf("Restarted %d service%s running superseded code.\n", r, r == 1 ? "" : "s");
+			cmd_print_restarted(rep, r, stdout);
 	}
 	rsr_graft_report_free(rep);
 	rsr_graft_free(g);
