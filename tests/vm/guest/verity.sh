@@ -1,0 +1,122 @@
+# Group 1: grafting through dm-verity on a real kernel with device-mapper.
+
+# The image offset of the first block of the lab slot's blob (its tag).
+blob_offset() { # IMAGE LETTER
+	grep -obUaF "RSR-LAB-TAMPER-$2" "$1" | head -1 | cut -d: -f1
+}
+
+step_verity() {
+	trust_vendor
+	stage lab-base.cptx lab-a.cptx lab-b.cptx
+	expect 0 graft --add "$W/lab-base.cptx"
+	[ "$(cat /usr/share/rsr-lab/marker)" = base ] || gfail "the grafted marker is not visible"
+	rsr status --json >"$O/verity-status.json"
+	rsr status >"$O/verity-status.txt"
+	rsr cryptex info --json "$W/lab-base.cptx" >"$O/verity-info.json"
+	dmsetup table >"$O/verity-table.txt"
+	dmsetup status >"$O/verity-dmstatus.txt"
+	json "$O/verity-status.json" '.slots[] | select(.slot == "lab") | .verity == true'
+	grep -q "dm-verity" "$O/verity-status.txt" || gfail "status does not say dm-verity"
+	gok "lab grafted through dm-verity"
+
+	# A byte of the installed image changed under the graft: once the page
+	# cache is dropped, reading the file fails with EIO.
+	local img off
+	img=$(readlink -f /var/lib/rsr/cryptexes/lab/current)
+	off=$(blob_offset "$img" base)
+	[ -n "$off" ] || gfail "the blob's tag is not in $img"
+	printf 'X' | dd of="$img" bs=1 seek=$((off + 100)) conv=notrunc status=none
+	drop_caches
+	if cat /usr/share/rsr-lab/blob >/dev/null 2>"$W/eio.err"; then
+		gfail "reading a damaged block succeeded"
+	fi
+	cat "$W/eio.err"
+	grep -q "Input/output error" "$W/eio.err" || gfail "the damaged block did not give EIO"
+	rsr status --json >"$O/verity-corrupt.json" || true
+	rsr status >"$O/verity-corrupt.txt" || true
+	dmsetup status >>"$O/verity-dmstatus.txt"
+	gok "a damaged block reads as EIO"
+	# Repaired, the file reads again (the tree never changed).
+	printf 'T' | dd of="$img" bs=1 seek=$((off + 100)) conv=notrunc status=none 2>/dev/null || true
+}
+
+# Readers for the swap test: the lab slot's small files through bash
+# builtins, and its large file through sha256sum. Each counts rounds and
+# failures into $W/NAME.out until $W/stop exists.
+swap_small_reader() {
+	local n=0 bad=0 a b
+	while [ ! -e "$W/stop" ]; do
+		a=ERR b=ERR
+		read -r a </usr/share/rsr-lab/swap || true
+		read -r b </usr/lib/os-release || true
+		if [[ $a != [ab] || $b != PRETTY_NAME=* ]]; then
+			bad=$((bad + 1))
+			echo "read '$a' '$b'" >>"$W/bad.log"
+		fi
+		n=$((n + 1))
+	done
+	echo "$n $bad" >"$W/small.out"
+}
+swap_big_reader() {
+	local n=0 bad=0 h
+	while [ ! -e "$W/stop" ]; do
+		h=$(sha256sum </usr/lib/rsr-lab/big 2>>"$W/bad.log" | cut -d' ' -f1)
+		if [ "$h" != "$(cat "$D/big-a.sha256")" ] && [ "$h" != "$(cat "$D/big-b.sha256")" ]; then
+			bad=$((bad + 1))
+			echo "big: '$h'" >>"$W/bad.log"
+		fi
+		n=$((n + 1))
+	done
+	echo "$n $bad" >"$W/big.out"
+}
+
+# Swaps the lab slot between (a) and (b) SWAPS times under dm-verity while
+# the readers run: no lookup or read may fail, and only old or new contents
+# may be seen. Then ungraft: no rsr dm or loop device may remain.
+step_swap() { # SWAPS
+	local swaps=$1 i v
+	trust_vendor
+	stage lab-a.cptx lab-b.cptx
+	expect 0 graft --add "$W/lab-a.cptx"
+	json <(rsr status --json) '.slots[] | select(.slot == "lab") | .verity == true'
+	rm -f "$W/stop" "$W/bad.log"
+	swap_small_reader &
+	local sr=$!
+	swap_big_reader &
+	local br=$!
+	sleep 1
+	local start=$SECONDS
+	for i in $(seq "$swaps"); do
+		if [ $((i % 2)) = 1 ]; then v=b; else v=a; fi
+		rsr -q graft --add "$W/lab-$v.cptx" || gfail "swap $i to $v failed"
+		[ "$(cat /usr/share/rsr-lab/swap)" = "$v" ] || gfail "swap $i: not $v"
+	done
+	local took=$((SECONDS - start))
+	sleep 1
+	touch "$W/stop"
+	wait $sr $br
+	local sn sbad bn bbad
+	read -r sn sbad <"$W/small.out"
+	read -r bn bbad <"$W/big.out"
+	echo "# $swaps swaps in $took s; $sn small-file rounds, $bn reads of the large file; failures: $sbad + $bbad"
+	if [ "$sbad" != 0 ] || [ "$bbad" != 0 ]; then
+		head -20 "$W/bad.log"
+		gfail "readers saw failures or wrong contents during the swaps"
+	fi
+	[ "$sn" -gt "$swaps" ] || gfail "the small-file reader made only $sn rounds"
+	gok "$swaps swaps under dm-verity: zero failed lookups or reads"
+	rsr status --json >"$O/swap-status.json"
+	findmnt -rn -o TARGET,FSTYPE,SOURCE >"$O/swap-mounts.txt"
+	rsr_devices >"$O/swap-devices.txt"
+
+	expect 0 ungraft
+	[ "$(cat /usr/share/rsr-lab/swap 2>/dev/null || echo none)" = none ] || gfail "ungraft left the lab slot visible"
+	# Loop devices go with their last user, asynchronously.
+	for i in $(seq 50); do
+		[ -z "$(rsr_devices)" ] && break
+		sleep 0.2
+	done
+	rsr_devices >"$O/ungraft-devices.txt"
+	[ ! -s "$O/ungraft-devices.txt" ] || { cat "$O/ungraft-devices.txt"; gfail "ungraft left rsr devices behind"; }
+	gok "ungraft leaves no dm-verity or loop device"
+}
