@@ -338,12 +338,97 @@ static int cryptex_info(struct cmd_env *env, int argc, char **argv)
 	return ret;
 }
 
+static int cryptex_export(struct cmd_env *env, int argc, char **argv)
+{
+	static const struct option opts[] = {
+	    {"ddi", required_argument, NULL, 'D'},
+	    {"output", required_argument, NULL, 'o'},
+	    {"key", required_argument, NULL, 'k'},
+	    {"cert", required_argument, NULL, 'c'},
+	    {"architecture", required_argument, NULL, 'a'},
+	    {"pubkey", required_argument, NULL, 'p'},
+	    {"help", no_argument, NULL, 'h'},
+	    {NULL, 0, NULL, 0},
+	};
+	const char *in = NULL, *out = NULL, *key = NULL, *cert = NULL, *arch = NULL;
+	char *keys[64];
+	size_t nkeys = 0;
+	struct rsr_keyring *ring = NULL;
+	struct rsr_cryptex *cx = NULL;
+	int c, r;
+
+	while ((c = getopt_long(argc, argv, "o:h", opts, NULL)) != -1) {
+		switch (c) {
+		case 'D':
+			in = optarg;
+			break;
+		case 'o':
+			out = optarg;
+			break;
+		case 'k':
+			key = optarg;
+			break;
+		case 'c':
+			cert = optarg;
+			break;
+		case 'a':
+			arch = optarg;
+			break;
+		case 'p':
+			if (nkeys >= 64)
+				return cmd_usage_error("at most 64 --pubkey options");
+			keys[nkeys++] = optarg;
+			break;
+		case 'h':
+			printf(
+			    "Usage: rsr cryptex export --ddi FILE.cptx -o OUT.raw --key VERITY.key --cert VERITY.crt\n"
+			    "                          [--architecture x86-64|arm64] [--pubkey KEY.pub...]\n\n"
+			    "Writes the cryptex as a Discoverable Disk Image: a GPT disk with the same EROFS\n"
+			    "image as its root partition, the hash tree as its verity partition and the\n"
+			    "root hash with a PKCS#7 signature as its verity signature partition, for\n"
+			    "systemd-dissect and systemd-sysext. The root hash stays the cryptex's.\n\n"
+			    "      --ddi FILE.cptx        the cryptex to export\n"
+			    "  -o, --output OUT.raw       the image to write\n"
+			    "      --key VERITY.key       private key (PEM, RSA or ECDSA) that signs the root hash\n"
+			    "      --cert VERITY.crt      its X.509 certificate (PEM), which systems trust\n"
+			    "      --architecture ARCH    partition types for x86-64 or arm64 (default: this build's)\n"
+			    "      --pubkey KEY.pub       check the cryptex's signature first; repeatable\n\n"
+			    "Every block is checked against the signed root hash first. See rsr-cryptex(1).\n");
+			return EXIT_OK;
+		default:
+			return EXIT_USAGE;
+		}
+	}
+	if (optind != argc || !in || !out || !key || !cert)
+		return cmd_usage_error(
+		    "usage: rsr cryptex export --ddi FILE.cptx -o OUT.raw --key VERITY.key --cert VERITY.crt");
+	if (nkeys && (c = load_keyring(env, keys, nkeys, &ring)) != EXIT_OK)
+		return c;
+	r = rsr_cryptex_open_trusted(env->ctx, in, ring, &cx);
+	if (r == 0) {
+		cmd_progress_enable(env);
+		r = rsr_cryptex_export_ddi(env->ctx, cx, out, arch, key, cert);
+		cmd_progress_done(env);
+	}
+	rsr_keyring_free(ring);
+	if (r < 0) {
+		rsr_cryptex_free(cx);
+		return cmd_fail(env, r);
+	}
+	if (!env->quiet)
+		printf("%s: %s %s as a Discoverable Disk Image, root hash %s\n", out, rsr_cryptex_name(cx),
+		       rsr_cryptex_version(cx), rsr_cryptex_root_hash_hex(cx));
+	rsr_cryptex_free(cx);
+	return EXIT_OK;
+}
+
 int cmd_cryptex(struct cmd_env *env, int argc, char **argv)
 {
 	static const struct verb verbs[] = {
 	    {"build", cryptex_build, "build a signed cryptex from a directory"},
 	    {"verify", cryptex_verify, "check a cryptex's signature and every block"},
 	    {"info", cryptex_info, "show what a cryptex holds"},
+	    {"export", cryptex_export, "write a cryptex as a Discoverable Disk Image"},
 	    {NULL, NULL, NULL},
 	};
 	return cmd_dispatch(env, "cryptex", verbs, argc, argv);

@@ -90,6 +90,20 @@ int rsr_cryptex_verify_blocks(struct rsr_ctx *ctx, struct rsr_cryptex *cx);
 /* Signature, then blocks. */
 int rsr_cryptex_verify(struct rsr_ctx *ctx, struct rsr_cryptex *cx, const struct rsr_keyring *trusted);
 
+/*
+ * Writes OUT, a Discoverable Disk Image (docs/formats/ddi.md) of the
+ * cryptex: a GPT disk whose root partition (of `architecture`: "x86-64" or
+ * "arm64"; NULL for the one rsr was built for) is the same EROFS image,
+ * whose root verity partition is its hash tree behind a dm-verity
+ * superblock, and whose root verity signature partition holds the root
+ * hash and a PKCS#7 signature of it made with the private key key_path
+ * and its X.509 certificate cert_path (PEM), as systemd and the kernel's
+ * dm-verity check it. Every block is verified against the signed root
+ * hash first; OUT is written atomically. The root hash is the cryptex's.
+ */
+int rsr_cryptex_export_ddi(struct rsr_ctx *ctx, struct rsr_cryptex *cx, const char *out_path,
+			   const char *architecture, const char *key_path, const char *cert_path);
+
 /* Getters: strings are borrowed from cx. */
 const char *rsr_cryptex_path(const struct rsr_cryptex *cx);
 const char *rsr_cryptex_name(const struct rsr_cryptex *cx);

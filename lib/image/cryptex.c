@@ -1235,6 +1235,10 @@ int rsr_cryptex_verify(struct rsr_ctx *ctx, struct rsr_cryptex *cx, const struct
 
 /* ---- getters ---- */
 
+int rsr_image_cryptex_fd(const struct rsr_cryptex *cx)
+{
+	return cx->fd;
+}
 const char *rsr_cryptex_path(const struct rsr_cryptex *cx)
 {
 	return cx->path;

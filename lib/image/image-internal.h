@@ -19,6 +19,9 @@
  */
 int rsr_image_run_tool(struct rsr_ctx *ctx, char *const argv[], const char *out, const char *log);
 
+/* The open file of a cryptex opened from a file (-1 for one parsed from memory); borrowed. */
+int rsr_image_cryptex_fd(const struct rsr_cryptex *cx);
+
 /* A Debian package a cryptex was built from (dpkg-deb -f). */
 struct rsr_image_package {
 	char *name, *version, *architecture;
