@@ -37,7 +37,7 @@ for g in key cryptex graft ungraft status restart-services patch response instal
 	[[ " $all" == *" $g "* ]] || fail "group $g not offered: $all"
 done
 ok "groups"
-expect_words "--help build info verify " cryptex ""
+expect_words "--help build export info verify " cryptex ""
 expect_words "rotate-key " repo rot
 expect_words "--help generate id " -q key ""
 ok "verbs, also after global options"
