@@ -16,9 +16,13 @@ export PKG_CONFIG_PATH=${pc%/librsr.pc} PKG_CONFIG_SYSROOT_DIR=$T/dest
 cflags=$(pkg-config --cflags librsr)
 libs=$(pkg-config --libs librsr)
 [[ $libs == *-lrsr* ]] || fail "pkg-config --libs librsr: $libs"
+# A sanitized build's library needs its runtime first: the program is built sanitized too.
+san=
+so=$(find "$T/dest" -name 'librsr.so.0' | head -1)
+if ldd "$so" | grep -q libasan; then san="-fsanitize=address,undefined"; fi
 mkdir -p "$T/user"
 cp "$RSR_SRCDIR/tests/package/librsr-user.c" "$T/user/"
-(cd "$T/user" && ${CC:-cc} -Wall -Werror $cflags -o librsr-user librsr-user.c $libs) ||
+(cd "$T/user" && ${CC:-cc} -Wall -Werror $san $cflags -o librsr-user librsr-user.c $libs) ||
 	fail "building against the installed librsr ($cflags $libs)"
 ok "a program builds with pkg-config --cflags --libs librsr ($cflags $libs)"
 libdir=$(pkg-config --variable=libdir librsr) # with the sysroot in front
