@@ -19,12 +19,14 @@ static int cryptex_build(struct cmd_env *env, int argc, char **argv)
 	    {"key", required_argument, NULL, 'k'},
 	    {"timestamp", required_argument, NULL, 't'},
 	    {"mkfs", required_argument, NULL, 'M'},
+	    {"deb", required_argument, NULL, 'd'},
+	    {"no-merged-usr", no_argument, NULL, 'U'},
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
 	};
 	struct rsr_cryptex_build_opts o = {0};
 	const char *out = NULL, *keypath = NULL, *sde = getenv("SOURCE_DATE_EPOCH");
-	const char *bases[256];
+	const char *bases[256], *debs[256];
 	struct rsr_key *key = NULL;
 	unsigned long long ts = 0;
 	bool ts_set = false;
@@ -57,32 +59,54 @@ static int cryptex_build(struct cmd_env *env, int argc, char **argv)
 		case 'M':
 			o.mkfs_erofs = optarg;
 			break;
+		case 'd':
+			if (o.n_debs >= 256)
+				return cmd_usage_error("at most 256 --deb options");
+			debs[o.n_debs++] = optarg;
+			break;
+		case 'U':
+			o.no_merged_usr = true;
+			break;
 		case 'h':
-			printf("Usage: rsr cryptex build SRC_DIR -o OUT.cptx --name NAME --version VERSION\n"
-			       "                         --base BUILD_ID [--base BUILD_ID...] --key KEY\n"
-			       "                         [--timestamp SECONDS] [--mkfs PROGRAM]\n\n"
+			printf("Usage: rsr cryptex build [SRC_DIR] [--deb PKG.deb...] -o OUT.cptx --name NAME\n"
+			       "                         --version VERSION --base BUILD_ID [--base BUILD_ID...]\n"
+			       "                         --key KEY [--no-merged-usr] [--timestamp SECONDS]\n"
+			       "                         [--mkfs PROGRAM]\n\n"
 			       "Builds a signed, sealed cryptex: an EROFS image of SRC_DIR (each top-level\n"
-			       "entry a directory it covers, e.g. usr/), its dm-verity hash tree and a\n"
-			       "manifest signed with KEY. Reproducible: every time in the image is the\n"
-			       "--timestamp, else $SOURCE_DATE_EPOCH, else 0.\n");
+			       "entry a directory it covers, e.g. usr/) and of the files of each package\n"
+			       "(extracted with dpkg-deb; its etc/ and var/ are left out), its dm-verity hash\n"
+			       "tree and a manifest signed with KEY, which names the packages.\n\n"
+			       "  -o, --output OUT      the cryptex to write\n"
+			       "      --name NAME       slot name\n"
+			       "      --version VERSION version of the image\n"
+			       "      --base BUILD_ID   a base build it may be grafted on; repeatable\n"
+			       "      --key KEY         private signing key (PEM)\n"
+			       "      --deb PKG.deb     a Debian package whose files go in; repeatable\n"
+			       "      --no-merged-usr   keep top-level bin/, sbin/, lib*/ as they are (by default\n"
+			       "                        they go under usr/, as on a merged-/usr system)\n"
+			       "      --timestamp SECS  time of every inode (default $SOURCE_DATE_EPOCH, else 0)\n"
+			       "      --mkfs PROGRAM    the mkfs.erofs to run\n\n"
+			       "Reproducible: the same inputs give the same bytes. See rsr-cryptex(1).\n");
 			return EXIT_OK;
 		default:
 			return EXIT_USAGE;
 		}
 	}
-	if (optind + 1 != argc || !out || !o.name || !o.version || !o.n_base_builds || !keypath)
-		return cmd_usage_error("usage: rsr cryptex build SRC_DIR -o OUT --name NAME --version VERSION "
-				       "--base BUILD_ID --key KEY");
+	if (argc - optind > 1 || (optind == argc && !o.n_debs) || !out || !o.name || !o.version || !o.n_base_builds ||
+	    !keypath)
+		return cmd_usage_error("usage: rsr cryptex build [SRC_DIR] [--deb PKG.deb...] -o OUT --name NAME "
+				       "--version VERSION --base BUILD_ID --key KEY");
 	if (!ts_set && sde && *sde && !cmd_parse_uint(sde, INT64_MAX, &ts))
 		return cmd_usage_error("SOURCE_DATE_EPOCH is not a number of seconds: %s", sde);
 	o.timestamp = ts;
 	o.base_builds = bases;
+	o.debs = debs;
 	r = rsr_key_load_private(env->ctx, keypath, &key);
 	if (r < 0)
 		return cmd_fail(env, r);
 	o.key = key;
 	cmd_progress_enable(env);
-	r = rsr_cryptex_build(env->ctx, argv[optind], out, &o);
+	r = rsr_cryptex_build(env->ctx, optind < argc ? argv[optind] : NULL, out, &o);
 	cmd_progress_done(env);
 	rsr_key_free(key);
 	if (r < 0)
@@ -180,7 +204,16 @@ static int cryptex_verify(struct cmd_env *env, int argc, char **argv)
 /* The --json description of one cryptex; NULL when out of memory. */
 static json_t *info_json(struct rsr_cryptex *cx)
 {
-	json_t *bases = json_array(), *paths = json_array();
+	json_t *bases = json_array(), *paths = json_array(), *pkgs = json_array(), *v;
+	bool ok = pkgs != NULL;
+
+	for (size_t i = 0; ok && i < rsr_cryptex_package_count(cx); i++)
+		cmd_json_push(&ok, pkgs,
+			      json_pack("{s:s, s:s, s:s}", "name", rsr_cryptex_package_name(cx, i), "version",
+					rsr_cryptex_package_version(cx, i), "architecture",
+					rsr_cryptex_package_architecture(cx, i)));
+	if (!ok)
+		goto fail;
 
 	for (size_t i = 0; bases && i < rsr_cryptex_base_build_count(cx); i++)
 		if (json_array_append_new(bases, json_string(rsr_cryptex_base_build(cx, i))) < 0)
@@ -191,19 +224,29 @@ static json_t *info_json(struct rsr_cryptex *cx)
 	if (!bases || !paths)
 		goto fail;
 	/* "o" hands both arrays to the result, also when packing fails. */
-	return json_pack("{s:s, s:s, s:s, s:o, s:o, s:s, s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "file",
-			 rsr_cryptex_path(cx), "name", rsr_cryptex_name(cx), "version", rsr_cryptex_version(cx),
-			 "base_builds", bases, "paths", paths, "root_hash", rsr_cryptex_root_hash_hex(cx), "salt",
-			 rsr_cryptex_salt_hex(cx), "key_id", rsr_cryptex_key_id_hex(cx), "timestamp",
-			 (json_int_t)rsr_cryptex_timestamp(cx), "files", (json_int_t)rsr_cryptex_file_count(cx),
-			 "directories", (json_int_t)rsr_cryptex_directory_count(cx), "file_size",
-			 (json_int_t)rsr_cryptex_file_size(cx), "image_offset",
-			 (json_int_t)rsr_cryptex_image_offset(cx), "image_size", (json_int_t)rsr_cryptex_image_size(cx),
-			 "hash_tree_size", (json_int_t)rsr_cryptex_tree_size(cx), "data_blocks",
-			 (json_int_t)rsr_cryptex_data_blocks(cx));
+	v = json_pack("{s:s, s:s, s:s, s:o, s:o, s:s, s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "file",
+		      rsr_cryptex_path(cx), "name", rsr_cryptex_name(cx), "version", rsr_cryptex_version(cx),
+		      "base_builds", bases, "paths", paths, "root_hash", rsr_cryptex_root_hash_hex(cx), "salt",
+		      rsr_cryptex_salt_hex(cx), "key_id", rsr_cryptex_key_id_hex(cx), "timestamp",
+		      (json_int_t)rsr_cryptex_timestamp(cx), "files", (json_int_t)rsr_cryptex_file_count(cx),
+		      "directories", (json_int_t)rsr_cryptex_directory_count(cx), "file_size",
+		      (json_int_t)rsr_cryptex_file_size(cx), "image_offset", (json_int_t)rsr_cryptex_image_offset(cx),
+		      "image_size", (json_int_t)rsr_cryptex_image_size(cx), "hash_tree_size",
+		      (json_int_t)rsr_cryptex_tree_size(cx), "data_blocks", (json_int_t)rsr_cryptex_data_blocks(cx));
+	bases = paths = NULL;
+	if (v)
+		cmd_json_set(&ok, v, "packages", pkgs);
+	else
+		json_decref(pkgs);
+	if (!ok) {
+		json_decref(v);
+		return NULL;
+	}
+	return v;
 fail:
 	json_decref(bases);
 	json_decref(paths);
+	json_decref(pkgs);
 	return NULL;
 }
 
@@ -220,6 +263,12 @@ static void info_text(struct rsr_cryptex *cx)
 	printf("\nCovers:       ");
 	for (size_t i = 0; i < rsr_cryptex_path_count(cx); i++)
 		printf("%s/%s", i ? ", " : "", rsr_cryptex_covered_path(cx, i));
+	if (rsr_cryptex_package_count(cx)) {
+		printf("\nPackages:     ");
+		for (size_t i = 0; i < rsr_cryptex_package_count(cx); i++)
+			printf("%s%s:%s %s", i ? ", " : "", rsr_cryptex_package_name(cx, i),
+			       rsr_cryptex_package_architecture(cx, i), rsr_cryptex_package_version(cx, i));
+	}
 	printf("\nRoot hash:    %s\n", rsr_cryptex_root_hash_hex(cx));
 	printf("Salt:         %s\n", rsr_cryptex_salt_hex(cx));
 	printf("Signing key:  %s\n", rsr_cryptex_key_id_hex(cx));
@@ -289,12 +338,97 @@ static int cryptex_info(struct cmd_env *env, int argc, char **argv)
 	return ret;
 }
 
+static int cryptex_export(struct cmd_env *env, int argc, char **argv)
+{
+	static const struct option opts[] = {
+	    {"ddi", required_argument, NULL, 'D'},
+	    {"output", required_argument, NULL, 'o'},
+	    {"key", required_argument, NULL, 'k'},
+	    {"cert", required_argument, NULL, 'c'},
+	    {"architecture", required_argument, NULL, 'a'},
+	    {"pubkey", required_argument, NULL, 'p'},
+	    {"help", no_argument, NULL, 'h'},
+	    {NULL, 0, NULL, 0},
+	};
+	const char *in = NULL, *out = NULL, *key = NULL, *cert = NULL, *arch = NULL;
+	char *keys[64];
+	size_t nkeys = 0;
+	struct rsr_keyring *ring = NULL;
+	struct rsr_cryptex *cx = NULL;
+	int c, r;
+
+	while ((c = getopt_long(argc, argv, "o:h", opts, NULL)) != -1) {
+		switch (c) {
+		case 'D':
+			in = optarg;
+			break;
+		case 'o':
+			out = optarg;
+			break;
+		case 'k':
+			key = optarg;
+			break;
+		case 'c':
+			cert = optarg;
+			break;
+		case 'a':
+			arch = optarg;
+			break;
+		case 'p':
+			if (nkeys >= 64)
+				return cmd_usage_error("at most 64 --pubkey options");
+			keys[nkeys++] = optarg;
+			break;
+		case 'h':
+			printf(
+			    "Usage: rsr cryptex export --ddi FILE.cptx -o OUT.raw --key VERITY.key --cert VERITY.crt\n"
+			    "                          [--architecture x86-64|arm64] [--pubkey KEY.pub...]\n\n"
+			    "Writes the cryptex as a Discoverable Disk Image: a GPT disk with the same EROFS\n"
+			    "image as its root partition, the hash tree as its verity partition and the\n"
+			    "root hash with a PKCS#7 signature as its verity signature partition, for\n"
+			    "systemd-dissect and systemd-sysext. The root hash stays the cryptex's.\n\n"
+			    "      --ddi FILE.cptx        the cryptex to export\n"
+			    "  -o, --output OUT.raw       the image to write\n"
+			    "      --key VERITY.key       private key (PEM, RSA or ECDSA) that signs the root hash\n"
+			    "      --cert VERITY.crt      its X.509 certificate (PEM), which systems trust\n"
+			    "      --architecture ARCH    partition types for x86-64 or arm64 (default: this build's)\n"
+			    "      --pubkey KEY.pub       check the cryptex's signature first; repeatable\n\n"
+			    "Every block is checked against the signed root hash first. See rsr-cryptex(1).\n");
+			return EXIT_OK;
+		default:
+			return EXIT_USAGE;
+		}
+	}
+	if (optind != argc || !in || !out || !key || !cert)
+		return cmd_usage_error(
+		    "usage: rsr cryptex export --ddi FILE.cptx -o OUT.raw --key VERITY.key --cert VERITY.crt");
+	if (nkeys && (c = load_keyring(env, keys, nkeys, &ring)) != EXIT_OK)
+		return c;
+	r = rsr_cryptex_open_trusted(env->ctx, in, ring, &cx);
+	if (r == 0) {
+		cmd_progress_enable(env);
+		r = rsr_cryptex_export_ddi(env->ctx, cx, out, arch, key, cert);
+		cmd_progress_done(env);
+	}
+	rsr_keyring_free(ring);
+	if (r < 0) {
+		rsr_cryptex_free(cx);
+		return cmd_fail(env, r);
+	}
+	if (!env->quiet)
+		printf("%s: %s %s as a Discoverable Disk Image, root hash %s\n", out, rsr_cryptex_name(cx),
+		       rsr_cryptex_version(cx), rsr_cryptex_root_hash_hex(cx));
+	rsr_cryptex_free(cx);
+	return EXIT_OK;
+}
+
 int cmd_cryptex(struct cmd_env *env, int argc, char **argv)
 {
 	static const struct verb verbs[] = {
 	    {"build", cryptex_build, "build a signed cryptex from a directory"},
 	    {"verify", cryptex_verify, "check a cryptex's signature and every block"},
 	    {"info", cryptex_info, "show what a cryptex holds"},
+	    {"export", cryptex_export, "write a cryptex as a Discoverable Disk Image"},
 	    {NULL, NULL, NULL},
 	};
 	return cmd_dispatch(env, "cryptex", verbs, argc, argv);

@@ -53,7 +53,8 @@ static void usage(FILE *f)
 	      "  -h, --help        this help\n"
 	      "\n"
 	      "Exit status: 0 success, 1 the operation failed or was refused, 2 usage error.\n"
-	      "Run 'rsr GROUP --help' for the verbs of a group.\n",
+	      "Run 'rsr GROUP --help' for the verbs of a group. The manual is rsr(1), and\n"
+	      "rsr-GROUP(1) for each group (rsr-remove(1) is rsr-install(1)).\n",
 	      f);
 }
 

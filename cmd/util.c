@@ -24,7 +24,7 @@ static void print_group_help(const char *group, const struct verb *verbs, FILE *
 	fprintf(f, "Usage: rsr %s VERB [OPTIONS]\n\nVerbs:\n", group);
 	for (const struct verb *v = verbs; v->name; v++)
 		fprintf(f, "  %-12s %s\n", v->name, v->summary);
-	fprintf(f, "\nRun 'rsr %s VERB --help' for the options of a verb.\n", group);
+	fprintf(f, "\nRun 'rsr %s VERB --help' for the options of a verb; the manual is rsr-%s(1).\n", group, group);
 }
 
 int cmd_dispatch(struct cmd_env *env, const char *group, const struct verb *verbs, int argc, char **argv)

@@ -35,15 +35,25 @@ struct rsr_cryptex_build_opts {
 	uint64_t timestamp;	   /* every inode's time and the manifest's (SOURCE_DATE_EPOCH) */
 	const char *mkfs_erofs;	   /* program to run; NULL for the built-in default */
 	const char *tmpdir;	   /* staging area; NULL for the output's directory */
+	const char *const *debs;   /* Debian packages (.deb) whose files go in too; may be NULL */
+	size_t n_debs;
+	bool no_merged_usr; /* keep top-level bin/, sbin/, lib*\/ as they are, not under usr/ */
 };
 
 /*
- * Builds OUT from the tree SRC_DIR: copies the tree to a staging area, adds
- * the release file, runs mkfs.erofs (uncompressed, all files owned by root,
- * every time set to opts->timestamp, a UUID derived from name and version),
- * computes the hash tree and writes the signed file atomically. The same
- * tree and options give a byte-identical file. Each top-level entry of
- * SRC_DIR must be a directory; they become the paths the cryptex covers.
+ * Builds OUT from the tree SRC_DIR and the packages opts->debs (either may
+ * be absent, not both): copies the tree to a staging area, extracts each
+ * package there with dpkg-deb (refusing one whose entries would leave the
+ * tree, that carries device nodes or that ships a file another input ships;
+ * leaving out its etc/ and var/), moves top-level bin/, sbin/ and lib*\/
+ * under usr/ (merged /usr, unless opts->no_merged_usr), adds the release
+ * file, runs mkfs.erofs (uncompressed, all files owned by root, every time
+ * set to opts->timestamp, a UUID derived from name and version), computes
+ * the hash tree and writes the signed file atomically. The packages' names,
+ * versions and architectures go into the release file and the manifest.
+ * The same inputs and options give a byte-identical file. Each top-level
+ * entry of the tree must be a directory; they become the paths the cryptex
+ * covers.
  */
 int rsr_cryptex_build(struct rsr_ctx *ctx, const char *src_dir, const char *out_path,
 		      const struct rsr_cryptex_build_opts *opts);
@@ -80,6 +90,20 @@ int rsr_cryptex_verify_blocks(struct rsr_ctx *ctx, struct rsr_cryptex *cx);
 /* Signature, then blocks. */
 int rsr_cryptex_verify(struct rsr_ctx *ctx, struct rsr_cryptex *cx, const struct rsr_keyring *trusted);
 
+/*
+ * Writes OUT, a Discoverable Disk Image (docs/formats/ddi.md) of the
+ * cryptex: a GPT disk whose root partition (of `architecture`: "x86-64" or
+ * "arm64"; NULL for the one rsr was built for) is the same EROFS image,
+ * whose root verity partition is its hash tree behind a dm-verity
+ * superblock, and whose root verity signature partition holds the root
+ * hash and a PKCS#7 signature of it made with the private key key_path
+ * and its X.509 certificate cert_path (PEM), as systemd and the kernel's
+ * dm-verity check it. Every block is verified against the signed root
+ * hash first; OUT is written atomically. The root hash is the cryptex's.
+ */
+int rsr_cryptex_export_ddi(struct rsr_ctx *ctx, struct rsr_cryptex *cx, const char *out_path,
+			   const char *architecture, const char *key_path, const char *cert_path);
+
 /* Getters: strings are borrowed from cx. */
 const char *rsr_cryptex_path(const struct rsr_cryptex *cx);
 const char *rsr_cryptex_name(const struct rsr_cryptex *cx);
@@ -91,6 +115,11 @@ bool rsr_cryptex_allows_base(const struct rsr_cryptex *cx, const char *build);
 /* Top-level directories the cryptex covers, e.g. "usr". */
 size_t rsr_cryptex_path_count(const struct rsr_cryptex *cx);
 const char *rsr_cryptex_covered_path(const struct rsr_cryptex *cx, size_t i);
+/* The Debian packages the image was built from (none for a plain tree), in the order given. */
+size_t rsr_cryptex_package_count(const struct rsr_cryptex *cx);
+const char *rsr_cryptex_package_name(const struct rsr_cryptex *cx, size_t i);
+const char *rsr_cryptex_package_version(const struct rsr_cryptex *cx, size_t i);
+const char *rsr_cryptex_package_architecture(const struct rsr_cryptex *cx, size_t i);
 const char *rsr_cryptex_root_hash_hex(const struct rsr_cryptex *cx);
 void rsr_cryptex_root_hash(const struct rsr_cryptex *cx, uint8_t ret[32]);
 const char *rsr_cryptex_salt_hex(const struct rsr_cryptex *cx);

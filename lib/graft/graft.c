@@ -518,6 +518,19 @@ static int open_signed(struct rsr_ctx *ctx, const struct rsr_graft *g, const cha
 	return name_file(ctx, r, fdpath, path, "refused", keys);
 }
 
+/* True if the base's top-level `name` is a symbolic link to usr/NAME (merged /usr). */
+static bool merged_into_usr(int rootfd, const char *name)
+{
+	char target[80], want[80];
+	ssize_t n = readlinkat(rootfd, name, target, sizeof(target) - 1);
+
+	if (n <= 0)
+		return false;
+	target[n] = '\0';
+	snprintf(want, sizeof(want), "usr/%s", name);
+	return !strcmp(target, want) || (target[0] == '/' && !strcmp(target + 1, want));
+}
+
 /*
  * Opens and fully checks a cryptex file for grafting on this device. On
  * success *ret_fd is the open file (the same inode that was verified) and
@@ -571,6 +584,15 @@ static int check_image(struct rsr_ctx *ctx, struct rsr_graft *g, const char *pat
 		struct stat st;
 		if (!graft_cover_name_valid(p)) {
 			r = rsr_error(ctx, RSR_E_FORMAT, "%s: refused: a cryptex may not cover /%s", path, p);
+			goto fail;
+		}
+		if (fstatat(g->rootfd, p, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(st.st_mode) &&
+		    merged_into_usr(g->rootfd, p)) {
+			r = rsr_error(ctx, RSR_E_MISMATCH,
+				      "%s: refused: covers /%s, which is a link into /usr on the base %s (merged "
+				      "/usr); rebuild the cryptex with 'rsr cryptex build' without --no-merged-usr, "
+				      "which puts /%s under /usr/%s",
+				      path, p, g->root, p, p);
 			goto fail;
 		}
 		if (fstatat(g->rootfd, p, &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISDIR(st.st_mode)) {

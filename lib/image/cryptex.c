@@ -18,6 +18,7 @@
 #include "internal.h"
 #include "rsr-config.h"
 #include "rsr/cryptex.h"
+#include "image-internal.h"
 #include "verity.h"
 
 #define CPTX_MAGIC "RSRCPTX\0"
@@ -58,6 +59,8 @@ struct rsr_cryptex {
 	char *name, *version;
 	char **base_builds, **paths;
 	size_t n_base_builds, n_paths;
+	struct rsr_image_package *packages; /* the Debian packages it was built from, if any */
+	size_t n_packages;
 };
 
 /* Both derivations return -ENOMEM when hashing cannot allocate: the image must not change then. */
@@ -451,8 +454,7 @@ fail:
 	return r;
 }
 
-/* Runs argv with stdout and stderr to `log`; on failure the error quotes the log's last line. */
-static int run_tool(struct rsr_ctx *ctx, char *const argv[], const char *log)
+int rsr_image_run_tool(struct rsr_ctx *ctx, char *const argv[], const char *out, const char *log)
 {
 	static char *const envp[] = {"LC_ALL=C", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
 				     NULL};
@@ -462,8 +464,11 @@ static int run_tool(struct rsr_ctx *ctx, char *const argv[], const char *log)
 
 	posix_spawn_file_actions_init(&fa);
 	posix_spawn_file_actions_addopen(&fa, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
-	posix_spawn_file_actions_addopen(&fa, STDOUT_FILENO, log, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-	posix_spawn_file_actions_adddup2(&fa, STDOUT_FILENO, STDERR_FILENO);
+	posix_spawn_file_actions_addopen(&fa, STDERR_FILENO, log, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+	if (out)
+		posix_spawn_file_actions_addopen(&fa, STDOUT_FILENO, out, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+	else
+		posix_spawn_file_actions_adddup2(&fa, STDERR_FILENO, STDOUT_FILENO);
 	r = posix_spawnp(&pid, argv[0], &fa, NULL, argv, envp);
 	posix_spawn_file_actions_destroy(&fa);
 	if (r != 0)
@@ -472,15 +477,15 @@ static int run_tool(struct rsr_ctx *ctx, char *const argv[], const char *log)
 		if (errno != EINTR)
 			return rsr_error_errno(ctx, -errno, "waiting for %s", argv[0]);
 	if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-		char *out = NULL, *last;
+		char *text = NULL, *last;
 		size_t len = 0;
 		struct rsr_ctx *tmp = NULL;
 
-		if (rsr_ctx_new(&tmp) == 0 && rsr_read_file(tmp, log, 1 << 20, &out, &len) == 0) {
-			while (len > 0 && (out[len - 1] == '\n' || out[len - 1] == ' '))
-				out[--len] = '\0';
-			last = strrchr(out, '\n');
-			last = last ? last + 1 : out;
+		if (rsr_ctx_new(&tmp) == 0 && rsr_read_file(tmp, log, 1 << 20, &text, &len) == 0) {
+			while (len > 0 && (text[len - 1] == '\n' || text[len - 1] == ' '))
+				text[--len] = '\0';
+			last = strrchr(text, '\n');
+			last = last ? last + 1 : text;
 		} else {
 			last = "";
 		}
@@ -489,14 +494,15 @@ static int run_tool(struct rsr_ctx *ctx, char *const argv[], const char *log)
 				      WEXITSTATUS(status), *last ? ": " : "", last);
 		else
 			r = rsr_error(ctx, RSR_E_TOOL, "%s was killed by signal %d", argv[0], WTERMSIG(status));
-		free(out);
+		free(text);
 		rsr_ctx_free(tmp);
 		return r;
 	}
 	return 0;
 }
 
-static char *release_text(const struct rsr_cryptex_build_opts *o, char **paths, size_t n_paths)
+static char *release_text(const struct rsr_cryptex_build_opts *o, char **paths, size_t n_paths,
+			  const struct rsr_image_package *pkgs, size_t n_pkgs)
 {
 	size_t len = 256 + strlen(o->name) + strlen(o->version);
 	char *s, *p;
@@ -505,6 +511,8 @@ static char *release_text(const struct rsr_cryptex_build_opts *o, char **paths, 
 		len += strlen(o->base_builds[i]) + 1;
 	for (size_t i = 0; i < n_paths; i++)
 		len += strlen(paths[i]) + 1;
+	for (size_t i = 0; i < n_pkgs; i++)
+		len += strlen(pkgs[i].name) + strlen(pkgs[i].architecture) + strlen(pkgs[i].version) + 3;
 	s = malloc(len);
 	if (!s)
 		return NULL;
@@ -514,8 +522,33 @@ static char *release_text(const struct rsr_cryptex_build_opts *o, char **paths, 
 	p += sprintf(p, "\"\nCRYPTEX_PATHS=\"");
 	for (size_t i = 0; i < n_paths; i++)
 		p += sprintf(p, "%s%s", i ? " " : "", paths[i]);
-	sprintf(p, "\"\n");
+	p += sprintf(p, "\"\n");
+	/* Only for images built from packages, so the release file of any other image stays as it was. */
+	if (n_pkgs) {
+		p += sprintf(p, "CRYPTEX_PACKAGES=\"");
+		for (size_t i = 0; i < n_pkgs; i++)
+			p +=
+			    sprintf(p, "%s%s:%s=%s", i ? " " : "", pkgs[i].name, pkgs[i].architecture, pkgs[i].version);
+		sprintf(p, "\"\n");
+	}
 	return s;
+}
+
+/* The manifest's "packages": [{"name", "version", "architecture"}...]; NULL when out of memory. */
+static json_t *packages_json(const struct rsr_image_package *pkgs, size_t n)
+{
+	json_t *a = json_array();
+	bool ok = a != NULL;
+
+	for (size_t i = 0; ok && i < n; i++)
+		rsr_json_push(&ok, a,
+			      json_pack("{s:s, s:s, s:s}", "name", pkgs[i].name, "version", pkgs[i].version,
+					"architecture", pkgs[i].architecture));
+	if (!ok) {
+		json_decref(a);
+		return NULL;
+	}
+	return a;
 }
 
 static json_t *strv_json(const char *const *v, size_t n)
@@ -560,10 +593,11 @@ int rsr_cryptex_build(struct rsr_ctx *ctx, const char *src_dir, const char *out_
 		      const struct rsr_cryptex_build_opts *opts)
 {
 	char **paths = NULL;
-	size_t n_paths = 0;
+	size_t n_paths = 0, n_pkgs = 0;
+	struct rsr_image_package *pkgs = NULL;
 	struct counts counts = {0};
 	_cleanup_free_ char *src_real = NULL, *out_dir = NULL, *stage = NULL, *root = NULL, *img = NULL, *log = NULL;
-	_cleanup_free_ char *release = NULL, *manifest = NULL, *signed_msg = NULL, *srcdot = NULL;
+	_cleanup_free_ char *release = NULL, *manifest = NULL, *signed_msg = NULL;
 	_cleanup_free_ uint8_t *tree = NULL;
 	_cleanup_close_ int img_fd = -1;
 	struct rsr_atomic_file *af = NULL;
@@ -580,12 +614,20 @@ int rsr_cryptex_build(struct rsr_ctx *ctx, const char *src_dir, const char *out_
 	r = check_build_opts(ctx, opts);
 	if (r < 0)
 		return r;
-	src_real = realpath(src_dir, NULL);
-	if (!src_real)
-		return rsr_error_errno(ctx, -errno, "%s", src_dir);
-	r = scan_top(ctx, src_real, &paths, &n_paths);
-	if (r < 0)
-		return r;
+	if (!src_dir && opts->n_debs == 0)
+		return rsr_error(ctx, -EINVAL, "a cryptex is built from a directory, packages, or both");
+	if (src_dir) {
+		src_real = realpath(src_dir, NULL);
+		if (!src_real)
+			return rsr_error_errno(ctx, -errno, "%s", src_dir);
+		/* Checks the source's own layout, with messages that name it. */
+		r = scan_top(ctx, src_real, &paths, &n_paths);
+		free_strv(paths, n_paths);
+		paths = NULL;
+		n_paths = 0;
+		if (r < 0)
+			return r;
+	}
 
 	/* The staging area lives beside the output (or in tmpdir); it must not be inside the source. */
 	if (opts->tmpdir) {
@@ -601,7 +643,7 @@ int rsr_cryptex_build(struct rsr_ctx *ctx, const char *src_dir, const char *out_
 		r = rsr_error_errno(ctx, errno ? -errno : -ENOMEM, "%s: cannot resolve the output directory", out_path);
 		goto out;
 	}
-	{
+	if (src_real) {
 		size_t sl = strlen(src_real);
 		if (strncmp(out_dir, src_real, sl) == 0 && (out_dir[sl] == '/' || out_dir[sl] == '\0')) {
 			r = rsr_error(ctx, -EINVAL,
@@ -622,31 +664,30 @@ int rsr_cryptex_build(struct rsr_ctx *ctx, const char *src_dir, const char *out_
 		goto out;
 	}
 	if (asprintf(&root, "%s/root", stage) < 0 || asprintf(&img, "%s/image.erofs", stage) < 0 ||
-	    asprintf(&log, "%s/log", stage) < 0 || asprintf(&srcdot, "%s/.", src_real) < 0) {
+	    asprintf(&log, "%s/log", stage) < 0) {
 		r = rsr_error(ctx, -ENOMEM, "out of memory");
 		goto out;
-	}
-
-	/* Count what goes in; the counts are part of the signed manifest. */
-	{
-		int dfd = open(src_real, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-		r = dfd < 0 ? -errno : count_tree(dfd, &counts, 0);
-		if (r < 0) {
-			r = rsr_error_errno(ctx, r, "%s: cannot walk the tree", src_real);
-			goto out;
-		}
 	}
 
 	r = rsr_progress(ctx, "copying tree", 0, 1);
 	if (r < 0)
 		goto out;
+	r = rsr_image_stage(ctx, src_real, opts, stage, root, log, &pkgs, &n_pkgs);
+	if (r < 0)
+		goto out;
+	r = scan_top(ctx, root, &paths, &n_paths);
+	if (r < 0)
+		goto out;
+	/* Count what goes in; the counts are part of the signed manifest. */
 	{
-		char *argv[] = {"cp", "-a", "--reflink=auto", "--no-preserve=ownership", srcdot, root, NULL};
-		r = run_tool(ctx, argv, log);
-		if (r < 0)
+		int dfd = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		r = dfd < 0 ? -errno : count_tree(dfd, &counts, 0);
+		if (r < 0) {
+			r = rsr_error_errno(ctx, r, "%s: cannot walk the tree", root);
 			goto out;
+		}
 	}
-	release = release_text(opts, paths, n_paths);
+	release = release_text(opts, paths, n_paths, pkgs, n_pkgs);
 	if (!release) {
 		r = rsr_error(ctx, -ENOMEM, "out of memory");
 		goto out;
@@ -690,7 +731,7 @@ int rsr_cryptex_build(struct rsr_ctx *ctx, const char *src_dir, const char *out_
 				img,
 				root,
 				NULL};
-		r = run_tool(ctx, argv, log);
+		r = rsr_image_run_tool(ctx, argv, NULL, log);
 		if (r < 0)
 			goto out;
 	}
@@ -710,11 +751,12 @@ int rsr_cryptex_build(struct rsr_ctx *ctx, const char *src_dir, const char *out_
 			goto out;
 		}
 		char *fsck[] = {"fsck.erofs", xopt, img, NULL};
-		r = run_tool(ctx, fsck, log);
+		r = rsr_image_run_tool(ctx, fsck, NULL, log);
 		if (r == 0)
 			r = same_tree(ctx, root, check);
 		if (r < 0) {
-			r = rsr_error_prefix(ctx, r, "mkfs.erofs made an image that does not hold %s", src_real);
+			r = rsr_error_prefix(ctx, r, "mkfs.erofs made an image that does not hold %s",
+					     src_real ? src_real : "the packages' files");
 			goto out;
 		}
 	}
@@ -753,6 +795,10 @@ int rsr_cryptex_build(struct rsr_ctx *ctx, const char *src_dir, const char *out_
 		      (json_int_t)(image_size / RSR_CRYPTEX_BLOCK_SIZE), "offset",
 		      (json_int_t)(RSR_CRYPTEX_HEADER_SIZE + image_size), "size", (json_int_t)tree_size, "salt",
 		      salt_hex, "root_hash", root_hex);
+	if (m && n_pkgs && json_object_set_new(m, "packages", packages_json(pkgs, n_pkgs)) < 0) {
+		json_decref(m);
+		m = NULL;
+	}
 	if (!m || !(manifest = rsr_json_dumps(m, JSON_COMPACT | JSON_SORT_KEYS))) {
 		r = rsr_error(ctx, -ENOMEM, "cannot build the manifest");
 		goto out;
@@ -809,6 +855,7 @@ int rsr_cryptex_build(struct rsr_ctx *ctx, const char *src_dir, const char *out_
 out:
 	json_decref(m);
 	free_strv(paths, n_paths);
+	rsr_image_packages_free(pkgs, n_pkgs);
 	if (stage)
 		remove_tree(stage);
 	return r;
@@ -828,6 +875,7 @@ void rsr_cryptex_free(struct rsr_cryptex *cx)
 	free(cx->version);
 	free_strv(cx->base_builds, cx->n_base_builds);
 	free_strv(cx->paths, cx->n_paths);
+	rsr_image_packages_free(cx->packages, cx->n_packages);
 	free(cx);
 }
 
@@ -926,6 +974,35 @@ static bool get_u64(json_t *o, const char *key, uint64_t *ret)
 	return true;
 }
 
+/* The optional "packages" list: objects with a name, version and architecture, each a token. */
+static int get_packages(struct rsr_ctx *ctx, const char *w, json_t *m, struct rsr_cryptex *cx)
+{
+	json_t *a = json_object_get(m, "packages"), *v;
+	size_t n, i;
+
+	if (!a)
+		return 0;
+	if (!json_is_array(a) || (n = json_array_size(a)) == 0 || n > MAX_LIST)
+		return rsr_error(ctx, RSR_E_FORMAT, "%s: manifest 'packages' must be a list of 1 to %d packages", w,
+				 MAX_LIST);
+	cx->packages = calloc(n, sizeof(*cx->packages));
+	if (!cx->packages)
+		return rsr_error(ctx, -ENOMEM, "out of memory");
+	cx->n_packages = n;
+	json_array_foreach(a, i, v)
+	{
+		const char *name = json_string_value(json_object_get(v, "name"));
+		const char *version = json_string_value(json_object_get(v, "version"));
+		const char *arch = json_string_value(json_object_get(v, "architecture"));
+		struct rsr_image_package *p = &cx->packages[i];
+		if (!rsr_valid_token(name) || !rsr_valid_token(version) || !rsr_valid_token(arch))
+			return rsr_error(ctx, RSR_E_FORMAT, "%s: manifest 'packages' entry %zu is not valid", w, i);
+		if (!(p->name = strdup(name)) || !(p->version = strdup(version)) || !(p->architecture = strdup(arch)))
+			return rsr_error(ctx, -ENOMEM, "out of memory");
+	}
+	return 0;
+}
+
 static int parse_manifest(struct rsr_ctx *ctx, struct rsr_cryptex *cx)
 {
 	const char *w = cx->path;
@@ -958,7 +1035,8 @@ static int parse_manifest(struct rsr_ctx *ctx, struct rsr_cryptex *cx)
 		goto out;
 	}
 	if ((r = get_strv(ctx, w, m, "base_builds", false, &cx->base_builds, &cx->n_base_builds)) < 0 ||
-	    (r = get_strv(ctx, w, m, "paths", true, &cx->paths, &cx->n_paths)) < 0)
+	    (r = get_strv(ctx, w, m, "paths", true, &cx->paths, &cx->n_paths)) < 0 ||
+	    (r = get_packages(ctx, w, m, cx)) < 0)
 		goto out;
 	r = RSR_E_FORMAT;
 	if (!get_u64(m, "timestamp", &cx->timestamp) || !get_u64(m, "files", &cx->files) ||
@@ -1157,6 +1235,10 @@ int rsr_cryptex_verify(struct rsr_ctx *ctx, struct rsr_cryptex *cx, const struct
 
 /* ---- getters ---- */
 
+int rsr_image_cryptex_fd(const struct rsr_cryptex *cx)
+{
+	return cx->fd;
+}
 const char *rsr_cryptex_path(const struct rsr_cryptex *cx)
 {
 	return cx->path;
@@ -1191,6 +1273,22 @@ size_t rsr_cryptex_path_count(const struct rsr_cryptex *cx)
 const char *rsr_cryptex_covered_path(const struct rsr_cryptex *cx, size_t i)
 {
 	return i < cx->n_paths ? cx->paths[i] : NULL;
+}
+size_t rsr_cryptex_package_count(const struct rsr_cryptex *cx)
+{
+	return cx->n_packages;
+}
+const char *rsr_cryptex_package_name(const struct rsr_cryptex *cx, size_t i)
+{
+	return i < cx->n_packages ? cx->packages[i].name : NULL;
+}
+const char *rsr_cryptex_package_version(const struct rsr_cryptex *cx, size_t i)
+{
+	return i < cx->n_packages ? cx->packages[i].version : NULL;
+}
+const char *rsr_cryptex_package_architecture(const struct rsr_cryptex *cx, size_t i)
+{
+	return i < cx->n_packages ? cx->packages[i].architecture : NULL;
 }
 const char *rsr_cryptex_root_hash_hex(const struct rsr_cryptex *cx)
 {

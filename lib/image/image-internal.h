@@ -1,0 +1,46 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * Shared by the files of lib/image: running the external tools a build
+ * needs, and staging a build's tree from a directory and Debian packages
+ * (deb.c). Not installed.
+ */
+#ifndef RSR_IMAGE_INTERNAL_H
+#define RSR_IMAGE_INTERNAL_H
+
+#include <stddef.h>
+
+#include "internal.h"
+#include "rsr/cryptex.h"
+
+/*
+ * Runs argv with a fixed minimal environment, stdin from /dev/null, stdout
+ * to `out` (NULL: to `log` as well) and stderr to `log`; on failure the
+ * error quotes the log's last line.
+ */
+int rsr_image_run_tool(struct rsr_ctx *ctx, char *const argv[], const char *out, const char *log);
+
+/* The open file of a cryptex opened from a file (-1 for one parsed from memory); borrowed. */
+int rsr_image_cryptex_fd(const struct rsr_cryptex *cx);
+
+/* A Debian package a cryptex was built from (dpkg-deb -f). */
+struct rsr_image_package {
+	char *name, *version, *architecture;
+};
+void rsr_image_packages_free(struct rsr_image_package *v, size_t n);
+
+/*
+ * Fills `root` (which must not exist; inside the private staging directory
+ * `stage`) with what the build puts into the image: a copy of src_dir (may
+ * be NULL), then the files of each of opts->debs extracted with dpkg-deb,
+ * with bin/, sbin/ and lib*\/ moved under usr/ unless opts->no_merged_usr.
+ * Packages whose entries would leave the tree, that carry device nodes or
+ * that ship a file another input ships are refused; their etc/ and var/ are
+ * left out (a cryptex covers read-only directories only), with a warning.
+ * `log` is a scratch file for the tools' output. On success the packages,
+ * in the order given, are returned; the caller frees them.
+ */
+int rsr_image_stage(struct rsr_ctx *ctx, const char *src_dir, const struct rsr_cryptex_build_opts *opts,
+		    const char *stage, const char *root, const char *log, struct rsr_image_package **ret_pkgs,
+		    size_t *ret_n);
+
+#endif
