@@ -25,6 +25,8 @@ LAB_CACHE=${RSR_LAB_CACHE:-/var/cache/rsr-lab}
 LAB_TIMEOUT=${RSR_LAB_TIMEOUT:-600}
 LAB_SHARE=$T/share
 LAB_BOOTS=0
+# More qemu arguments for every boot (e.g. further disks).
+LAB_QEMU_EXTRA=()
 mkdir -p "$LAB_SHARE/out"
 
 # What the guest has: the stock kernel and bookworm-backports' (both, one
@@ -192,7 +194,7 @@ lab_qemu() { # DISK [extra qemu args...]
 		-append "root=/dev/vda rw console=ttyS0 quiet loglevel=4 systemd.show_status=0 panic=-1" \
 		-drive "file=$disk,if=virtio,format=raw,cache=writeback" \
 		-virtfs "local,path=$LAB_SHARE,mount_tag=lab,security_model=none,id=lab" \
-		"$@" </dev/null >>"$LAB_SHARE/console.log" 2>&1 &
+		"${LAB_QEMU_EXTRA[@]}" "$@" </dev/null >>"$LAB_SHARE/console.log" 2>&1 &
 	LAB_QEMU=$!
 }
 
