@@ -13,7 +13,8 @@
 #   fault_io_walk LABEL PREPARE CHECK SYSCALLS ERRNOS -- ARGS...
 #       for each syscall and errno, fails call N = 1, 2, ... of that syscall
 #       in every traced process (strace -f -e inject) until no process makes
-#       an N-th call.
+#       an N-th call. With RSR_IO_STRIDE=K > 1, the first and last two calls
+#       and every K-th between (starting at RSR_IO_PHASE, default 0).
 # PREPARE is run before every run, CHECK after it as `CHECK RC`, with stdout
 # and stderr of the run in $T/out and $T/err; both are shell commands (names
 # of functions). CHECK must fail (exit) on a bad state. Adding an operation is
@@ -172,6 +173,10 @@ fault_io_walk() {
 		per=0
 		for e in $errnos; do
 			for n in $(seq 1 "$max"); do
+				if [ "$n" -gt 2 ] && [ "$n" -le $((max - 2)) ] &&
+					[ $(((n - ${RSR_IO_PHASE:-0}) % ${RSR_IO_STRIDE:-1})) != 0 ]; then
+					continue
+				fi
 				$prepare
 				set +e
 				fault_strace_env timeout -k 5 "$FAULT_TIMEOUT" strace -f -qq -o "$log" -e trace="$sc" -e signal=none \

@@ -88,21 +88,26 @@ expect 0 cryptex build --deb "$sd" --no-merged-usr -o "$W/sd-split.cptx" --name 
 expect 0 cryptex info --json "$W/sd-split.cptx"
 python3 -c 'import json,sys; p = json.load(open(sys.argv[1]))["paths"]; assert p == ["bin", "lib", "usr"], p' "$T/out" ||
 	fail "paths of the unmerged image"
-R=$W/root
-mkdir -p "$R/usr/lib/systemd" "$R/usr/bin" "$R/etc/rsr/keys.d"
-ln -s usr/lib "$R/lib"
-ln -s usr/bin "$R/bin"
-cp "$W/key.pub" "$R/etc/rsr/keys.d/"
-printf 'ID=debian\nVERSION_ID=12\n' >"$R/etc/os-release"
-expect 1 graft --root "$R" --add "$W/sd-split.cptx"
-assert_grep "covers /bin, which is a link into /usr on the base .* (merged /usr); rebuild the cryptex with 'rsr cryptex build' without --no-merged-usr" "$T/err"
-if ls "$R/var/lib/rsr/cryptexes/systemd/"*.cptx >/dev/null 2>&1; then fail "the refused image was installed"; fi
-ok "an unmerged image is refused on a merged base, with how to rebuild"
-expect 0 graft --root "$R" --add "$W/sd.cptx"
-cmp "$W/sd-deb/lib/systemd/systemd" "$R/lib/systemd/systemd" || fail "/lib/systemd/systemd through the base's /lib link"
-cmp "$W/sd-deb/bin/systemctl" "$R/bin/systemctl" || fail "/bin/systemctl through the base's /bin link"
-expect 0 ungraft --root "$R"
-ok "the merged image grafts on the merged base; /lib/... and /bin/... reach its files"
+# Grafting needs openat2, which scripts/valgrind-suite's valgrind lacks (it says so in RSR_NO_OPENAT2).
+if [ -n "${RSR_NO_OPENAT2:-}" ]; then
+	echo "# the graft checks are left out: $RSR_NO_OPENAT2"
+else
+	R=$W/root
+	mkdir -p "$R/usr/lib/systemd" "$R/usr/bin" "$R/etc/rsr/keys.d"
+	ln -s usr/lib "$R/lib"
+	ln -s usr/bin "$R/bin"
+	cp "$W/key.pub" "$R/etc/rsr/keys.d/"
+	printf 'ID=debian\nVERSION_ID=12\n' >"$R/etc/os-release"
+	expect 1 graft --root "$R" --add "$W/sd-split.cptx"
+	assert_grep "covers /bin, which is a link into /usr on the base .* (merged /usr); rebuild the cryptex with 'rsr cryptex build' without --no-merged-usr" "$T/err"
+	if ls "$R/var/lib/rsr/cryptexes/systemd/"*.cptx >/dev/null 2>&1; then fail "the refused image was installed"; fi
+	ok "an unmerged image is refused on a merged base, with how to rebuild"
+	expect 0 graft --root "$R" --add "$W/sd.cptx"
+	cmp "$W/sd-deb/lib/systemd/systemd" "$R/lib/systemd/systemd" || fail "/lib/systemd/systemd through the base's /lib link"
+	cmp "$W/sd-deb/bin/systemctl" "$R/bin/systemctl" || fail "/bin/systemctl through the base's /bin link"
+	expect 0 ungraft --root "$R"
+	ok "the merged image grafts on the merged base; /lib/... and /bin/... reach its files"
+fi
 
 # Packages made here: a good one, and each kind that must be refused.
 mkdeb() { # OUT ENTRY... where ENTRY is dir:NAME, file:NAME, sym:NAME:TARGET, hard:NAME:TARGET, chr:NAME, fifo:NAME
