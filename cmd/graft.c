@@ -200,7 +200,8 @@ static json_t *report_json(const struct rsr_graft_report *rep)
 		    jstr_or_null(s->root_hash), "image", jstr_or_null(s->image), "grafted", s->grafted, "pending",
 		    s->pending, "mount", jstr_or_null(s->mount), "device", jstr_or_null(s->device), "verity", s->verity,
 		    "direct_io", s->direct_io, "covers", strv_json(s->covers, s->n_covers));
-		ok = so && json_object_set_new(so, "removed", json_boolean(s->removed)) == 0;
+		ok = so && json_object_set_new(so, "removed", json_boolean(s->removed)) == 0 &&
+		     json_object_set_new(so, "corrupted", json_boolean(s->corrupted)) == 0;
 		ok = json_array_append_new(slots, so) == 0 && ok;
 	}
 	ok = ok && json_object_set_new(o, "slots", json_incref(slots)) == 0;
@@ -295,6 +296,12 @@ static void print_report(const struct rsr_graft_report *rep)
 			       s->grafted_version);
 		else if (s->grafted_version && !s->grafted)
 			printf("  Grafted:   %s (the current image differs; run 'rsr graft')\n", s->grafted_version);
+		if (s->corrupted)
+			printf(
+			    "  CORRUPTED: dm-verity read a block of the image that does not match its signed hash "
+			    "tree,\n"
+			    "             so the image file is damaged on disk and reads of that block fail with EIO;\n"
+			    "             'rsr graft --add' a good copy of it\n");
 		printf("  State:     %s\n", s->grafted ? "grafted"
 					    : s->mount ? "grafted image is not the current one"
 						       : "installed, not grafted");

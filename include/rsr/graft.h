@@ -88,6 +88,7 @@ struct rsr_graft_slot_info {
 	bool removed;	       /* grafted, but the slot has no current image any more */
 	bool verity;	       /* mounted through dm-verity */
 	bool direct_io;	       /* the loop device does direct I/O */
+	bool corrupted;	       /* dm-verity met a block that does not match the signed tree: reads of it fail */
 	char **covers;	       /* covered top-level directories */
 	size_t n_covers;
 };

@@ -40,6 +40,13 @@ struct image_mount {
 bool graft_verity_available(void);
 
 /*
+ * Whether the dm-verity device numbered `dev` has met a block that does not
+ * match its hash tree since it was created (its status "C"). -errno when
+ * there is no such device or it is not a verity target.
+ */
+int graft_verity_corrupted(dev_t dev, bool *ret_corrupted);
+
+/*
  * The dm-verity table line for an image and its hash tree on one device
  * (data blocks from 0, the tree from hash_start_block; 4 KiB blocks, SHA-256,
  * format 1; salt "-" when empty). Returns what snprintf() returns.

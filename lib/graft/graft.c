@@ -1547,6 +1547,14 @@ int rsr_graft_status(struct rsr_ctx *ctx, struct rsr_graft *g, struct rsr_graft_
 		if (!ok)
 			goto oom;
 	}
+	/* dm-verity has checked every block read since the graft: has one failed? */
+	for (size_t i = 0; i < rep->n_slots; i++) {
+		struct rsr_graft_slot_info *s = &rep->slots[i];
+		struct stat sb;
+		if (s->verity && s->device && stat(s->device, &sb) == 0 && S_ISBLK(sb.st_mode) &&
+		    graft_verity_corrupted(sb.st_rdev, &s->corrupted) < 0)
+			s->corrupted = false;
+	}
 	{
 		char **dirs = NULL;
 		size_t nd = 0;

@@ -240,6 +240,33 @@ static int verity_create(struct rsr_ctx *ctx, struct rsr_cryptex *cx, const char
 	return 0;
 }
 
+int graft_verity_corrupted(dev_t dev, bool *ret_corrupted)
+{
+	_cleanup_close_ int ctl = open("/dev/mapper/control", O_RDWR | O_CLOEXEC);
+	struct dm_target_spec *spec;
+	struct dm_buf b;
+	const char *st;
+
+	if (ctl < 0)
+		return -errno;
+	dm_init(&b, "", 0);
+	b.io.dev = (uint64_t)dev;
+	if (ioctl(ctl, DM_TABLE_STATUS, &b.io) < 0)
+		return -errno;
+	if (b.io.target_count != 1 || (b.io.flags & DM_BUFFER_FULL_FLAG) || b.io.data_start < sizeof(struct dm_ioctl) ||
+	    b.io.data_start + sizeof(*spec) >= sizeof(b))
+		return -EPROTO;
+	spec = (struct dm_target_spec *)((char *)&b + b.io.data_start);
+	if (strncmp(spec->target_type, "verity", sizeof(spec->target_type)))
+		return -EPROTO;
+	st = (const char *)(spec + 1);
+	if (!memchr(st, '\0', sizeof(b) - b.io.data_start - sizeof(*spec)))
+		return -EPROTO;
+	/* "V" while every block read matched the tree, "C" once one did not. */
+	*ret_corrupted = st[0] == 'C';
+	return 0;
+}
+
 static int mount_erofs(struct rsr_ctx *ctx, const char *device, const char *target)
 {
 	_cleanup_close_ int fs = fsopen("erofs", FSOPEN_CLOEXEC);

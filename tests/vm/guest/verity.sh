@@ -15,7 +15,12 @@ step_verity() {
 	rsr cryptex info --json "$W/lab-base.cptx" >"$O/verity-info.json"
 	dmsetup table >"$O/verity-table.txt"
 	dmsetup status >"$O/verity-dmstatus.txt"
-	json "$O/verity-status.json" '.slots[] | select(.slot == "lab") | .verity == true'
+	# The mount stack as it runs, for docs/architecture.md.
+	{
+		losetup -l -O NAME,OFFSET,SIZELIMIT,DIO,BACK-FILE
+		findmnt -o TARGET,SOURCE,FSTYPE,OPTIONS /run/rsr/images/lab-* /usr
+	} >"$O/verity-stack.txt" 2>&1 || true
+	json "$O/verity-status.json" '.slots[] | select(.slot == "lab") | .verity == true and .corrupted == false'
 	grep -q "dm-verity" "$O/verity-status.txt" || gfail "status does not say dm-verity"
 	gok "lab grafted through dm-verity"
 
@@ -32,10 +37,12 @@ step_verity() {
 	fi
 	cat "$W/eio.err"
 	grep -q "Input/output error" "$W/eio.err" || gfail "the damaged block did not give EIO"
-	rsr status --json >"$O/verity-corrupt.json" || true
-	rsr status >"$O/verity-corrupt.txt" || true
+	rsr status --json >"$O/verity-corrupt.json"
+	rsr status >"$O/verity-corrupt.txt"
 	dmsetup status >>"$O/verity-dmstatus.txt"
-	gok "a damaged block reads as EIO"
+	json "$O/verity-corrupt.json" '.slots[] | select(.slot == "lab") | .corrupted == true'
+	grep -q "CORRUPTED" "$O/verity-corrupt.txt" || gfail "rsr status does not say the slot is corrupted"
+	gok "a damaged block reads as EIO, and rsr status says the slot is corrupted"
 	# Repaired, the file reads again (the tree never changed).
 	printf 'T' | dd of="$img" bs=1 seek=$((off + 100)) conv=notrunc status=none 2>/dev/null || true
 }
