@@ -8,6 +8,7 @@
 #include <limits.h>
 #include <linux/dm-ioctl.h>
 #include <linux/loop.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
@@ -155,19 +156,23 @@ int graft_verity_table(char *buf, size_t size, dev_t dev, uint64_t data_blocks, 
 static bool verity_target_loaded(int ctl)
 {
 	struct dm_buf b;
-	struct dm_target_versions *v;
-	size_t off;
+	struct dm_target_versions v;
+	size_t off, end;
 
 	dm_init(&b, "", 0);
 	if (ioctl(ctl, DM_LIST_VERSIONS, &b.io) < 0 || (b.io.flags & DM_BUFFER_FULL_FLAG))
 		return false;
-	for (off = b.io.data_start; off + sizeof(*v) <= b.io.data_size && off + sizeof(*v) <= sizeof(b);) {
-		v = (struct dm_target_versions *)((char *)&b + off);
-		if (memchr(v->name, '\0', sizeof(b) - off - sizeof(*v)) && strcmp(v->name, "verity") == 0)
+	end = b.io.data_size < sizeof(b) ? b.io.data_size : sizeof(b);
+	/* Entries: struct dm_target_versions, its NUL-terminated name, then the next at v.next. */
+	for (off = b.io.data_start; off + sizeof(v) < end;) {
+		const char *name = (const char *)&b + off + offsetof(struct dm_target_versions, name);
+		memcpy(&v, (const char *)&b + off, sizeof(v));
+		if (memchr(name, '\0', end - off - offsetof(struct dm_target_versions, name)) &&
+		    !strcmp(name, "verity"))
 			return true;
-		if (!v->next)
+		if (!v.next)
 			break;
-		off += v->next;
+		off += v.next;
 	}
 	return false;
 }
@@ -243,9 +248,10 @@ static int verity_create(struct rsr_ctx *ctx, struct rsr_cryptex *cx, const char
 int graft_verity_corrupted(dev_t dev, bool *ret_corrupted)
 {
 	_cleanup_close_ int ctl = open("/dev/mapper/control", O_RDWR | O_CLOEXEC);
-	struct dm_target_spec *spec;
+	struct dm_target_spec spec;
 	struct dm_buf b;
 	const char *st;
+	size_t end;
 
 	if (ctl < 0)
 		return -errno;
@@ -253,14 +259,15 @@ int graft_verity_corrupted(dev_t dev, bool *ret_corrupted)
 	b.io.dev = (uint64_t)dev;
 	if (ioctl(ctl, DM_TABLE_STATUS, &b.io) < 0)
 		return -errno;
+	end = b.io.data_size < sizeof(b) ? b.io.data_size : sizeof(b);
 	if (b.io.target_count != 1 || (b.io.flags & DM_BUFFER_FULL_FLAG) || b.io.data_start < sizeof(struct dm_ioctl) ||
-	    b.io.data_start + sizeof(*spec) >= sizeof(b))
+	    b.io.data_start + sizeof(spec) >= end)
 		return -EPROTO;
-	spec = (struct dm_target_spec *)((char *)&b + b.io.data_start);
-	if (strncmp(spec->target_type, "verity", sizeof(spec->target_type)))
+	memcpy(&spec, (const char *)&b + b.io.data_start, sizeof(spec));
+	if (strncmp(spec.target_type, "verity", sizeof(spec.target_type)))
 		return -EPROTO;
-	st = (const char *)(spec + 1);
-	if (!memchr(st, '\0', sizeof(b) - b.io.data_start - sizeof(*spec)))
+	st = (const char *)&b + b.io.data_start + sizeof(spec);
+	if (!memchr(st, '\0', end - b.io.data_start - sizeof(spec)))
 		return -EPROTO;
 	/* "V" while every block read matched the tree, "C" once one did not. */
 	*ret_corrupted = st[0] == 'C';
