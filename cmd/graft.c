@@ -88,10 +88,8 @@ int cmd_graft(struct cmd_env *env, int argc, char **argv)
 	cmd_progress_enable(env);
 	for (size_t i = 0; i < n_remove; i++) {
 		r = rsr_graft_uninstall(env->ctx, g, remove[i]);
-		if (r < 0) {
-			ret = cmd_fail(env, r);
-			goto out;
-		}
+		if (r < 0)
+			goto undo;
 		if (!env->quiet)
 			fprintf(stderr, "rsr: slot '%s' removed\n", remove[i]);
 	}
@@ -99,23 +97,35 @@ int cmd_graft(struct cmd_env *env, int argc, char **argv)
 		char *slot = NULL;
 		r = rsr_graft_install(env->ctx, g, add[i], &slot);
 		cmd_progress_done(env);
-		if (r < 0) {
-			ret = cmd_fail(env, r);
-			goto out;
-		}
+		if (r < 0)
+			goto undo;
 		if (!env->quiet)
 			fprintf(stderr, "rsr: %s installed in slot '%s'\n", add[i], slot);
 		free(slot);
 	}
-	if (!no_mount) {
-		r = rsr_graft_activate(env->ctx, g);
-		cmd_progress_done(env);
-		if (r < 0) {
+	if (no_mount) {
+		r = rsr_graft_commit(env->ctx, g);
+		if (r < 0)
 			ret = cmd_fail(env, r);
-			goto out;
-		}
-		if (!env->quiet && r == 0)
-			fprintf(stderr, "rsr: nothing to change\n");
+		goto out;
+	}
+	r = rsr_graft_activate(env->ctx, g);
+	cmd_progress_done(env);
+	if (r < 0)
+		goto undo;
+	if (!env->quiet && r == 0)
+		fprintf(stderr, "rsr: nothing to change\n");
+	goto out;
+
+undo:
+	/* All or nothing: every slot this command changed gets its previous image back. */
+	ret = cmd_fail(env, r);
+	if (n_remove + n_add > 0) {
+		r = rsr_graft_revert(env->ctx, g);
+		if (r < 0)
+			(void)cmd_fail(env, r);
+		else if (!env->quiet)
+			fprintf(stderr, "rsr: nothing changed: every slot has its previous image again\n");
 	}
 out:
 	cmd_progress_done(env);
@@ -201,11 +211,22 @@ static json_t *report_json(const struct rsr_graft_report *rep)
 		    s->pending, "mount", jstr_or_null(s->mount), "device", jstr_or_null(s->device), "verity", s->verity,
 		    "direct_io", s->direct_io, "covers", strv_json(s->covers, s->n_covers));
 		ok = so && json_object_set_new(so, "removed", json_boolean(s->removed)) == 0 &&
-		     json_object_set_new(so, "corrupted", json_boolean(s->corrupted)) == 0;
+		     json_object_set_new(so, "corrupted", json_boolean(s->corrupted)) == 0 &&
+		     json_object_set_new(so, "packages", strv_json(s->packages, s->n_packages)) == 0;
 		ok = json_array_append_new(slots, so) == 0 && ok;
 	}
 	ok = ok && json_object_set_new(o, "slots", json_incref(slots)) == 0;
 	ok = ok && json_object_set_new(o, "grafted_paths", strv_json(rep->grafted_paths, rep->n_grafted_paths)) == 0;
+	json_t *paths = json_array();
+	ok = ok && paths;
+	for (size_t i = 0; ok && i < rep->n_paths; i++) {
+		const struct rsr_graft_path_info *pi = &rep->paths[i];
+		ok = json_array_append_new(paths, json_pack("{s:s, s:o, s:I}", "path", pi->path, "layers_option",
+							    jstr_or_null(pi->layers_option), "stacked",
+							    (json_int_t)pi->stacked)) == 0;
+	}
+	ok = ok && json_object_set_new(o, "overlays", json_incref(paths)) == 0;
+	json_decref(paths);
 	for (size_t i = 0; ok && i < rep->n_stale; i++) {
 		const struct rsr_graft_stale_process *p = &rep->stale[i];
 		ok =
@@ -215,6 +236,26 @@ static json_t *report_json(const struct rsr_graft_report *rep)
 							   "files", (json_int_t)p->n_files)) == 0;
 	}
 	ok = ok && json_object_set_new(o, "stale_processes", json_incref(stale)) == 0;
+	json_t *held = json_array(), *holders = json_array();
+	ok = ok && held && holders;
+	for (size_t i = 0; ok && i < rep->n_held; i++) {
+		const struct rsr_graft_held_device *h = &rep->held[i];
+		ok = json_array_append_new(
+			 held, json_pack("{s:s, s:o, s:o, s:o}", "device", h->device, "name", jstr_or_null(h->name),
+					 "image", jstr_or_null(h->image), "open_count",
+					 h->open_count >= 0 ? json_integer(h->open_count) : json_null())) == 0;
+	}
+	for (size_t i = 0; ok && i < rep->n_holders; i++) {
+		const struct rsr_graft_holder *h = &rep->holders[i];
+		ok = json_array_append_new(holders,
+					   json_pack("{s:i, s:o, s:o, s:o, s:o}", "pid", h->pid, "command",
+						     jstr_or_null(h->comm), "unit", jstr_or_null(h->unit), "file",
+						     jstr_or_null(h->file), "how", jstr_or_null(h->how))) == 0;
+	}
+	ok = ok && json_object_set_new(o, "held_devices", json_incref(held)) == 0 &&
+	     json_object_set_new(o, "holders", json_incref(holders)) == 0;
+	json_decref(held);
+	json_decref(holders);
 	json_decref(slots);
 	json_decref(stale);
 	if (!ok) {
@@ -274,6 +315,40 @@ static void print_stale(const struct rsr_graft_report *rep, FILE *f)
 	}
 }
 
+/* The devices of retired grafts still open, and what keeps them. */
+static void print_held(const struct rsr_graft_report *rep, FILE *f)
+{
+	if (rep->n_held > 0) {
+		fprintf(f, "Held:      %zu device%s of retired grafts %s still set up; %s go%s with the last user:\n",
+			rep->n_held, rep->n_held == 1 ? "" : "s", rep->n_held == 1 ? "is" : "are",
+			rep->n_held == 1 ? "it" : "they", rep->n_held == 1 ? "es" : "");
+		for (size_t i = 0; i < rep->n_held; i++) {
+			const struct rsr_graft_held_device *h = &rep->held[i];
+			fprintf(f, "             %s", h->device);
+			if (h->name)
+				fprintf(f, " %s", h->name);
+			if (h->open_count >= 0)
+				fprintf(f, " (open %d)", h->open_count);
+			fprintf(f, " over %s\n", h->image ? h->image : "?");
+		}
+	}
+	if (rep->n_holders > 0) {
+		fprintf(f, "Holders:   %zu process%s keep%s retired grafts alive:\n", rep->n_holders,
+			rep->n_holders == 1 ? "" : "es", rep->n_holders == 1 ? "s" : "");
+		for (size_t i = 0; i < rep->n_holders; i++) {
+			const struct rsr_graft_holder *h = &rep->holders[i];
+			fprintf(f, "             %d %s", h->pid, h->comm ? h->comm : "?");
+			if (h->unit)
+				fprintf(f, " (%s)", h->unit);
+			fprintf(f, ": %s %s\n", h->how ? h->how : "?", h->file ? h->file : "?");
+		}
+	} else if (rep->n_held > 0) {
+		fprintf(f,
+			"Holders:   no process here has a file of them open, maps one or works in one:\n"
+			"           a mount in another mount namespace, a detached mount or the kernel holds them\n");
+	}
+}
+
 static void print_report(const struct rsr_graft_report *rep)
 {
 	printf("Root:      %s\n", rep->root);
@@ -311,6 +386,8 @@ static void print_report(const struct rsr_graft_report *rep)
 		for (size_t j = 0; j < s->n_covers; j++)
 			printf(" /%s", s->covers[j]);
 		printf("\n");
+		for (size_t j = 0; j < s->n_packages; j++)
+			printf("  %-10s %s\n", j ? "" : "Packages:", s->packages[j]);
 		if (s->image)
 			printf("  Image:     %s\n", s->image);
 		if (s->mount)
@@ -318,8 +395,16 @@ static void print_report(const struct rsr_graft_report *rep)
 			       s->verity ? "dm-verity" : "no dm-verity", s->direct_io ? ", direct I/O" : "");
 	}
 	printf("\n");
-	for (size_t i = 0; i < rep->n_grafted_paths; i++)
-		printf("Grafted:   %s\n", rep->grafted_paths[i]);
+	for (size_t i = 0; i < rep->n_paths; i++) {
+		const struct rsr_graft_path_info *pi = &rep->paths[i];
+		printf("Grafted:   %s", pi->path);
+		if (pi->layers_option)
+			printf(" (overlay with '%s'", pi->layers_option);
+		if (pi->layers_option && pi->stacked)
+			printf("; %u older graft%s covered beneath until ungraft: this kernel cannot mount beneath",
+			       pi->stacked, pi->stacked == 1 ? "" : "s");
+		printf("%s\n", pi->layers_option ? ")" : "");
+	}
 	if (rep->n_stale == 0) {
 		printf("Old code:  no process runs code from superseded images\n");
 	} else {
@@ -327,6 +412,7 @@ static void print_report(const struct rsr_graft_report *rep)
 		       rep->n_stale == 1 ? "" : "es", rep->n_stale == 1 ? "s" : "");
 		print_stale(rep, stdout);
 	}
+	print_held(rep, stdout);
 }
 
 static int get_report(struct cmd_env *env, int argc, char **argv, const char *usage, bool *json, bool *dry_run,

@@ -43,7 +43,8 @@ const char *rsr_graft_root(const struct rsr_graft *g);
  * keys, every block, and that the base build is allowed, copies it to
  * var/lib/rsr/cryptexes/<slot>/<root hash>.cptx (write-temp, fsync, rename)
  * and switches the slot's `current` symlink with one rename. Images of the
- * slot that are neither current nor grafted are removed. Mounts nothing.
+ * slot that are neither current, nor grafted, nor the image this handle's
+ * uncommitted changes replaced are removed. Mounts nothing.
  * On success *ret_slot (if not NULL) gets the slot name, owned by the caller.
  */
 int rsr_graft_install(struct rsr_ctx *ctx, struct rsr_graft *g, const char *path, char **ret_slot);
@@ -53,6 +54,19 @@ int rsr_graft_install(struct rsr_ctx *ctx, struct rsr_graft *g, const char *path
  * the next rsr_graft_activate() ungrafts the slot. Missing slot: -ENOENT.
  */
 int rsr_graft_uninstall(struct rsr_ctx *ctx, struct rsr_graft *g, const char *slot);
+
+/*
+ * rsr_graft_install() and rsr_graft_uninstall() are durable at once, and
+ * the handle remembers each changed slot's previous `current` until the
+ * changes are committed: by a successful rsr_graft_activate(), or by
+ * rsr_graft_commit() (for changes meant to take effect at the next graft).
+ * rsr_graft_revert() points every slot changed since then back at its
+ * previous image (or none), so that a failed activation leaves the device
+ * as it was; then the images no slot needs go. Both return 0 when there is
+ * nothing to do.
+ */
+int rsr_graft_commit(struct rsr_ctx *ctx, struct rsr_graft *g);
+int rsr_graft_revert(struct rsr_ctx *ctx, struct rsr_graft *g);
 
 /*
  * Grafts the current image of every slot. Each new image is verified
@@ -91,6 +105,8 @@ struct rsr_graft_slot_info {
 	bool corrupted;	       /* dm-verity met a block that does not match the signed tree: reads of it fail */
 	char **covers;	       /* covered top-level directories */
 	size_t n_covers;
+	char **packages; /* "NAME[:ARCH] VERSION" of the Debian packages it was built from */
+	size_t n_packages;
 };
 
 struct rsr_graft_stale_process {
@@ -100,6 +116,39 @@ struct rsr_graft_stale_process {
 	char *file;	/* one superseded file it runs or maps */
 	char *reason;	/* e.g. "superseded: os 1.0 (swapped out)" or "base file shadowed by slot os" */
 	size_t n_files; /* how many superseded files it maps */
+};
+
+/*
+ * A dm-verity or loop device rsr set up for an image that no live graft
+ * uses any more but that is still open: something keeps a retired graft
+ * alive (see struct rsr_graft_holder). It goes away with its last user.
+ */
+struct rsr_graft_held_device {
+	char *device;	/* "/dev/dm-5" or "/dev/loop5" */
+	char *name;	/* the dm-verity device's name ("rsr-SLOT-HASH16[-N]"), NULL for a loop device */
+	char *image;	/* the file the loop device reads, " (deleted)" at the end once removed; may be NULL */
+	int open_count; /* how often the device is open (a mount counts once), -1 if unknown */
+};
+
+/*
+ * A process that keeps a retired graft (swapped out or ungrafted) alive:
+ * its executable, a mapping, an open file, its working directory or its
+ * root is on the retired overlay or image, even where the file is the same
+ * as today's and so not old code.
+ */
+struct rsr_graft_holder {
+	int pid;
+	char *comm; /* from /proc/PID/comm */
+	char *unit; /* systemd unit from /proc/PID/cgroup, or NULL */
+	char *file; /* one such file or directory, as the process names it */
+	char *how;  /* "executable", "mapping", "open file", "working directory" or "root directory" */
+};
+
+/* A grafted directory and how its overlay was mounted. */
+struct rsr_graft_path_info {
+	char *path;	     /* absolute */
+	char *layers_option; /* "lowerdir+" (Linux 6.8 and later) or "lowerdir"; NULL if not recorded */
+	unsigned stacked;    /* older grafts left covered beneath it (kernels without mount-beneath), until ungraft */
 };
 
 struct rsr_graft_report {
@@ -114,13 +163,21 @@ struct rsr_graft_report {
 	size_t n_grafted_paths;
 	struct rsr_graft_stale_process *stale;
 	size_t n_stale;
+	struct rsr_graft_held_device *held; /* devices of retired grafts still open */
+	size_t n_held;
+	struct rsr_graft_holder *holders; /* processes keeping retired grafts alive */
+	size_t n_holders;
+	struct rsr_graft_path_info *paths; /* the grafted directories, as grafted_paths, with how */
+	size_t n_paths;
 };
 
 /*
  * Fills a report: base OS, installed and grafted slots, and the processes
  * whose executable or mappings come from superseded or ungrafted images or
  * from base files now shadowed by a graft (found in /proc/ * /maps and
- * /proc/ * /exe). Changes nothing. The caller owns the report.
+ * /proc/ * /exe), the devices of retired grafts that are still open, and
+ * the processes that keep them open. Changes nothing. The caller owns the
+ * report.
  */
 int rsr_graft_status(struct rsr_ctx *ctx, struct rsr_graft *g, struct rsr_graft_report **ret_report);
 void rsr_graft_report_free(struct rsr_graft_report *rep);

@@ -17,12 +17,21 @@
 #include "rsr/graft.h"
 #include "rsr/key.h"
 
+/* A slot's `current` before this handle first changed it: NULL if it had none. */
+struct slot_undo {
+	char *slot;
+	char *prev;
+};
+
 struct rsr_graft {
 	char *root;   /* absolute, no trailing slash except for "/" itself */
 	char *prefix; /* root with a trailing '/', to join relative paths */
 	int rootfd;   /* also the lock: flock() while changing the root */
 	bool locked;
 	struct rsr_keyring *keys;
+	/* Slots changed since the last commit or revert, in the order changed. */
+	struct slot_undo *undo;
+	size_t n_undo;
 };
 
 /* Joins the root and a relative path; the caller frees. NULL on ENOMEM. */
@@ -63,9 +72,10 @@ int graft_mount_image(struct rsr_ctx *ctx, struct rsr_cryptex *cx, int file_fd, 
 
 /*
  * Makes a detached read-only overlay of `layers` (absolute directories,
- * uppermost first) and returns its mount fd.
+ * uppermost first) and returns its mount fd. *ret_plus says whether each
+ * layer went in as its own "lowerdir+" (else all in one "lowerdir").
  */
-int graft_make_overlay(struct rsr_ctx *ctx, const char *const *layers, size_t n_layers, int *ret_fd);
+int graft_make_overlay(struct rsr_ctx *ctx, const char *const *layers, size_t n_layers, int *ret_fd, bool *ret_plus);
 
 /*
  * Puts the detached mount `mnt_fd` at `target`: beneath the mount on top of
@@ -103,7 +113,16 @@ bool graft_parse_maps_line(char *line, dev_t *ret_dev, uint64_t *ret_ino, char *
 /* The systemd unit in a /proc/PID/cgroup buffer, or NULL; the caller frees. */
 char *graft_unit_from_cgroup(const char *buf);
 
-/* Adds the processes running old code to rep->stale (scan.c). */
+/*
+ * Adds to rep->held the dm-verity and loop devices over this root's images
+ * that no visible mount uses but that are still set up (mount.c).
+ */
+int graft_list_held(struct rsr_ctx *ctx, const struct rsr_graft *g, struct rsr_graft_report *rep);
+
+/*
+ * Adds the processes running old code to rep->stale, and those keeping a
+ * retired graft alive to rep->holders (scan.c).
+ */
 int graft_scan_processes(struct rsr_ctx *ctx, const struct rsr_graft *g, json_t *st, struct rsr_graft_report *rep);
 
 /* Valid slot name: [A-Za-z0-9_.-], 1..64, not starting with '.'. */

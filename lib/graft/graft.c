@@ -79,6 +79,17 @@ fail:
 	return r;
 }
 
+static void undo_clear(struct rsr_graft *g)
+{
+	for (size_t i = 0; i < g->n_undo; i++) {
+		free(g->undo[i].slot);
+		free(g->undo[i].prev);
+	}
+	free(g->undo);
+	g->undo = NULL;
+	g->n_undo = 0;
+}
+
 void rsr_graft_free(struct rsr_graft *g)
 {
 	if (!g)
@@ -86,6 +97,7 @@ void rsr_graft_free(struct rsr_graft *g)
 	if (g->rootfd >= 0)
 		close(g->rootfd);
 	rsr_keyring_free(g->keys);
+	undo_clear(g);
 	free(g->root);
 	free(g->prefix);
 	free(g);
@@ -647,17 +659,170 @@ static char *slot_current(int dirfd)
 	return strdup(buf);
 }
 
+static const struct slot_undo *undo_find(const struct rsr_graft *g, const char *slot)
+{
+	for (size_t i = 0; i < g->n_undo; i++)
+		if (!strcmp(g->undo[i].slot, slot))
+			return &g->undo[i];
+	return NULL;
+}
+
+/* Notes the slot's `current` before its first change through this handle. */
+static int undo_note(struct rsr_ctx *ctx, struct rsr_graft *g, const char *slot, int dirfd)
+{
+	struct slot_undo *n;
+
+	if (undo_find(g, slot))
+		return 0;
+	n = realloc(g->undo, (g->n_undo + 1) * sizeof(*n));
+	if (!n)
+		return rsr_error(ctx, -ENOMEM, "out of memory");
+	g->undo = n;
+	n = &g->undo[g->n_undo];
+	n->slot = strdup(slot);
+	n->prev = slot_current(dirfd);
+	if (!n->slot) {
+		free(n->prev);
+		return rsr_error(ctx, -ENOMEM, "out of memory");
+	}
+	g->n_undo++;
+	return 0;
+}
+
+/*
+ * Removes the slot's images that are neither current, nor grafted (as the
+ * state records), nor the `current` an uncommitted change replaced.
+ */
+static void slot_prune(struct rsr_ctx *ctx, struct rsr_graft *g, const char *slot, int dirfd, json_t *st)
+{
+	_cleanup_free_ char *cur = slot_current(dirfd), *grafted = NULL;
+	const struct slot_undo *u = undo_find(g, slot);
+	json_t *e = state_find(json_object_get(st, "slots"), "slot", slot);
+	int dfd;
+	DIR *d;
+
+	if (e) {
+		const char *img = jstr(e, "image"), *b = strrchr(img, '/');
+		grafted = strdup(b ? b + 1 : img);
+		if (!grafted)
+			return; /* keep everything rather than guess */
+	}
+	dfd = openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (dfd < 0)
+		return;
+	d = fdopendir(dfd);
+	if (!d) {
+		close(dfd);
+		return;
+	}
+	struct dirent *de;
+	while ((de = readdir(d))) {
+		size_t l = strlen(de->d_name);
+		if (de->d_name[0] == '.' || l < 6 || strcmp(de->d_name + l - 5, ".cptx") ||
+		    (cur && !strcmp(de->d_name, cur)) || (grafted && !strcmp(de->d_name, grafted)) ||
+		    (u && u->prev && !strcmp(de->d_name, u->prev)))
+			continue;
+		if (unlinkat(dirfd, de->d_name, 0) == 0)
+			rsr_debug(ctx, "removed superseded image %s/%s", slot, de->d_name);
+	}
+	closedir(d);
+}
+
+/* Points the slot's `current` at `name` (NULL: no current image), durably. */
+static int slot_set_current(struct rsr_ctx *ctx, struct rsr_graft *g, const char *slot, int dirfd, const char *name)
+{
+	if (name) {
+		unlinkat(dirfd, ".current.tmp", 0);
+		if (symlinkat(name, dirfd, ".current.tmp") < 0 ||
+		    renameat(dirfd, ".current.tmp", dirfd, "current") < 0) {
+			int r = -errno;
+			unlinkat(dirfd, ".current.tmp", 0);
+			return rsr_error_errno(ctx, r, "%s%s/%s/current: cannot switch", g->prefix,
+					       RSR_GRAFT_IMAGES_DIR, slot);
+		}
+	} else if (unlinkat(dirfd, "current", 0) < 0 && errno != ENOENT) {
+		return rsr_error_errno(ctx, -errno, "%s%s/%s/current", g->prefix, RSR_GRAFT_IMAGES_DIR, slot);
+	}
+	if (fsync(dirfd) < 0)
+		return rsr_error_errno(ctx, -errno, "%s%s/%s", g->prefix, RSR_GRAFT_IMAGES_DIR, slot);
+	return 0;
+}
+
+/* Prunes every slot changed since the last commit, then forgets the changes. */
+static void undo_commit(struct rsr_ctx *ctx, struct rsr_graft *g, json_t *st)
+{
+	struct slot_undo *undo = g->undo;
+	size_t n = g->n_undo;
+
+	g->undo = NULL;
+	g->n_undo = 0;
+	for (size_t i = 0; i < n; i++) {
+		_cleanup_close_ int dirfd = -1;
+		if (slot_dir_open(ctx, g, undo[i].slot, false, &dirfd) == 0)
+			slot_prune(ctx, g, undo[i].slot, dirfd, st);
+		else
+			rsr_ctx_clear_error(ctx);
+		free(undo[i].slot);
+		free(undo[i].prev);
+	}
+	free(undo);
+}
+
+int rsr_graft_commit(struct rsr_ctx *ctx, struct rsr_graft *g)
+{
+	json_t *st = NULL;
+	int r;
+
+	if (g->n_undo == 0)
+		return 0;
+	r = state_load(ctx, g, &st);
+	if (r < 0)
+		return r;
+	undo_commit(ctx, g, st);
+	json_decref(st);
+	return 0;
+}
+
+int rsr_graft_revert(struct rsr_ctx *ctx, struct rsr_graft *g)
+{
+	json_t *st = NULL;
+	int r = 0;
+
+	if (g->n_undo == 0)
+		return 0;
+	/* Newest change first; each slot was noted once, with its first `current`. */
+	for (size_t i = g->n_undo; i-- > 0;) {
+		_cleanup_close_ int dirfd = -1;
+		int q = slot_dir_open(ctx, g, g->undo[i].slot, g->undo[i].prev != NULL, &dirfd);
+		if (q == -ENOENT)
+			continue; /* no directory, so no current: as it was */
+		if (q >= 0)
+			q = slot_set_current(ctx, g, g->undo[i].slot, dirfd, g->undo[i].prev);
+		if (q < 0 && r == 0)
+			r = q; /* the first failure is the one reported */
+		else if (q >= 0)
+			rsr_info(ctx, "slot '%s': current image restored", g->undo[i].slot);
+	}
+	if (r < 0)
+		return r; /* keep the journal: nothing is pruned that a retry may need */
+	r = state_load(ctx, g, &st);
+	if (r < 0)
+		return r;
+	undo_commit(ctx, g, st);
+	json_decref(st);
+	return 0;
+}
+
 int rsr_graft_install(struct rsr_ctx *ctx, struct rsr_graft *g, const char *path, char **ret_slot)
 {
 	_cleanup_close_ int fd = -1, dirfd = -1;
-	_cleanup_free_ char *dest = NULL, *name = NULL, *grafted = NULL;
+	_cleanup_free_ char *dest = NULL, *name = NULL;
 	struct rsr_cryptex *cx = NULL;
 	struct rsr_atomic_file *af = NULL;
 	struct base_id base = {0};
 	json_t *st = NULL;
 	struct stat sb;
 	const char *slot;
-	DIR *d;
 	int r;
 
 	r = graft_lock(ctx, g);
@@ -698,36 +863,15 @@ int rsr_graft_install(struct rsr_ctx *ctx, struct rsr_graft *g, const char *path
 	r = rsr_atomic_commit(ctx, af);
 	if (r < 0)
 		goto out;
-	/* One rename switches the slot. */
-	unlinkat(dirfd, ".current.tmp", 0);
-	if (symlinkat(name, dirfd, ".current.tmp") < 0 || renameat(dirfd, ".current.tmp", dirfd, "current") < 0 ||
-	    fsync(dirfd) < 0) {
-		r = rsr_error_errno(ctx, -errno, "%s%s/%s/current: cannot switch", g->prefix, RSR_GRAFT_IMAGES_DIR,
-				    slot);
-		unlinkat(dirfd, ".current.tmp", 0);
+	/* One rename switches the slot; the image it replaces stays until the change is committed. */
+	r = undo_note(ctx, g, slot, dirfd);
+	if (r < 0)
 		goto out;
-	}
-	/* Keep the new current image and the grafted one; nothing else. */
-	json_t *e = state_find(json_object_get(st, "slots"), "slot", slot);
-	if (e) {
-		const char *img = jstr(e, "image"), *b = strrchr(img, '/');
-		grafted = strdup(b ? b + 1 : img);
-	}
-	int dfd = openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (dfd >= 0 && (d = fdopendir(dfd))) {
-		struct dirent *de;
-		while ((de = readdir(d))) {
-			size_t l = strlen(de->d_name);
-			if (de->d_name[0] == '.' || l < 6 || strcmp(de->d_name + l - 5, ".cptx") ||
-			    !strcmp(de->d_name, name) || (grafted && !strcmp(de->d_name, grafted)))
-				continue;
-			if (unlinkat(dirfd, de->d_name, 0) == 0)
-				rsr_debug(ctx, "removed superseded image %s/%s", slot, de->d_name);
-		}
-		closedir(d);
-	} else if (dfd >= 0) {
-		close(dfd);
-	}
+	r = slot_set_current(ctx, g, slot, dirfd, name);
+	if (r < 0)
+		goto out;
+	/* Keep the new current image, the grafted one and the replaced one; nothing else. */
+	slot_prune(ctx, g, slot, dirfd, st);
 	rsr_info(ctx, "installed %s %s in slot '%s'", slot, rsr_cryptex_version(cx), slot);
 	if (ret_slot && !(*ret_slot = strdup(slot)))
 		r = rsr_error(ctx, -ENOMEM, "out of memory");
@@ -751,6 +895,11 @@ int rsr_graft_uninstall(struct rsr_ctx *ctx, struct rsr_graft *g, const char *sl
 	if (r < 0)
 		return r;
 	r = slot_dir_open(ctx, g, slot, false, &dirfd);
+	if (r >= 0) {
+		r = undo_note(ctx, g, slot, dirfd);
+		if (r < 0)
+			return r;
+	}
 	if (r == -ENOENT || (r >= 0 && unlinkat(dirfd, "current", 0) < 0 && errno == ENOENT))
 		return rsr_error(ctx, -ENOENT, "slot '%s' has no current image in %s%s", slot, g->prefix,
 				 RSR_GRAFT_IMAGES_DIR);
@@ -931,9 +1080,15 @@ static int strv_add_unique(char ***v, size_t *n, const char *s)
 static void detach_all(const char *path)
 {
 	for (int i = 0; i < 64 && graft_is_mount_point(path); i++)
-		if (umount2(path, MNT_DETACH | UMOUNT_NOFOLLOW) < 0)
+		if (umount2(path, UMOUNT_NOFOLLOW) < 0 && umount2(path, MNT_DETACH | UMOUNT_NOFOLLOW) < 0)
 			break;
 }
+
+/* How a directory's overlay went up: the layer option, and whether it covers an older graft. */
+struct dir_mount {
+	bool plus;
+	bool stacked;
+};
 
 /*
  * Gives `dir` the overlay of `layers` (or the bare base if there are none),
@@ -941,7 +1096,7 @@ static void detach_all(const char *path)
  * device of the overlay that went (0 if none), *ret_new_dev the new one.
  */
 static int switch_dir(struct rsr_ctx *ctx, const struct rsr_graft *g, const char *dir, json_t *layers,
-		      dev_t *ret_old_dev, dev_t *ret_new_dev)
+		      dev_t *ret_old_dev, dev_t *ret_new_dev, struct dir_mount *ret_how)
 {
 	_cleanup_free_ char *target = graft_path(g, dir), *base = NULL, *base_rel = NULL;
 	_cleanup_close_ int mfd = -1;
@@ -984,7 +1139,7 @@ static int switch_dir(struct rsr_ctx *ctx, const struct rsr_graft *g, const char
 		return rsr_error(ctx, -ENOMEM, "out of memory");
 	for (size_t i = 0; i < json_array_size(layers); i++)
 		lv[i] = json_string_value(json_array_get(layers, i));
-	r = graft_make_overlay(ctx, lv, json_array_size(layers), &mfd);
+	r = graft_make_overlay(ctx, lv, json_array_size(layers), &mfd, &ret_how->plus);
 	free(lv);
 	if (r < 0)
 		goto undo_base;
@@ -995,6 +1150,7 @@ static int switch_dir(struct rsr_ctx *ctx, const struct rsr_graft *g, const char
 	r = graft_attach(ctx, mfd, target, grafted, &stacked);
 	if (r < 0)
 		goto undo_base;
+	ret_how->stacked = stacked;
 	if (stacked)
 		rsr_warn(ctx, "%s: the kernel cannot mount beneath; the new graft covers the old one until ungraft",
 			 target);
@@ -1041,11 +1197,12 @@ static void rollback_dirs(struct rsr_ctx *ctx, const struct rsr_graft *g, json_t
 		_cleanup_free_ char *t = graft_path(g, dirs[k]);
 		json_t *pe = state_find(json_object_get(st, "paths"), "path", dirs[k]);
 		dev_t went = 0, back = 0;
+		struct dir_mount how = {0};
 		bool recorded = true;
 		char d[32];
 		if (!changed[k])
 			continue;
-		if (!old_layers[k] || switch_dir(ctx, g, dirs[k], old_layers[k], &went, &back) < 0) {
+		if (!old_layers[k] || switch_dir(ctx, g, dirs[k], old_layers[k], &went, &back, &how) < 0) {
 			rsr_warn(ctx, "%s%s: could not restore the previous graft", g->prefix, dirs[k]);
 			continue;
 		}
@@ -1055,6 +1212,11 @@ static void rollback_dirs(struct rsr_ctx *ctx, const struct rsr_graft *g, json_t
 			    state_retire(ctx, st, went, "a graft rolled back after a failure", t ? t : "", true) >= 0;
 		graft_format_dev(back, d);
 		if (pe && back && json_object_set_new(pe, "dev", json_string(d)) < 0)
+			recorded = false;
+		/* Stacked again: the previous graft now covers the failed one, which covers the original. */
+		if (pe && how.stacked &&
+		    json_object_set_new(pe, "stacked",
+					json_integer(json_integer_value(json_object_get(pe, "stacked")) + 2)) < 0)
 			recorded = false;
 		/* Best effort: the next run drops state entries that do not match the mounts. */
 		if (!recorded)
@@ -1074,6 +1236,7 @@ int rsr_graft_activate(struct rsr_ctx *ctx, struct rsr_graft *g)
 	json_t *st = NULL, *next = NULL, *new_paths = NULL, *new_slots = NULL, **old_layers = NULL, **new_layers = NULL;
 	struct base_id base = {0};
 	bool *changed = NULL;
+	struct dir_mount *how = NULL;
 	int r, count = 0;
 
 	r = graft_lock(ctx, g);
@@ -1146,7 +1309,8 @@ int rsr_graft_activate(struct rsr_ctx *ctx, struct rsr_graft *g)
 	old_layers = calloc(n_dirs + 1, sizeof(json_t *));
 	new_layers = calloc(n_dirs + 1, sizeof(json_t *));
 	changed = calloc(n_dirs + 1, sizeof(bool));
-	if (!old_layers || !new_layers || !changed) {
+	how = calloc(n_dirs + 1, sizeof(*how));
+	if (!old_layers || !new_layers || !changed || !how) {
 		r = rsr_error(ctx, -ENOMEM, "out of memory");
 		goto out;
 	}
@@ -1203,7 +1367,7 @@ int rsr_graft_activate(struct rsr_ctx *ctx, struct rsr_graft *g)
 		dev_t old_dev = 0, new_dev = 0;
 		if (!changed[k])
 			continue;
-		r = switch_dir(ctx, g, dirs[k], new_layers[k], &old_dev, &new_dev);
+		r = switch_dir(ctx, g, dirs[k], new_layers[k], &old_dev, &new_dev, &how[k]);
 		if (r < 0)
 			goto rollback;
 		n_done = k + 1;
@@ -1248,8 +1412,24 @@ int rsr_graft_activate(struct rsr_ctx *ctx, struct rsr_graft *g)
 		if (json_array_size(new_layers[k]) == 0 || !top_is_graft(t, &dev))
 			continue;
 		graft_format_dev(dev, d);
-		if (json_array_append_new(new_paths, json_pack("{s:s, s:s, s:O}", "path", dirs[k], "dev", d, "layers",
-							       new_layers[k])) < 0)
+		/*
+		 * How the overlay went up; an unchanged directory keeps what it had.
+		 * "stacked" counts the older grafts a kernel without mount-beneath
+		 * left covered under this one (they go at ungraft).
+		 */
+		json_t *pe = state_find(json_object_get(st, "paths"), "path", dirs[k]);
+		const char *opt = how[k].plus ? "lowerdir+" : "lowerdir";
+		json_int_t stacked = 0;
+		if (!changed[k] && pe) {
+			opt = json_is_string(json_object_get(pe, "layers_option")) ? jstr(pe, "layers_option") : NULL;
+			stacked = json_integer_value(json_object_get(pe, "stacked"));
+		} else if (how[k].stacked) {
+			stacked = (pe ? json_integer_value(json_object_get(pe, "stacked")) : 0) + 1;
+		}
+		json_t *ne = json_pack("{s:s, s:s, s:O, s:I}", "path", dirs[k], "dev", d, "layers", new_layers[k],
+				       "stacked", stacked);
+		if (!ne || (opt && json_object_set_new(ne, "layers_option", json_string(opt)) < 0) ||
+		    json_array_append_new(new_paths, ne) < 0)
 			goto oom_rollback;
 	}
 	json_t *e;
@@ -1300,6 +1480,9 @@ undo:
 			rmdir(p[i].mount);
 		}
 out:
+	/* Grafted: the slots' replaced images may go (those not grafted any more). */
+	if (r >= 0 && (next || st))
+		undo_commit(ctx, g, next ? next : st);
 	for (size_t k = 0; old_layers && k < n_dirs; k++)
 		json_decref(old_layers[k]);
 	for (size_t k = 0; new_layers && k < n_dirs; k++)
@@ -1307,6 +1490,7 @@ out:
 	free(old_layers);
 	free(new_layers);
 	free(changed);
+	free(how);
 	json_decref(new_slots);
 	json_decref(new_paths);
 	json_decref(next);
@@ -1504,6 +1688,17 @@ int rsr_graft_status(struct rsr_ctx *ctx, struct rsr_graft *g, struct rsr_graft_
 			ok = s->version && s->root_hash && s->covers;
 			for (size_t j = 0; ok && j < rsr_cryptex_path_count(cx); j++)
 				ok = (s->covers[s->n_covers++] = strdup(rsr_cryptex_covered_path(cx, j))) != NULL;
+			s->packages = calloc(rsr_cryptex_package_count(cx) + 1, sizeof(char *));
+			ok = ok && s->packages;
+			for (size_t j = 0; ok && j < rsr_cryptex_package_count(cx); j++) {
+				char *pk = NULL;
+				const char *arch = rsr_cryptex_package_architecture(cx, j);
+				ok = asprintf(&pk, "%s%s%s %s", rsr_cryptex_package_name(cx, j),
+					      arch && *arch ? ":" : "", arch ? arch : "",
+					      rsr_cryptex_package_version(cx, j)) >= 0;
+				if (ok)
+					s->packages[s->n_packages++] = pk;
+			}
 			rsr_cryptex_free(cx);
 			if (!ok)
 				goto oom;
@@ -1563,8 +1758,22 @@ int rsr_graft_status(struct rsr_ctx *ctx, struct rsr_graft *g, struct rsr_graft_
 			goto fail;
 		rep->grafted_paths = dirs;
 		rep->n_grafted_paths = nd;
+		rep->paths = calloc(nd + 1, sizeof(*rep->paths));
+		if (!rep->paths)
+			goto oom;
 		for (size_t k = 0; k < nd; k++) {
-			char *abs = graft_path(g, dirs[k]);
+			/* How its overlay went up, as the graft recorded it. */
+			json_t *pe = state_find(json_object_get(st, "paths"), "path", dirs[k]);
+			struct rsr_graft_path_info *pi = &rep->paths[rep->n_paths++];
+			pi->path = graft_path(g, dirs[k]);
+			if (!pi->path)
+				goto oom;
+			if (pe && json_is_string(json_object_get(pe, "layers_option")) &&
+			    !(pi->layers_option = strdup(jstr(pe, "layers_option"))))
+				goto oom;
+			json_int_t stacked = pe ? json_integer_value(json_object_get(pe, "stacked")) : 0;
+			pi->stacked = stacked > 0 && stacked < INT_MAX ? (unsigned)stacked : 0;
+			char *abs = strdup(pi->path);
 			if (abs) {
 				free(dirs[k]);
 				dirs[k] = abs;
@@ -1572,6 +1781,8 @@ int rsr_graft_status(struct rsr_ctx *ctx, struct rsr_graft *g, struct rsr_graft_
 		}
 	}
 	r = graft_scan_processes(ctx, g, st, rep);
+	if (r >= 0)
+		r = graft_list_held(ctx, g, rep);
 	if (r < 0)
 		goto fail;
 	plan_free(p, n);
@@ -1602,9 +1813,15 @@ void rsr_graft_report_free(struct rsr_graft_report *rep)
 		free(s->mount);
 		free(s->device);
 		strv_free(s->covers, s->n_covers);
+		strv_free(s->packages, s->n_packages);
 	}
 	free(rep->slots);
 	strv_free(rep->grafted_paths, rep->n_grafted_paths);
+	for (size_t i = 0; i < rep->n_paths; i++) {
+		free(rep->paths[i].path);
+		free(rep->paths[i].layers_option);
+	}
+	free(rep->paths);
 	for (size_t i = 0; i < rep->n_stale; i++) {
 		free(rep->stale[i].comm);
 		free(rep->stale[i].unit);
@@ -1612,6 +1829,19 @@ void rsr_graft_report_free(struct rsr_graft_report *rep)
 		free(rep->stale[i].reason);
 	}
 	free(rep->stale);
+	for (size_t i = 0; i < rep->n_held; i++) {
+		free(rep->held[i].device);
+		free(rep->held[i].name);
+		free(rep->held[i].image);
+	}
+	free(rep->held);
+	for (size_t i = 0; i < rep->n_holders; i++) {
+		free(rep->holders[i].comm);
+		free(rep->holders[i].unit);
+		free(rep->holders[i].file);
+		free(rep->holders[i].how);
+	}
+	free(rep->holders);
 	free(rep->root);
 	free(rep->base_name);
 	free(rep->base_version);

@@ -4,6 +4,7 @@
  * dm-verity where device-mapper exists, EROFS and overlayfs mounts through
  * the new mount API, and the mount-beneath swap that leaves no gap.
  */
+#include <dirent.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <linux/dm-ioctl.h>
@@ -274,6 +275,182 @@ int graft_verity_corrupted(dev_t dev, bool *ret_corrupted)
 	return 0;
 }
 
+/* The first line of a small sysfs file, or NULL. */
+static char *sysfs_line(const char *path)
+{
+	char buf[PATH_MAX + 16];
+	_cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
+	ssize_t n;
+
+	if (fd < 0 || (n = read(fd, buf, sizeof(buf) - 1)) <= 0)
+		return NULL;
+	buf[n] = '\0';
+	buf[strcspn(buf, "\n")] = '\0';
+	return strdup(buf);
+}
+
+/* True if /sys/block/NAME/SUB has an entry (a holder or a slave). */
+static bool sysfs_dir_has_entry(const char *name, const char *sub, char *ret_first, size_t size)
+{
+	char path[PATH_MAX];
+	struct dirent *de;
+	bool found = false;
+	DIR *d;
+
+	snprintf(path, sizeof(path), "/sys/block/%s/%s", name, sub);
+	d = opendir(path);
+	if (!d)
+		return false;
+	while (!found && (de = readdir(d)))
+		if (de->d_name[0] != '.') {
+			found = true;
+			if (ret_first)
+				snprintf(ret_first, size, "%s", de->d_name);
+		}
+	closedir(d);
+	return found;
+}
+
+static int held_add(struct rsr_graft_report *rep, const char *device, const char *name, char *image, int open_count)
+{
+	struct rsr_graft_held_device *n = realloc(rep->held, (rep->n_held + 1) * sizeof(*n));
+
+	if (!n) {
+		free(image);
+		return -ENOMEM;
+	}
+	rep->held = n;
+	n = &rep->held[rep->n_held];
+	*n = (struct rsr_graft_held_device){
+	    .device = strdup(device), .name = name ? strdup(name) : NULL, .image = image, .open_count = open_count};
+	rep->n_held++;
+	if (!n->device || (name && !n->name))
+		return -ENOMEM;
+	return 0;
+}
+
+/* dm-verity devices named rsr-* over an image of `store` that no mount in `live` is on. */
+static int held_verity(const struct dev_set *live, const char *store, struct rsr_graft_report *rep)
+{
+	_cleanup_close_ int ctl = open("/dev/mapper/control", O_RDWR | O_CLOEXEC);
+	/* Room for a few hundred names; a fuller list is said to be cut short. */
+	const size_t size = 64 * 1024;
+	_cleanup_free_ char *list = NULL;
+	struct dm_ioctl io;
+	struct dm_buf st;
+	size_t off, end;
+	int r;
+
+	if (ctl < 0)
+		return 0; /* no device-mapper: nothing of ours can be there */
+	list = calloc(1, size);
+	if (!list)
+		return -ENOMEM;
+	memset(&io, 0, sizeof(io));
+	io.version[0] = DM_VERSION_MAJOR;
+	io.data_size = (uint32_t)size;
+	io.data_start = sizeof(io);
+	memcpy(list, &io, sizeof(io));
+	if (ioctl(ctl, DM_LIST_DEVICES, list) < 0)
+		return 0;
+	memcpy(&io, list, sizeof(io));
+	if (io.flags & DM_BUFFER_FULL_FLAG)
+		return -E2BIG;
+	end = io.data_size < size ? io.data_size : size;
+	off = io.data_start;
+	/* An empty list is one entry with dev 0; entries chain by "next" offsets. */
+	while (off >= sizeof(struct dm_ioctl) && off + offsetof(struct dm_name_list, name) < end) {
+		struct dm_name_list nl;
+		char name[DM_NAME_LEN], dev_name[32], slave[NAME_MAX + 1], path[PATH_MAX];
+		const char *np = list + off + offsetof(struct dm_name_list, name);
+		size_t room = end - off - offsetof(struct dm_name_list, name);
+		dev_t dev;
+
+		memcpy(&nl, list + off, offsetof(struct dm_name_list, name));
+		if (nl.dev == 0 || !memchr(np, '\0', room < sizeof(name) ? room : sizeof(name)))
+			break;
+		snprintf(name, sizeof(name), "%s", np);
+		dev = (dev_t)nl.dev;
+		if (!strncmp(name, "rsr-", 4) && !dev_set_has(live, dev)) {
+			char *image = NULL;
+			dm_init(&st, name, 0);
+			int open_count = ioctl(ctl, DM_DEV_STATUS, &st.io) == 0 ? st.io.open_count : -1;
+			snprintf(dev_name, sizeof(dev_name), "dm-%u", minor(dev));
+			if (sysfs_dir_has_entry(dev_name, "slaves", slave, sizeof(slave))) {
+				snprintf(path, sizeof(path), "/sys/block/%s/loop/backing_file", slave);
+				image = sysfs_line(path);
+			}
+			/* Another root's images (a test's scratch root, say) are not this one's. */
+			if (!image || strncmp(image, store, strlen(store))) {
+				free(image);
+			} else {
+				snprintf(path, sizeof(path), "/dev/%s", dev_name);
+				r = held_add(rep, path, name, image, open_count);
+				if (r < 0)
+					return r;
+			}
+		}
+		if (nl.next == 0 || nl.next > end - off)
+			break;
+		off += nl.next;
+	}
+	return 0;
+}
+
+/* Loop devices labelled rsr:* over an image of `store` that no dm device and no mount in `live` uses. */
+static int held_loops(const struct dev_set *live, const char *store, struct rsr_graft_report *rep)
+{
+	DIR *d = opendir("/sys/block");
+	struct dirent *de;
+	int r = 0;
+
+	if (!d)
+		return 0;
+	while (r >= 0 && (de = readdir(d))) {
+		char path[PATH_MAX], *image;
+		struct loop_info64 info;
+		struct stat sb;
+		if (strncmp(de->d_name, "loop", 4) || sysfs_dir_has_entry(de->d_name, "holders", NULL, 0))
+			continue;
+		snprintf(path, sizeof(path), "/sys/block/%s/loop/backing_file", de->d_name);
+		image = sysfs_line(path);
+		if (!image || strncmp(image, store, strlen(store))) {
+			free(image);
+			continue; /* not bound, or not to this root's images */
+		}
+		snprintf(path, sizeof(path), "/dev/%s", de->d_name);
+		_cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+		if (fd < 0 || fstat(fd, &sb) < 0 || dev_set_has(live, sb.st_rdev) ||
+		    ioctl(fd, LOOP_GET_STATUS64, &info) < 0 || strncmp((const char *)info.lo_file_name, "rsr:", 4)) {
+			free(image);
+			continue;
+		}
+		r = held_add(rep, path, NULL, image, -1);
+	}
+	closedir(d);
+	return r;
+}
+
+int graft_list_held(struct rsr_ctx *ctx, const struct rsr_graft *g, struct rsr_graft_report *rep)
+{
+	_cleanup_free_ char *store = NULL;
+	struct dev_set live = {0};
+	int r;
+
+	if (asprintf(&store, "%s%s/", g->prefix, RSR_GRAFT_IMAGES_DIR) < 0)
+		return rsr_error(ctx, -ENOMEM, "out of memory");
+	r = graft_live_mount_devs(&live);
+	if (r < 0)
+		return rsr_error_errno(ctx, r, "/proc/self/mountinfo");
+	r = held_verity(&live, store, rep);
+	if (r >= 0)
+		r = held_loops(&live, store, rep);
+	dev_set_free(&live);
+	if (r == -E2BIG)
+		return rsr_error(ctx, r, "device-mapper lists more devices than rsr reads (64 KiB of names)");
+	return r < 0 ? rsr_error(ctx, r, "out of memory") : 0;
+}
+
 static int mount_erofs(struct rsr_ctx *ctx, const char *device, const char *target)
 {
 	_cleanup_close_ int fs = fsopen("erofs", FSOPEN_CLOEXEC);
@@ -441,16 +618,18 @@ failed:
 	return fs_error_log(ctx, r, what, log);
 }
 
-int graft_make_overlay(struct rsr_ctx *ctx, const char *const *layers, size_t n_layers, int *ret_fd)
+int graft_make_overlay(struct rsr_ctx *ctx, const char *const *layers, size_t n_layers, int *ret_fd, bool *ret_plus)
 {
 	bool no_plus;
 	int r;
 
+	*ret_plus = true;
 	r = overlay_try(ctx, layers, n_layers, true, ret_fd, &no_plus);
 	if (r >= 0 || !no_plus)
 		return r;
 	rsr_ctx_clear_error(ctx);
 	rsr_info(ctx, "overlay: this kernel has no 'lowerdir+' (Linux 6.8 and later); layers go in one 'lowerdir'");
+	*ret_plus = false;
 	return overlay_try(ctx, layers, n_layers, false, ret_fd, &no_plus);
 }
 
@@ -492,7 +671,8 @@ int graft_bind_private(struct rsr_ctx *ctx, const char *src, const char *target)
 
 int graft_detach(struct rsr_ctx *ctx, const char *path)
 {
-	if (umount2(path, MNT_DETACH | UMOUNT_NOFOLLOW) < 0)
+	/* At once where nothing uses it; lazily (with its last user) where something does. */
+	if (umount2(path, UMOUNT_NOFOLLOW) < 0 && umount2(path, MNT_DETACH | UMOUNT_NOFOLLOW) < 0)
 		return rsr_error_errno(ctx, -errno, "%s: cannot detach", path);
 	return 0;
 }

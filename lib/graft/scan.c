@@ -44,6 +44,31 @@ static bool is_retired(const struct scan *sc, dev_t dev)
 	return false;
 }
 
+/*
+ * "<where it was mounted><path>": a detached mount shows paths from its own
+ * root. In a mount namespace that still has the retired mount attached (a
+ * service's private one, say) the path is already whole.
+ */
+static char *join_retired(const char *dir, const char *path)
+{
+	size_t l = strlen(dir);
+	char *s = NULL;
+
+	if (l > 0 && !strncmp(path, dir, l) && path[l] == '/')
+		return strdup(path);
+	return asprintf(&s, "%s%s", dir, path) < 0 ? NULL : s;
+}
+
+static char *retired_display(const struct scan *sc, dev_t dev, const char *path)
+{
+	if (!path)
+		return NULL;
+	for (size_t i = 0; i < sc->n_retired; i++)
+		if (sc->retired[i].dev == dev)
+			return join_retired(sc->retired[i].dir, path);
+	return strdup(path);
+}
+
 /* The same file: an unchanged base file seen through an old and a new overlay. */
 static bool same_file(const struct stat *a, const struct stat *b)
 {
@@ -87,20 +112,20 @@ static char *classify(const struct scan *sc, dev_t dev, const char *path, const 
 			 * the same file today, unless an image shadows it now.
 			 */
 			_cleanup_free_ char *now = NULL;
+			size_t dl = strlen(rd->dir);
+			const char *rel = dl > 0 && !strncmp(path, rd->dir, dl) && path[dl] == '/' ? path + dl : path;
 			struct stat sb;
 			bool shadowed = false;
 			for (size_t k = 0; k < sc->n_dirs; k++) {
 				size_t pl = strlen(sc->dirs[k].prefix);
 				if (pl > 0 && !strncmp(sc->dirs[k].prefix, rd->dir, pl - 1) && rd->dir[pl - 1] == '\0')
-					shadowed |= shadowed_now(&sc->dirs[k], path[0] == '/' ? path + 1 : path);
+					shadowed |= shadowed_now(&sc->dirs[k], rel[0] == '/' ? rel + 1 : rel);
 			}
-			if (!shadowed && asprintf(&now, "%s%s", rd->dir, path) > 0 && stat(now, &sb) == 0 &&
+			if (!shadowed && (now = join_retired(rd->dir, path)) && stat(now, &sb) == 0 &&
 			    same_file(&sb, mapped))
 				return NULL;
 		}
-		/* A detached mount shows paths from its own root. */
-		if (asprintf(ret_display, "%s%s", rd->dir, path) < 0)
-			*ret_display = NULL;
+		*ret_display = join_retired(rd->dir, path);
 		if (asprintf(&reason, "from %s", rd->what) < 0)
 			reason = NULL;
 		return reason;
@@ -140,8 +165,97 @@ struct seen {
 	uint64_t ino;
 };
 
+/* comm and unit of a process, for the report. */
+static void describe_pid(int pid, char **ret_comm, char **ret_unit)
+{
+	char path[64];
+
+	snprintf(path, sizeof(path), "/proc/%d/comm", pid);
+	*ret_comm = read_small(path);
+	if (*ret_comm)
+		(*ret_comm)[strcspn(*ret_comm, "\n")] = '\0';
+	snprintf(path, sizeof(path), "/proc/%d/cgroup", pid);
+	_cleanup_free_ char *cg = read_small(path);
+	*ret_unit = cg ? graft_unit_from_cgroup(cg) : NULL;
+}
+
+/* The target of a /proc magic link, without " (deleted)"; NULL if unreadable. */
+static char *proc_link(const char *path)
+{
+	char buf[4096];
+	ssize_t l = readlink(path, buf, sizeof(buf) - 1);
+
+	if (l <= 0)
+		return NULL;
+	buf[l] = '\0';
+	if (l > 10 && !strcmp(buf + l - 10, " (deleted)"))
+		buf[l - 10] = '\0';
+	return strdup(buf);
+}
+
+/*
+ * Where the process keeps a retired graft alive other than by its
+ * executable or mappings: its working directory, root or an open file.
+ */
+static bool holds_by_files(const struct scan *sc, int pid, char **ret_file, const char **ret_how)
+{
+	static const struct {
+		const char *link, *how;
+	} dirs[] = {{"cwd", "working directory"}, {"root", "root directory"}};
+	char path[96];
+	struct dirent *de;
+	struct stat sb;
+	DIR *d;
+
+	for (size_t i = 0; i < ARRAY_SIZE(dirs); i++) {
+		snprintf(path, sizeof(path), "/proc/%d/%s", pid, dirs[i].link);
+		if (stat(path, &sb) == 0 && is_retired(sc, sb.st_dev)) {
+			_cleanup_free_ char *l = proc_link(path);
+			*ret_file = retired_display(sc, sb.st_dev, l);
+			*ret_how = dirs[i].how;
+			return true;
+		}
+	}
+	snprintf(path, sizeof(path), "/proc/%d/fd", pid);
+	d = opendir(path);
+	while (d && (de = readdir(d))) {
+		if (de->d_name[0] == '.')
+			continue;
+		snprintf(path, sizeof(path), "/proc/%d/fd/%.16s", pid, de->d_name);
+		if (stat(path, &sb) == 0 && is_retired(sc, sb.st_dev)) {
+			_cleanup_free_ char *l = proc_link(path);
+			*ret_file = retired_display(sc, sb.st_dev, l);
+			*ret_how = "open file";
+			closedir(d);
+			return true;
+		}
+	}
+	if (d)
+		closedir(d);
+	return false;
+}
+
+static int add_holder(struct rsr_ctx *ctx, struct rsr_graft_report *rep, int pid, char *file, const char *how)
+{
+	struct rsr_graft_holder *n = realloc(rep->holders, (rep->n_holders + 1) * sizeof(*n));
+
+	if (!n) {
+		free(file);
+		return rsr_error(ctx, -ENOMEM, "out of memory");
+	}
+	rep->holders = n;
+	n = &rep->holders[rep->n_holders++];
+	*n = (struct rsr_graft_holder){.pid = pid, .file = file, .how = strdup(how)};
+	describe_pid(pid, &n->comm, &n->unit);
+	if (!n->how)
+		return rsr_error(ctx, -ENOMEM, "out of memory");
+	return 0;
+}
+
 static int scan_pid(struct rsr_ctx *ctx, const struct scan *sc, int pid, struct rsr_graft_report *rep)
 {
+	char *hold_file = NULL;
+	const char *hold_how = NULL;
 	char path[64], *line = NULL;
 	size_t cap = 0;
 	struct seen *seen = NULL;
@@ -155,6 +269,11 @@ static int scan_pid(struct rsr_ctx *ctx, const struct scan *sc, int pid, struct 
 	snprintf(path, sizeof(path), "/proc/%d/exe", pid);
 	if (stat(path, &sb) == 0) {
 		char exe[4096];
+		if (is_retired(sc, sb.st_dev)) {
+			_cleanup_free_ char *l = proc_link(path);
+			hold_file = retired_display(sc, sb.st_dev, l);
+			hold_how = "executable";
+		}
 		ssize_t l = readlink(path, exe, sizeof(exe) - 1);
 		if (l > 0) {
 			char *disp;
@@ -200,6 +319,10 @@ static int scan_pid(struct rsr_ctx *ctx, const struct scan *sc, int pid, struct 
 		struct stat ms;
 		bool have_ms = false;
 		if (is_retired(sc, dev)) {
+			if (!hold_how) {
+				hold_file = retired_display(sc, dev, file);
+				hold_how = "mapping";
+			}
 			/* Only then is the mapped file's own stat needed (through map_files, as root). */
 			char mf[96];
 			snprintf(mf, sizeof(mf), "/proc/%d/map_files/%.*s", pid, (int)strcspn(line, " "), line);
@@ -223,6 +346,16 @@ static int scan_pid(struct rsr_ctx *ctx, const struct scan *sc, int pid, struct 
 		fclose(f);
 	free(line);
 	free(seen);
+	if (!hold_how && sc->n_retired > 0)
+		(void)holds_by_files(sc, pid, &hold_file, &hold_how);
+	if (hold_how) {
+		int r = add_holder(ctx, rep, pid, hold_file, hold_how);
+		if (r < 0) {
+			free(first_file);
+			free(first_reason);
+			return r;
+		}
+	}
 	if (!first_reason) {
 		free(first_file);
 		return 0;
@@ -240,13 +373,7 @@ static int scan_pid(struct rsr_ctx *ctx, const struct scan *sc, int pid, struct 
 	sp->file = first_file;
 	sp->reason = first_reason;
 	sp->n_files = n_files;
-	snprintf(path, sizeof(path), "/proc/%d/comm", pid);
-	sp->comm = read_small(path);
-	if (sp->comm)
-		sp->comm[strcspn(sp->comm, "\n")] = '\0';
-	snprintf(path, sizeof(path), "/proc/%d/cgroup", pid);
-	_cleanup_free_ char *cg = read_small(path);
-	sp->unit = cg ? graft_unit_from_cgroup(cg) : NULL;
+	describe_pid(pid, &sp->comm, &sp->unit);
 	return 0;
 }
 

@@ -103,10 +103,16 @@ else
 	if ls "$R/var/lib/rsr/cryptexes/systemd/"*.cptx >/dev/null 2>&1; then fail "the refused image was installed"; fi
 	ok "an unmerged image is refused on a merged base, with how to rebuild"
 	expect 0 graft --root "$R" --add "$W/sd.cptx"
+	expect 0 status --root "$R"
+	assert_grep "^  Packages:  systemd:amd64 252.39-1~deb12u2$" "$T/out"
+	expect 0 status --root "$R" --json
+	python3 -c 'import json, sys
+s = json.load(open(sys.argv[1]))["slots"]
+assert [x["packages"] for x in s] == [["systemd:amd64 252.39-1~deb12u2"]], s' "$T/out" || fail "status --json packages"
 	cmp "$W/sd-deb/lib/systemd/systemd" "$R/lib/systemd/systemd" || fail "/lib/systemd/systemd through the base's /lib link"
 	cmp "$W/sd-deb/bin/systemctl" "$R/bin/systemctl" || fail "/bin/systemctl through the base's /bin link"
 	expect 0 ungraft --root "$R"
-	ok "the merged image grafts on the merged base; /lib/... and /bin/... reach its files"
+	ok "the merged image grafts on the merged base; /lib/... and /bin/... reach its files; status names its package"
 fi
 
 # Packages made here: a good one, and each kind that must be refused.

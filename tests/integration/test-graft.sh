@@ -84,6 +84,8 @@ assert s["base"] == {"name": "rsr test base", "version": "1", "build": "test-1"}
 assert sl["slot"] == "libssl3" and sl["grafted"] and not sl["pending"] and sl["covers"] == ["usr"], sl
 assert len(sl["root_hash"]) == 64 and sl["mount"].startswith(r + "/run/rsr/images/"), sl
 assert s["grafted_paths"] == [r + "/usr"] and s["stale_processes"] == [], s
+[ov] = s["overlays"]
+assert ov["path"] == r + "/usr" and ov["layers_option"] in ("lowerdir+", "lowerdir") and ov["stacked"] == 0, ov
 PY
 ok "status shows base, slot, version, root hash, mount, verity, grafted paths (text and JSON)"
 
@@ -107,36 +109,64 @@ assert_grep "Version: *3.0.20-1~deb12u2" "$T/out"
 assert_grep "^ *$holder python3 .*libssl.so.3 (from the graft of /usr (libssl3 3.0.22-1~deb12u2, swapped out))" "$T/out"
 [ "$(mounts_of_root | grep -c erofs)" = 1 ] || fail "the old image is still attached under run/rsr"
 ls "$R/var/lib/rsr/cryptexes/libssl3" | grep -c cptx >"$W/n"
-[ "$(cat "$W/n")" = 2 ] || fail "expected the new current and the grafted image only"
-ok "swap: new stack visible, the old mapping intact, the process listed as running superseded code"
+[ "$(cat "$W/n")" = 1 ] || fail "expected only the grafted current image: the swapped-out one goes once the swap is done"
+ok "swap: new stack visible, the old mapping intact, the process listed as running superseded code, the old image file gone"
 
 expect 0 graft --root "$R" --add "$W/old.cptx"
 [ "$(ls "$R/var/lib/rsr/cryptexes/libssl3" | grep -c cptx)" = 1 ] || fail "superseded image files not removed"
 ok "installing again keeps only the current image file"
 
+# A process working in the grafted /usr keeps that graft alive without running its code.
+(cd "$R/usr/share" && exec sleep 600) &
+sitter=$!
+cleanup_hooks+=("kill $sitter 2>/dev/null")
+# One in a mount namespace of its own where the graft stays attached (as a
+# service's ProtectSystem= namespace keeps it): it names whole paths.
+rm -f "$W/ns-ready"
+unshare -m --propagation slave sh -c 'mount --bind "$1/usr" "$1/usr" && exec python3 -c "import mmap, sys, time
+f = open(sys.argv[1], \"rb\"); m = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
+open(sys.argv[2], \"w\").write(\"ready\"); time.sleep(600)" "$1/$2/libssl.so.3" "$3"' sh "$R" "$lib" "$W/ns-ready" &
+nsholder=$!
+cleanup_hooks+=("kill $nsholder 2>/dev/null")
+for _ in $(seq 100); do [ -e "$W/ns-ready" ] && break; sleep 0.1; done
+[ -e "$W/ns-ready" ] || fail "the process in its own mount namespace did not start"
 expect 0 ungraft --root "$R"
 [ -z "$(mounts_of_root)" ] || { mounts_of_root; fail "mounts left after ungraft"; }
 (cd "$R/usr" && find . -type f | sort | xargs sha256sum) | cmp - "$W/base.sums" || fail "base differs after ungraft"
 [ ! -e "$R/usr/share/cryptex-only" ] || fail "cryptex file visible after ungraft"
 cmp "/proc/$holder/map_files/$held" "$pair/new/$lib/libssl.so.3" || fail "the running process lost its mapping"
 expect 0 status --root "$R" --json
-python3 - "$T/out" "$holder" <<'PY'
+python3 - "$T/out" "$holder" "$sitter" "$R" "$nsholder" "$lib" <<'PY'
 import json, sys
 s = json.load(open(sys.argv[1]))
+holder, sitter, root, nsholder, lib = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], int(sys.argv[5]), sys.argv[6]
 assert s["grafted_paths"] == [] and not s["slots"][0]["grafted"], s
-assert [p["pid"] for p in s["stale_processes"]] == [int(sys.argv[2])], s["stale_processes"]
+stale = {p["pid"]: p["file"] for p in s["stale_processes"]}
+assert set(stale) == {holder, nsholder}, s["stale_processes"]
+assert stale[nsholder] == f"{root}/{lib}/libssl.so.3", stale
+how = {h["pid"]: (h["how"], h["file"]) for h in s["holders"]}
+assert how.get(holder, ("",))[0] == "mapping", s["holders"]
+assert how.get(nsholder) == ("mapping", f"{root}/{lib}/libssl.so.3"), s["holders"]
+assert how.get(sitter) == ("working directory", root + "/usr/share"), s["holders"]
+held = s["held_devices"]
+assert held and all(h["device"].startswith("/dev/loop") and h["name"] is None for h in held), held
+assert all(h["image"].startswith(root + "/var/lib/rsr/cryptexes/libssl3/") for h in held), held
 PY
+expect 0 status --root "$R"
+assert_grep "^Held: .* device.* of retired grafts" "$T/out"
+assert_grep "^ *$sitter sleep.*: working directory $R/usr/share\$" "$T/out"
 expect 0 ungraft --root "$R"
 assert_grep "nothing was grafted" "$T/err"
-ok "ungraft: bare base, nothing mounted, processes keep their files and stay listed"
+ok "ungraft: bare base, nothing mounted; processes keep their files, stay listed, and the devices they hold are named"
 
-kill $holder
-wait $holder 2>/dev/null || true
+kill $holder $sitter $nsholder
+wait $holder $sitter $nsholder 2>/dev/null || true
 for _ in $(seq 50); do losetup -l -n -O BACK-FILE | grep -q "$R" || break; sleep 0.1; done
 losetup -l -n -O BACK-FILE | grep -q "$R" && fail "loop devices remain after the last user went"
 expect 0 status --root "$R"
 assert_grep "no process runs code" "$T/out"
-ok "loop devices go with their last user"
+assert_no_grep "^Held:\|^Holders:" "$T/out"
+ok "loop devices go with their last user, and status lists none held"
 
 expect 0 graft --root "$R" --remove libssl3 --no-mount
 [ ! -e "$R/var/lib/rsr/cryptexes/libssl3/current" ] || fail "--remove left the current image"
@@ -160,11 +190,25 @@ expect 0 graft --root "$R" --add "$W/multi.cptx"
 [ "$(mounts_of_root | grep -c overlay)" = 2 ] || fail "expected one overlay on /opt and one on /usr"
 expect 1 graft --root "$R" --add "$W/srv.cptx"
 assert_grep "covers /srv, which is not a directory of the base" "$T/err"
+assert_grep "nothing changed: every slot has its previous image again" "$T/err"
+[ ! -e "$R/var/lib/rsr/cryptexes/srv/current" ] || fail "a graft that failed left its image current"
+# A failed swap keeps the grafted image current and its file.
+mkdir -p "$W/multi2/srv/x" && echo 2 >"$W/multi2/srv/x/file"
+"$RSR" -q cryptex build "$W/multi2" -o "$W/multi2.cptx" --name multi --version 2 --base test-1 --key "$W/key"
+before=$(readlink "$R/var/lib/rsr/cryptexes/multi/current")
+expect 1 graft --root "$R" --add "$W/multi2.cptx"
+[ "$(readlink "$R/var/lib/rsr/cryptexes/multi/current")" = "$before" ] || fail "a failed swap switched the slot"
+[ -f "$R/var/lib/rsr/cryptexes/multi/$before" ] || fail "a failed swap removed the grafted image"
+[ "$(ls "$R/var/lib/rsr/cryptexes/multi" | grep -c cptx)" = 1 ] || fail "a failed swap left its image in the slot"
+expect 0 status --root "$R" --json
+python3 -c 'import json, sys
+s = {x["slot"]: x for x in json.load(open(sys.argv[1]))["slots"]}
+assert "srv" not in s and s["multi"]["grafted"] and s["multi"]["version"] == "1", s' "$T/out"
 expect 0 ungraft --root "$R"
 [ "$(cat "$R/opt/vendor/file")" = base ] || fail "/opt not back to base"
 [ -z "$(mounts_of_root)" ] || fail "mounts left after ungraft"
 expect 0 graft --root "$R" --remove multi --no-mount
-ok "a cryptex covering two directories grafts both; one covering a directory the base lacks is refused"
+ok "a cryptex covering two directories grafts both; one covering a directory the base lacks is refused and leaves every slot as it was"
 
 expect 2 graft --root "$R" extra
 expect 2 status --bogus
