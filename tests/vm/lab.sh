@@ -33,7 +33,7 @@ mkdir -p "$LAB_SHARE/out"
 # chosen per boot), systemd, what rsr links and runs, and the tools the
 # tests use. No package of rsr's own: rsr is installed from the build under test.
 LAB_PACKAGES=linux-image-amd64,systemd,systemd-sysv,udev,dbus,kmod,initramfs-tools,e2fsprogs,procps,psmisc
-LAB_PACKAGES+=,dmsetup,cryptsetup-bin,erofs-utils,util-linux,strace,nginx-light,openssl,curl,jq
+LAB_PACKAGES+=,dmsetup,cryptsetup-bin,erofs-utils,util-linux,strace,nginx-light,openssl,curl,jq,man-db
 LAB_PACKAGES+=,libssl3,libjansson4,libzstd1,libdivsufsort3,libcurl4
 # Bumped when the recipe below changes in a way the package list does not show.
 LAB_RECIPE=1

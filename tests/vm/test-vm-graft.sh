@@ -11,6 +11,8 @@ lab_disk "$T/disk.img"
 lab_boot "$T/disk.img" step_verity
 cat "$LAB_STEP_OUT"
 O=$LAB_SHARE/out
+# The mount stack as the guest had it, for the log (docs/architecture.md shows one).
+sed 's/^/# /' "$O/verity-stack.txt"
 # dmsetup's table has the verity target with the root hash and salt the
 # cryptex was signed with.
 root=$(json_get "$O/verity-info.json" 'd["root_hash"] if isinstance(d, dict) else d[0]["root_hash"]')

@@ -40,6 +40,16 @@ UNIT
 	systemctl daemon-reload
 	systemctl enable nginx.service
 	gok "base images installed, rsr-graft.service and lab-probe.service enabled"
+
+	# The units' Documentation= pages are installed, and systemd finds nothing to say.
+	local u units=()
+	for u in rsr-graft.service rsr-update.service rsr-update.timer; do
+		units+=("$(systemctl show -p FragmentPath --value "$u")")
+	done
+	man -w rsr-graft rsr-update >/dev/null || gfail "the manual pages the units name are not installed"
+	systemd-analyze verify "${units[@]}" >"$O/analyze-verify.txt" 2>&1 || { cat "$O/analyze-verify.txt"; gfail "systemd-analyze verify failed"; }
+	if grep -i "rsr" "$O/analyze-verify.txt"; then gfail "systemd-analyze verify complains about rsr's units"; fi
+	gok "systemd-analyze verify: rsr's units and the manual pages they name are fine"
 }
 
 # Boot 2: grafted at boot before ordinary services; then (a) installed and
@@ -92,6 +102,29 @@ step_boot_removed() {
 	rsr status --json >"$O/boot-removed-status.json"
 	json "$O/boot-removed-status.json" '(.response.letter // null) == null'
 	gok "the base is active after remove and a reboot"
+
+	# Stopping rsr-graft ungrafts; nginx, started while grafted, keeps the
+	# old stack (and its dm-verity devices) alive, and status says so.
+	local pid
+	pid=$(nginx_pid)
+	systemctl stop rsr-graft.service
+	[ "$(cat /usr/share/rsr-lab/marker 2>/dev/null || echo none)" = none ] || gfail "stopping rsr-graft did not ungraft"
+	rsr status >"$O/stopped-status.txt"
+	rsr status --json >"$O/stopped-status.json"
+	cat "$O/stopped-status.txt"
+	json "$O/stopped-status.json" '[.held_devices[] | select(.name // "" | startswith("rsr-libssl3-"))] | length >= 1'
+	json "$O/stopped-status.json" "[.holders[] | select(.pid == $pid and .unit == \"nginx.service\")] | length == 1"
+	grep -q "^Held: " "$O/stopped-status.txt" || gfail "status text does not list the held devices"
+	# A service's own mount namespace (systemd-logind's) keeps the graft attached and names whole paths.
+	json "$O/stopped-status.json" '[.stale_processes[].file, .holders[].file | select(. != null and startswith("/usr/usr/"))] | length == 0'
+	grep -q "^ *$pid nginx (nginx.service): " "$O/stopped-status.txt" || gfail "status text does not name nginx as a holder"
+	gok "after systemctl stop rsr-graft, status lists the dm-verity devices nginx still holds, and nginx"
+	systemctl restart nginx.service
+	rsr status --json >"$O/restarted-status.json"
+	json "$O/restarted-status.json" '[.holders[] | select(.unit == "nginx.service")] | length == 0'
+	gok "once nginx restarted, it is no longer listed as holding them"
+	systemctl start rsr-graft.service
+	[ "$(cat /usr/share/rsr-lab/marker)" = base ] || gfail "starting rsr-graft again did not graft"
 }
 
 # Boot 5: nginx serves the repository; rsr-update.timer, its delay shortened

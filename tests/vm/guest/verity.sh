@@ -17,8 +17,16 @@ step_verity() {
 	dmsetup status >"$O/verity-dmstatus.txt"
 	# The mount stack as it runs, for docs/architecture.md.
 	{
+		echo "\$ uname -r"
+		uname -r
+		echo "\$ dmsetup table"
+		dmsetup table
+		echo "\$ losetup -l -O NAME,OFFSET,SIZELIMIT,DIO,BACK-FILE"
 		losetup -l -O NAME,OFFSET,SIZELIMIT,DIO,BACK-FILE
-		findmnt -o TARGET,SOURCE,FSTYPE,OPTIONS /run/rsr/images/lab-* /usr
+		echo "\$ findmnt -o TARGET,SOURCE,FSTYPE,OPTIONS /run/rsr/images/lab-* /run/rsr/base/usr /usr"
+		findmnt -o TARGET,SOURCE,FSTYPE,OPTIONS /run/rsr/images/lab-* /run/rsr/base/usr /usr
+		echo "\$ rsr status | grep -E '^(Verity|  Mounted|Grafted):'"
+		rsr status | grep -E '^(Verity|  Mounted|Grafted):'
 	} >"$O/verity-stack.txt" 2>&1 || true
 	json "$O/verity-status.json" '.slots[] | select(.slot == "lab") | .verity == true and .corrupted == false'
 	grep -q "dm-verity" "$O/verity-status.txt" || gfail "status does not say dm-verity"
@@ -113,6 +121,16 @@ step_swap() { # SWAPS
 	[ "$sn" -gt "$swaps" ] || gfail "the small-file reader made only $sn rounds"
 	gok "$swaps swaps under dm-verity: zero failed lookups or reads"
 	rsr status --json >"$O/swap-status.json"
+	# Which mount calls the kernel took: Linux 6.8 and later take each layer
+	# as "lowerdir+" and swap beneath; before, one "lowerdir" and each swap
+	# covers the last graft until ungraft.
+	if kernel_at_least 6 8; then
+		json "$O/swap-status.json" '.overlays == [{"path": "/usr", "layers_option": "lowerdir+", "stacked": 0}]'
+	else
+		json "$O/swap-status.json" ".overlays == [{\"path\": \"/usr\", \"layers_option\": \"lowerdir\", \"stacked\": $swaps}]"
+	fi
+	rsr status | grep '^Grafted:'
+	gok "status says how the overlay was mounted on $(uname -r): $(jq -c '.overlays[0]' "$O/swap-status.json")"
 	findmnt -rn -o TARGET,FSTYPE,SOURCE >"$O/swap-mounts.txt"
 	rsr_devices >"$O/swap-devices.txt"
 
@@ -124,6 +142,43 @@ step_swap() { # SWAPS
 		sleep 0.2
 	done
 	rsr_devices >"$O/ungraft-devices.txt"
-	[ ! -s "$O/ungraft-devices.txt" ] || { cat "$O/ungraft-devices.txt"; gfail "ungraft left rsr devices behind"; }
+	rsr status --json >"$O/ungraft-status.json"
+	if [ -s "$O/ungraft-devices.txt" ]; then
+		# A long-lived process that mapped a file through a graft (systemd-udevd
+		# keeps libkmod's index of /usr/lib/modules mapped) keeps it alive:
+		# status must name every device left and who holds them, and
+		# restarting those services must release them.
+		cat "$O/ungraft-devices.txt"
+		rsr status | sed -n '/^Held:/,$p'
+		local name unit
+		for name in $(dmsetup ls --target verity | awk '/^rsr-/ {print $1}'); do
+			json "$O/ungraft-status.json" "[.held_devices[] | select(.name == \"$name\")] | length == 1"
+		done
+		if [ "$(jq '.holders | length' "$O/ungraft-status.json")" = 0 ]; then
+			# Linux before 6.8 (swaps stacked, one overlay over the last) has
+			# kept one or two superseded EROFS superblocks alive, and their
+			# dm-verity devices open, with no mount in any process's namespace
+			# and no process file, map, cwd or root on them: status lists the
+			# devices, and nothing in rsr can release them before a reboot.
+			kernel_at_least 6 8 && gfail "devices stay held with no holder"
+			echo "# Linux $(uname -r): $(jq '.held_devices | length' "$O/ungraft-status.json") device(s) of stacked grafts stay open with no holder; rsr status lists them as held"
+			gok "ungraft: every device left is listed by rsr status as held"
+			return
+		fi
+		for unit in $(jq -r '.holders[].unit // empty' "$O/ungraft-status.json" | sort -u); do
+			case $unit in
+			*.service) [ "$unit" = rsr-lab.service ] || systemctl restart "$unit" ;;
+			esac
+		done
+		for i in $(seq 50); do
+			[ -z "$(rsr_devices)" ] && break
+			sleep 0.2
+		done
+		rsr_devices >"$O/ungraft-devices.txt"
+		[ ! -s "$O/ungraft-devices.txt" ] || { cat "$O/ungraft-devices.txt"; gfail "devices remain after their holders restarted"; }
+		echo "# ungraft: $(jq '.held_devices | length' "$O/ungraft-status.json") device(s) stayed while $(jq -r '[.holders[] | "\(.command) (\(.how) \(.file))"] | unique | join(", ")' "$O/ungraft-status.json") held them; gone once those services restarted"
+		rsr status --json >"$O/ungraft-status.json"
+	fi
+	json "$O/ungraft-status.json" '.held_devices == [] and .holders == []'
 	gok "ungraft leaves no dm-verity or loop device"
 }
