@@ -27,6 +27,7 @@
 #include <stdio.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 
 #include "format.h"
 
@@ -542,6 +543,24 @@ int rsr_patch_apply(struct rsr_ctx *ctx, const char *old_path, const char *patch
 	r = rsr_atomic_open(ctx, out_path, 0644, &af);
 	if (r < 0)
 		goto out;
+	{
+		/*
+		 * A declared size the filesystem cannot hold fails before a byte is
+		 * written (root may use the blocks reserved for it).
+		 */
+		struct statvfs vfs;
+		uint64_t avail = 0;
+		if (fstatvfs(af->fd, &vfs) == 0)
+			avail = geteuid() == 0 ? (uint64_t)vfs.f_bfree : (uint64_t)vfs.f_bavail;
+		if (avail > 0 && vfs.f_frsize > 0 && p->output_size / vfs.f_frsize > avail) {
+			r = rsr_error_errno(
+			    ctx, -ENOSPC,
+			    "patch '%s': its output of %llu bytes does not fit in the %llu bytes free for '%s'",
+			    patch_path, (unsigned long long)p->output_size, (unsigned long long)(avail * vfs.f_frsize),
+			    out_path);
+			goto out;
+		}
+	}
 	if (ftruncate(af->fd, (off_t)p->output_size) < 0) {
 		r = rsr_error_errno(ctx, -errno, "%s: cannot size the output", out_path);
 		goto out;

@@ -11,7 +11,9 @@
 #include <cmocka.h>
 #include <dirent.h>
 #include <stdio.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 
 #include "internal.h"
 #include "../../lib/patch/format.h"
@@ -520,6 +522,87 @@ static void test_deflate(void **state)
 	free(img);
 }
 
+/*
+ * A patch whose header declares `chunks` chunks of 64 MiB, all pointing at
+ * one empty frame: valid tables, an enormous declared output.
+ */
+static void write_enormous(const char *path, uint32_t chunks)
+{
+	size_t len = sizeof(struct patch_header) + sizeof(struct patch_input) +
+		     (size_t)chunks * (sizeof(struct patch_extent) + sizeof(struct patch_chunk));
+	uint8_t *buf = calloc(1, len);
+	struct patch_header *h = (struct patch_header *)buf;
+	struct patch_input *in = (struct patch_input *)(h + 1);
+	struct patch_extent *ext = (struct patch_extent *)(in + 1);
+	struct patch_piece rest = {buf + sizeof(*h), len - sizeof(*h)};
+	struct stat st;
+	struct rsr_ctx *ctx;
+
+	assert_non_null(buf);
+	memcpy(h->magic, PATCH_MAGIC, 8);
+	rsr_put_le32(h->version, PATCH_VERSION);
+	rsr_put_le32(h->header_size, sizeof(*h));
+	rsr_put_le64(h->output_size, (uint64_t)chunks * PATCH_MAX_CHUNK_OUT);
+	rsr_put_le32(h->n_inputs, 1);
+	rsr_put_le32(h->n_chunks, chunks);
+	rsr_put_le32(h->chunk_size, PATCH_MAX_CHUNK_OUT);
+	assert_int_equal(rsr_ctx_new(&ctx), 0);
+	assert_int_equal(rsr_patch_digest_file(ctx, DATA "/old.img", in->digest), 0);
+	rsr_ctx_free(ctx);
+	assert_int_equal(stat(DATA "/old.img", &st), 0);
+	rsr_put_le64(in->size, (uint64_t)st.st_size);
+	for (uint32_t c = 0; c < chunks; c++) {
+		rsr_put_le64(ext[c].out_offset, (uint64_t)c * PATCH_MAX_CHUNK_OUT);
+		rsr_put_le32(ext[c].out_size, PATCH_MAX_CHUNK_OUT);
+	}
+	assert_int_equal(patch_digest(h, &rest, 1, h->patch_sha256), 0);
+	write_file(path, buf, len);
+	free(buf);
+}
+
+/*
+ * A header that declares more output than readers accept is refused when the
+ * patch is opened; one within the limit that the output's filesystem cannot
+ * hold is refused before the output is sized, and neither allocates by what
+ * it declares.
+ */
+static void test_enormous(void **state)
+{
+	struct rsr_ctx *ctx;
+	struct rsr_patch *p = NULL;
+	struct statvfs vfs;
+	struct rusage ru0, ru1;
+	const uint32_t over = (uint32_t)(PATCH_MAX_OUTPUT / PATCH_MAX_CHUNK_OUT) + 1;
+	const uint32_t under = (uint32_t)(PATCH_MAX_OUTPUT / PATCH_MAX_CHUNK_OUT) - 1;
+
+	assert_int_equal(rsr_ctx_new(&ctx), 0);
+	rsr_ctx_set_threads(ctx, 2);
+	write_enormous(tpath("over.rsrp"), over);
+	assert_int_equal(rsr_patch_open(ctx, tpath("over.rsrp"), &p), RSR_E_LIMIT);
+	assert_null(p);
+	assert_non_null(strstr(rsr_ctx_error(ctx), "declares an output of 274945015808 bytes"));
+	assert_int_equal(rsr_patch_apply(ctx, DATA "/old.img", tpath("over.rsrp"), tpath("out")), RSR_E_LIMIT);
+	unlink(tpath("over.rsrp"));
+
+	write_enormous(tpath("under.rsrp"), under);
+	assert_int_equal(rsr_patch_open(ctx, tpath("under.rsrp"), &p), 0);
+	rsr_patch_free(p);
+	assert_int_equal(statvfs(tmpdir, &vfs), 0);
+	if ((uint64_t)vfs.f_bfree * vfs.f_frsize < (uint64_t)under * PATCH_MAX_CHUNK_OUT) {
+		assert_int_equal(getrusage(RUSAGE_SELF, &ru0), 0);
+		assert_int_equal(rsr_patch_apply(ctx, DATA "/old.img", tpath("under.rsrp"), tpath("out")), -ENOSPC);
+		assert_int_equal(getrusage(RUSAGE_SELF, &ru1), 0);
+		assert_non_null(strstr(rsr_ctx_error(ctx), "its output of 274810798080 bytes does not fit"));
+		assert_non_null(strstr(rsr_ctx_error(ctx), "No space left on device"));
+		assert_true(ru1.ru_maxrss - ru0.ru_maxrss < 64 * 1024); /* KiB */
+	} else {
+		print_message("%s has more than 256 GiB free: the free-space check is not run\n", tmpdir);
+	}
+	unlink(tpath("under.rsrp"));
+	assert_int_equal(count_files(), 0);
+	rsr_ctx_free(ctx);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -533,6 +616,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_corruption, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_cancel, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_deflate, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_enormous, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
