@@ -10,10 +10,17 @@
 #include <stddef.h>
 #include <cmocka.h>
 #include <dirent.h>
+#include <fcntl.h>
+#include <linux/fiemap.h>
+#include <linux/fs.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <sys/ioctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "internal.h"
 #include "../../lib/patch/format.h"
@@ -603,6 +610,116 @@ static void test_enormous(void **state)
 	rsr_ctx_free(ctx);
 }
 
+/* Touches the input while the patch is applied. */
+static int touch_cb(void *data, const char *what, uint64_t done, uint64_t total)
+{
+	(void)what;
+	(void)done;
+	(void)total;
+	return utimensat(AT_FDCWD, data, NULL, 0) < 0 ? -1 : 0;
+}
+
+/* An input written while the patch runs (its ctime moves) is refused. */
+static void test_input_changed(void **state)
+{
+	struct rsr_ctx *ctx;
+	size_t len;
+	uint8_t *old = read_all(DATA "/old.img", &len);
+	char in[512];
+	struct timespec pause = {0, 30 * 1000 * 1000};
+
+	snprintf(in, sizeof(in), "%s", tpath("in"));
+	write_file(in, old, len);
+	nanosleep(&pause, NULL); /* past the timestamp granularity of the write */
+	assert_int_equal(rsr_ctx_new(&ctx), 0);
+	rsr_ctx_set_progress(ctx, touch_cb, in);
+	assert_int_equal(rsr_patch_apply(ctx, in, DATA "/v2-delta.rsrp", tpath("out")), RSR_E_MISMATCH);
+	assert_non_null(strstr(rsr_ctx_error(ctx), "changed while the patch was applied"));
+	assert_int_equal(count_files(), 1); /* in: no output, no temporary file */
+	rsr_ctx_set_progress(ctx, NULL, NULL);
+	assert_int_equal(rsr_patch_apply(ctx, in, DATA "/v2-delta.rsrp", tpath("out")), RSR_PATCH_APPLIED);
+	assert_true(same_file(tpath("out"), DATA "/new.img"));
+	rsr_ctx_free(ctx);
+	free(old);
+}
+
+/* Shared extents of fd in [off, off + len), from FIEMAP. */
+static uint64_t shared_bytes(int fd, uint64_t off, uint64_t len)
+{
+	struct fiemap *m = calloc(1, sizeof(*m) + 256 * sizeof(struct fiemap_extent));
+	uint64_t n = 0;
+
+	assert_non_null(m);
+	m->fm_start = off;
+	m->fm_length = len;
+	m->fm_flags = FIEMAP_FLAG_SYNC;
+	m->fm_extent_count = 256;
+	assert_int_equal(ioctl(fd, FS_IOC_FIEMAP, m), 0);
+	for (unsigned i = 0; i < m->fm_mapped_extents; i++)
+		if (m->fm_extents[i].fe_flags & FIEMAP_EXTENT_SHARED) {
+			/* Only the part inside the range counts. */
+			uint64_t s = RSR_MAX(m->fm_extents[i].fe_logical, off);
+			uint64_t e = RSR_MIN(m->fm_extents[i].fe_logical + m->fm_extents[i].fe_length, off + len);
+			n += e > s ? e - s : 0;
+		}
+	free(m);
+	return n;
+}
+
+/*
+ * On a filesystem that shares extents (RSR_TEST_CLONE_DIR names a directory
+ * on XFS or btrfs), the unchanged pieces of the output share the input's
+ * blocks and the output is still exact. Skipped without it.
+ */
+static void test_clone(void **state)
+{
+	const char *dir = getenv("RSR_TEST_CLONE_DIR");
+	const size_t len = 12u << 20;
+	uint8_t *a, *b;
+	char pa[512], pb[512], pp[512], po[512];
+	const char *olds[1] = {pa};
+	struct rsr_patch_create_opts o = {.level = 1};
+	struct rsr_ctx *ctx;
+	int fd;
+
+	if (!dir) {
+		print_message("RSR_TEST_CLONE_DIR not set: sharing extents is not tested\n");
+		skip();
+	}
+	a = malloc(len);
+	b = malloc(len);
+	rng_state = 11;
+	for (size_t i = 0; i < len; i++)
+		a[i] = rnd8();
+	memcpy(b, a, len);
+	memset(b + (5u << 20) + 100, 0x33, 5000); /* one changed piece of twelve */
+	snprintf(pa, sizeof(pa), "%s/clone-a", dir);
+	snprintf(pb, sizeof(pb), "%s/clone-b", dir);
+	snprintf(pp, sizeof(pp), "%s/clone-p", dir);
+	snprintf(po, sizeof(po), "%s/clone-out", dir);
+	write_file(pa, a, len);
+	write_file(pb, b, len);
+	assert_int_equal(rsr_ctx_new(&ctx), 0);
+	rsr_ctx_set_threads(ctx, 2);
+	assert_int_equal(rsr_patch_create(ctx, olds, 1, pb, pp, NULL, &o), 0);
+	unlink(po);
+	assert_int_equal(rsr_patch_apply(ctx, pa, pp, po), RSR_PATCH_APPLIED);
+	assert_true(same_file(po, pb));
+	fd = open(po, O_RDONLY | O_CLOEXEC);
+	assert_true(fd >= 0);
+	/* Eleven unchanged pieces shared, the changed one written. */
+	assert_int_equal(shared_bytes(fd, 0, len), 11u << 20);
+	assert_int_equal(shared_bytes(fd, 5u << 20, 1u << 20), 0);
+	close(fd);
+	rsr_ctx_free(ctx);
+	unlink(pa);
+	unlink(pb);
+	unlink(pp);
+	unlink(po);
+	free(a);
+	free(b);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -617,6 +734,8 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_cancel, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_deflate, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_enormous, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_input_changed, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_clone, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
