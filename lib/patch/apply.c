@@ -12,7 +12,9 @@
  * output piece that is byte for byte equal to that copy (an unchanged
  * region at an unchanged offset, most of a security fix) takes its digest,
  * so it is hashed once for both checks, and every digest still describes
- * exactly the bytes compared and written. Other output pieces are hashed
+ * exactly the bytes compared and written. Such a piece is then shared with
+ * the input where the filesystem can (FICLONERANGE on XFS or btrfs: no byte
+ * is written), or written from that buffer. Other output pieces are hashed
  * from the buffer that is written; a piece cut by a chunk boundary is read
  * back and hashed by whichever of its chunks is written last.
  *
@@ -23,10 +25,13 @@
  * size, the input's digest is computed first to choose among them.
  */
 #include <fcntl.h>
+#include <linux/fs.h>
 #include <pthread.h>
 #include <stdio.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 
 #include "format.h"
 
@@ -40,6 +45,7 @@ struct apply {
 	uint64_t in_size;
 	int in_fd, out_fd;
 	bool fused;	      /* input pieces hashed by the chunk tasks */
+	bool clone;	      /* unchanged pieces are shared with the input (until a clone fails) */
 	uint64_t in_pieces;   /* of the input */
 	uint64_t out_pieces;  /* of the output */
 	uint64_t first_tail;  /* first input piece that starts at or after the output's end */
@@ -131,6 +137,27 @@ static int hash_input_piece(struct apply *a, uint64_t i, unsigned worker)
 	return r < 0 ? r : rsr_sha256(pb, len, a->in_h[i]);
 }
 
+/*
+ * Makes output piece i share the blocks of input piece i, which the worker
+ * has just read and hashed. False where the filesystem cannot (ext4, tmpfs:
+ * then no later piece tries) and for a short last piece; the caller then
+ * writes the buffer. rsr_patch_apply() refuses the output if the input
+ * changed while it ran, so the shared blocks are the bytes hashed.
+ */
+static bool clone_piece(struct apply *a, uint64_t i, size_t len)
+{
+	struct file_clone_range fcr = {
+	    .src_fd = a->in_fd, .src_offset = i * PIECE_SIZE, .src_length = len, .dest_offset = i * PIECE_SIZE};
+
+	if (len != PIECE_SIZE || !__atomic_load_n(&a->clone, __ATOMIC_RELAXED))
+		return false;
+	if (ioctl(a->out_fd, FICLONERANGE, &fcr) < 0) {
+		__atomic_store_n(&a->clone, false, __ATOMIC_RELAXED);
+		return false;
+	}
+	return true;
+}
+
 struct prior {
 	struct apply *a;
 	uint32_t chunk;
@@ -216,10 +243,10 @@ struct fill {
  * The fill function of a chunk (see patch_run_chunk_fill): reads each input
  * piece that starts in the chunk into the worker's buffer, hashes it there,
  * and copies the identity ranges it holds from there into the output. A
- * piece that is one identity copy is written straight from that buffer
- * instead, unless the chunk's hash operations read its output. The identity
- * bytes before the chunk's first piece (that piece is read by the chunk
- * before) come from the mapping.
+ * piece that is one identity copy is shared with the input or written
+ * straight from that buffer instead, unless the chunk's hash operations
+ * read its output. The identity bytes before the chunk's first piece (that
+ * piece is read by the chunk before) come from the mapping.
  */
 static int fill_chunk(void *arg, const struct patch_range *ranges, size_t n, bool out_read)
 {
@@ -253,7 +280,8 @@ static int fill_chunk(void *arg, const struct patch_range *ranges, size_t n, boo
 		    in_len == out_len && ps + out_len <= f->e) {
 			f->reuse[i - f->i0] = true;
 			if (!out_read) {
-				if ((r = rsr_pwrite_all(a->out_fd, pb, out_len, ps)) < 0) {
+				if (!clone_piece(a, i, out_len) &&
+				    (r = rsr_pwrite_all(a->out_fd, pb, out_len, ps)) < 0) {
 					f->why = "write";
 					return r;
 				}
@@ -367,6 +395,11 @@ static int chunk_task(struct apply *a, uint32_t c, unsigned worker)
 		if (r < 0)
 			return fail(a, c, r, "write");
 	}
+	/*
+	 * Start writing the chunk to disk now, so that the fsync before the
+	 * rename waits for the last chunks only (errors are the fsync's).
+	 */
+	sync_file_range(a->out_fd, (off_t)f.o, (off_t)v.out_size, SYNC_FILE_RANGE_WRITE);
 	mark_written(a, c);
 	{
 		/* The pieces that a boundary of the chunk cuts. */
@@ -451,6 +484,7 @@ int rsr_patch_apply(struct rsr_ctx *ctx, const char *old_path, const char *patch
 	struct apply a = {.ctx = ctx};
 	_cleanup_close_ int in_fd = -1;
 	struct rsr_atomic_file *af = NULL;
+	struct stat in_st = {0};
 	void *map = NULL;
 	uint64_t in_size = 0;
 	uint8_t d[32];
@@ -483,6 +517,7 @@ int rsr_patch_apply(struct rsr_ctx *ctx, const char *old_path, const char *patch
 			goto out;
 		}
 		in_size = (uint64_t)st.st_size;
+		in_st = st;
 		for (uint32_t i = 0; i < p->n_inputs; i++)
 			if (rsr_patch_input_size(p, i) == in_size) {
 				a.set = i;
@@ -542,12 +577,31 @@ int rsr_patch_apply(struct rsr_ctx *ctx, const char *old_path, const char *patch
 	r = rsr_atomic_open(ctx, out_path, 0644, &af);
 	if (r < 0)
 		goto out;
+	{
+		/*
+		 * A declared size the filesystem cannot hold fails before a byte is
+		 * written (root may use the blocks reserved for it).
+		 */
+		struct statvfs vfs;
+		uint64_t avail = 0;
+		if (fstatvfs(af->fd, &vfs) == 0)
+			avail = geteuid() == 0 ? (uint64_t)vfs.f_bfree : (uint64_t)vfs.f_bavail;
+		if (avail > 0 && vfs.f_frsize > 0 && p->output_size / vfs.f_frsize > avail) {
+			r = rsr_error_errno(
+			    ctx, -ENOSPC,
+			    "patch '%s': its output of %llu bytes does not fit in the %llu bytes free for '%s'",
+			    patch_path, (unsigned long long)p->output_size, (unsigned long long)(avail * vfs.f_frsize),
+			    out_path);
+			goto out;
+		}
+	}
 	if (ftruncate(af->fd, (off_t)p->output_size) < 0) {
 		r = rsr_error_errno(ctx, -errno, "%s: cannot size the output", out_path);
 		goto out;
 	}
 	a.out_fd = af->fd;
 	a.in_fd = in_fd;
+	a.clone = in_fd >= 0;
 	pthread_mutex_init(&a.lock, NULL);
 	pthread_cond_init(&a.cond, NULL);
 	locks = true;
@@ -561,6 +615,18 @@ int rsr_patch_apply(struct rsr_ctx *ctx, const char *old_path, const char *patch
 		}
 		if (!input_is(p, a.set, d, in_size)) {
 			r = mismatch(ctx, p, patch_path, old_path, d, in_size);
+			goto out;
+		}
+	}
+	if (in_fd >= 0) {
+		/*
+		 * Shared pieces are the bytes hashed only if nothing wrote the
+		 * input in between; a write changes its ctime.
+		 */
+		struct stat now;
+		if (fstat(in_fd, &now) < 0 || now.st_size != in_st.st_size ||
+		    now.st_ctim.tv_sec != in_st.st_ctim.tv_sec || now.st_ctim.tv_nsec != in_st.st_ctim.tv_nsec) {
+			r = rsr_error(ctx, RSR_E_MISMATCH, "input '%s' changed while the patch was applied", old_path);
 			goto out;
 		}
 	}

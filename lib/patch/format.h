@@ -21,6 +21,12 @@
 #define PATCH_MAX_CHUNK_PAYLOAD (256u << 20) /* decompressed operations of one chunk */
 #define PATCH_MAX_CHUNKS (1u << 22)
 #define PATCH_MAX_DEFLATE_RAW (64u << 20) /* a decoded deflate stream (tokens) */
+/*
+ * Output bytes. The patcher keeps 36 bytes per 1 MiB piece of the output
+ * (9 MiB at this limit), so a header cannot make it allocate more than that
+ * whatever it declares.
+ */
+#define PATCH_MAX_OUTPUT (1ull << 38)
 
 struct patch_header {
 	uint8_t magic[8];	   /* "RSRPATCH" */

@@ -143,6 +143,13 @@ int rsr_patch_load(struct rsr_ctx *ctx, const void *buf, size_t len, struct rsr_
 				 "rsr patch: %u inputs and %u chunks, more than the %u and %u allowed", ni, nc,
 				 PATCH_MAX_INPUTS, PATCH_MAX_CHUNKS);
 	}
+	if (p->output_size > PATCH_MAX_OUTPUT) {
+		uint64_t sz = p->output_size;
+		free(p);
+		return rsr_error(ctx, RSR_E_LIMIT,
+				 "rsr patch: declares an output of %llu bytes, more than the %llu allowed",
+				 (unsigned long long)sz, (unsigned long long)PATCH_MAX_OUTPUT);
+	}
 	off = sizeof(*h);
 	p->inputs = (const struct patch_input *)((const uint8_t *)buf + off);
 	off += (uint64_t)p->n_inputs * sizeof(struct patch_input);

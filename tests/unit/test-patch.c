@@ -10,8 +10,17 @@
 #include <stddef.h>
 #include <cmocka.h>
 #include <dirent.h>
+#include <fcntl.h>
+#include <linux/fiemap.h>
+#include <linux/fs.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <sys/ioctl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "internal.h"
 #include "../../lib/patch/format.h"
@@ -520,6 +529,197 @@ static void test_deflate(void **state)
 	free(img);
 }
 
+/*
+ * A patch whose header declares `chunks` chunks of 64 MiB, all pointing at
+ * one empty frame: valid tables, an enormous declared output.
+ */
+static void write_enormous(const char *path, uint32_t chunks)
+{
+	size_t len = sizeof(struct patch_header) + sizeof(struct patch_input) +
+		     (size_t)chunks * (sizeof(struct patch_extent) + sizeof(struct patch_chunk));
+	uint8_t *buf = calloc(1, len);
+	struct patch_header *h = (struct patch_header *)buf;
+	struct patch_input *in = (struct patch_input *)(h + 1);
+	struct patch_extent *ext = (struct patch_extent *)(in + 1);
+	struct patch_piece rest = {buf + sizeof(*h), len - sizeof(*h)};
+	struct stat st;
+	struct rsr_ctx *ctx;
+
+	assert_non_null(buf);
+	memcpy(h->magic, PATCH_MAGIC, 8);
+	rsr_put_le32(h->version, PATCH_VERSION);
+	rsr_put_le32(h->header_size, sizeof(*h));
+	rsr_put_le64(h->output_size, (uint64_t)chunks * PATCH_MAX_CHUNK_OUT);
+	rsr_put_le32(h->n_inputs, 1);
+	rsr_put_le32(h->n_chunks, chunks);
+	rsr_put_le32(h->chunk_size, PATCH_MAX_CHUNK_OUT);
+	assert_int_equal(rsr_ctx_new(&ctx), 0);
+	assert_int_equal(rsr_patch_digest_file(ctx, DATA "/old.img", in->digest), 0);
+	rsr_ctx_free(ctx);
+	assert_int_equal(stat(DATA "/old.img", &st), 0);
+	rsr_put_le64(in->size, (uint64_t)st.st_size);
+	for (uint32_t c = 0; c < chunks; c++) {
+		rsr_put_le64(ext[c].out_offset, (uint64_t)c * PATCH_MAX_CHUNK_OUT);
+		rsr_put_le32(ext[c].out_size, PATCH_MAX_CHUNK_OUT);
+	}
+	assert_int_equal(patch_digest(h, &rest, 1, h->patch_sha256), 0);
+	write_file(path, buf, len);
+	free(buf);
+}
+
+/*
+ * A header that declares more output than readers accept is refused when the
+ * patch is opened; one within the limit that the output's filesystem cannot
+ * hold is refused before the output is sized, and neither allocates by what
+ * it declares.
+ */
+static void test_enormous(void **state)
+{
+	struct rsr_ctx *ctx;
+	struct rsr_patch *p = NULL;
+	struct statvfs vfs;
+	struct rusage ru0, ru1;
+	const uint32_t over = (uint32_t)(PATCH_MAX_OUTPUT / PATCH_MAX_CHUNK_OUT) + 1;
+	const uint32_t under = (uint32_t)(PATCH_MAX_OUTPUT / PATCH_MAX_CHUNK_OUT) - 1;
+
+	assert_int_equal(rsr_ctx_new(&ctx), 0);
+	rsr_ctx_set_threads(ctx, 2);
+	write_enormous(tpath("over.rsrp"), over);
+	assert_int_equal(rsr_patch_open(ctx, tpath("over.rsrp"), &p), RSR_E_LIMIT);
+	assert_null(p);
+	assert_non_null(strstr(rsr_ctx_error(ctx), "declares an output of 274945015808 bytes"));
+	assert_int_equal(rsr_patch_apply(ctx, DATA "/old.img", tpath("over.rsrp"), tpath("out")), RSR_E_LIMIT);
+	unlink(tpath("over.rsrp"));
+
+	write_enormous(tpath("under.rsrp"), under);
+	assert_int_equal(rsr_patch_open(ctx, tpath("under.rsrp"), &p), 0);
+	rsr_patch_free(p);
+	assert_int_equal(statvfs(tmpdir, &vfs), 0);
+	if ((uint64_t)vfs.f_bfree * vfs.f_frsize < (uint64_t)under * PATCH_MAX_CHUNK_OUT) {
+		assert_int_equal(getrusage(RUSAGE_SELF, &ru0), 0);
+		assert_int_equal(rsr_patch_apply(ctx, DATA "/old.img", tpath("under.rsrp"), tpath("out")), -ENOSPC);
+		assert_int_equal(getrusage(RUSAGE_SELF, &ru1), 0);
+		assert_non_null(strstr(rsr_ctx_error(ctx), "its output of 274810798080 bytes does not fit"));
+		assert_non_null(strstr(rsr_ctx_error(ctx), "No space left on device"));
+		assert_true(ru1.ru_maxrss - ru0.ru_maxrss < 64 * 1024); /* KiB */
+	} else {
+		print_message("%s has more than 256 GiB free: the free-space check is not run\n", tmpdir);
+	}
+	unlink(tpath("under.rsrp"));
+	assert_int_equal(count_files(), 0);
+	rsr_ctx_free(ctx);
+}
+
+/* Touches the input while the patch is applied. */
+static int touch_cb(void *data, const char *what, uint64_t done, uint64_t total)
+{
+	(void)what;
+	(void)done;
+	(void)total;
+	return utimensat(AT_FDCWD, data, NULL, 0) < 0 ? -1 : 0;
+}
+
+/* An input written while the patch runs (its ctime moves) is refused. */
+static void test_input_changed(void **state)
+{
+	struct rsr_ctx *ctx;
+	size_t len;
+	uint8_t *old = read_all(DATA "/old.img", &len);
+	char in[512];
+	struct timespec pause = {0, 30 * 1000 * 1000};
+
+	snprintf(in, sizeof(in), "%s", tpath("in"));
+	write_file(in, old, len);
+	nanosleep(&pause, NULL); /* past the timestamp granularity of the write */
+	assert_int_equal(rsr_ctx_new(&ctx), 0);
+	rsr_ctx_set_progress(ctx, touch_cb, in);
+	assert_int_equal(rsr_patch_apply(ctx, in, DATA "/v2-delta.rsrp", tpath("out")), RSR_E_MISMATCH);
+	assert_non_null(strstr(rsr_ctx_error(ctx), "changed while the patch was applied"));
+	assert_int_equal(count_files(), 1); /* in: no output, no temporary file */
+	rsr_ctx_set_progress(ctx, NULL, NULL);
+	assert_int_equal(rsr_patch_apply(ctx, in, DATA "/v2-delta.rsrp", tpath("out")), RSR_PATCH_APPLIED);
+	assert_true(same_file(tpath("out"), DATA "/new.img"));
+	rsr_ctx_free(ctx);
+	free(old);
+}
+
+/* Shared extents of fd in [off, off + len), from FIEMAP. */
+static uint64_t shared_bytes(int fd, uint64_t off, uint64_t len)
+{
+	struct fiemap *m = calloc(1, sizeof(*m) + 256 * sizeof(struct fiemap_extent));
+	uint64_t n = 0;
+
+	assert_non_null(m);
+	m->fm_start = off;
+	m->fm_length = len;
+	m->fm_flags = FIEMAP_FLAG_SYNC;
+	m->fm_extent_count = 256;
+	assert_int_equal(ioctl(fd, FS_IOC_FIEMAP, m), 0);
+	for (unsigned i = 0; i < m->fm_mapped_extents; i++)
+		if (m->fm_extents[i].fe_flags & FIEMAP_EXTENT_SHARED) {
+			/* Only the part inside the range counts. */
+			uint64_t s = RSR_MAX(m->fm_extents[i].fe_logical, off);
+			uint64_t e = RSR_MIN(m->fm_extents[i].fe_logical + m->fm_extents[i].fe_length, off + len);
+			n += e > s ? e - s : 0;
+		}
+	free(m);
+	return n;
+}
+
+/*
+ * On a filesystem that shares extents (RSR_TEST_CLONE_DIR names a directory
+ * on XFS or btrfs), the unchanged pieces of the output share the input's
+ * blocks and the output is still exact. Skipped without it.
+ */
+static void test_clone(void **state)
+{
+	const char *dir = getenv("RSR_TEST_CLONE_DIR");
+	const size_t len = 12u << 20;
+	uint8_t *a, *b;
+	char pa[512], pb[512], pp[512], po[512];
+	const char *olds[1] = {pa};
+	struct rsr_patch_create_opts o = {.level = 1};
+	struct rsr_ctx *ctx;
+	int fd;
+
+	if (!dir) {
+		print_message("RSR_TEST_CLONE_DIR not set: sharing extents is not tested\n");
+		skip();
+	}
+	a = malloc(len);
+	b = malloc(len);
+	rng_state = 11;
+	for (size_t i = 0; i < len; i++)
+		a[i] = rnd8();
+	memcpy(b, a, len);
+	memset(b + (5u << 20) + 100, 0x33, 5000); /* one changed piece of twelve */
+	snprintf(pa, sizeof(pa), "%s/clone-a", dir);
+	snprintf(pb, sizeof(pb), "%s/clone-b", dir);
+	snprintf(pp, sizeof(pp), "%s/clone-p", dir);
+	snprintf(po, sizeof(po), "%s/clone-out", dir);
+	write_file(pa, a, len);
+	write_file(pb, b, len);
+	assert_int_equal(rsr_ctx_new(&ctx), 0);
+	rsr_ctx_set_threads(ctx, 2);
+	assert_int_equal(rsr_patch_create(ctx, olds, 1, pb, pp, NULL, &o), 0);
+	unlink(po);
+	assert_int_equal(rsr_patch_apply(ctx, pa, pp, po), RSR_PATCH_APPLIED);
+	assert_true(same_file(po, pb));
+	fd = open(po, O_RDONLY | O_CLOEXEC);
+	assert_true(fd >= 0);
+	/* Eleven unchanged pieces shared, the changed one written. */
+	assert_int_equal(shared_bytes(fd, 0, len), 11u << 20);
+	assert_int_equal(shared_bytes(fd, 5u << 20, 1u << 20), 0);
+	close(fd);
+	rsr_ctx_free(ctx);
+	unlink(pa);
+	unlink(pb);
+	unlink(pp);
+	unlink(po);
+	free(a);
+	free(b);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -533,6 +733,9 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_corruption, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_cancel, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_deflate, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_enormous, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_input_changed, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_clone, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
