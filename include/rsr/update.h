@@ -28,6 +28,10 @@ extern "C" {
 /* The policy file, relative to the root. */
 #define RSR_UPDATE_POLICY_FILE "etc/rsr/rsr.conf"
 #define RSR_UPDATE_MAX_MIRRORS 16
+/* Policy defaults: stall timeout, minimum average rate of a file, ceiling of one run (the timer's period). */
+#define RSR_UPDATE_DEFAULT_TIMEOUT 30
+#define RSR_UPDATE_DEFAULT_MIN_RATE 1024
+#define RSR_UPDATE_DEFAULT_MAX_RUN_TIME (6 * 3600)
 
 enum rsr_restart_policy {
 	RSR_RESTART_POLICY_NONE = 0,	 /* never restart anything */
@@ -50,9 +54,18 @@ struct rsr_update_policy {
 	bool staged_rollout; /* honour rollout percentages (default on) */
 	enum rsr_withdrawn_policy withdrawn;
 	unsigned timeout; /* seconds without progress before a transfer fails */
+	/*
+	 * Bytes per second a file must average: each file has timeout +
+	 * length / min_rate seconds on a mirror (TUF's slow-retrieval attack).
+	 */
+	uint64_t min_rate;
+	unsigned max_run_time; /* seconds for all transfers of one check or update */
 };
 
-/* The defaults: no mirror, auto install on, remove allowed, restart services, rollout on, withdrawn base, 30 s. */
+/*
+ * The defaults: no mirror, auto install on, remove allowed, restart
+ * services, rollout on, withdrawn base, 30 s, 1024 bytes/s, 6 hours.
+ */
 void rsr_update_policy_init(struct rsr_update_policy *p);
 /*
  * Parses the key = value policy file in buf (`what` names it in messages)

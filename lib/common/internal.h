@@ -242,6 +242,17 @@ char *rsr_json_dumps(const json_t *v, size_t flags);
 /* After json_loadb() returned NULL: whether it ran out of memory rather than met bad JSON. */
 bool rsr_json_load_oom(const json_error_t *e);
 /*
+ * Counts, in one pass over the text and before jansson builds anything, the
+ * containers (objects, arrays) and the scalars (strings, keys among them,
+ * numbers, literals) of a JSON document. jansson spends about 230 bytes on
+ * an empty object and 40 on a number, so a document within its byte bound
+ * could still take 80 times its size: callers bound both counts by what
+ * their format can hold. Returns 0, or RSR_E_LIMIT naming the count (with
+ * `what` in the message).
+ */
+int rsr_json_check_counts(struct rsr_ctx *ctx, const char *buf, size_t len, size_t max_containers, size_t max_scalars,
+			  const char *what);
+/*
  * json_object_set_new() and json_array_append_new() for building a document
  * with one check at the end: a failure, including a NULL value (an
  * allocation that failed while making it), clears *ok. Ignoring the result

@@ -49,3 +49,44 @@ void rsr_json_push(bool *ok, json_t *array, json_t *value)
 	if (json_array_append_new(array, value) < 0)
 		*ok = false;
 }
+
+int rsr_json_check_counts(struct rsr_ctx *ctx, const char *buf, size_t len, size_t max_containers, size_t max_scalars,
+			  const char *what)
+{
+	size_t containers = 0, scalars = 0;
+	bool in_string = false, in_token = false;
+
+	for (size_t i = 0; i < len; i++) {
+		char c = buf[i];
+
+		if (in_string) {
+			if (c == '\\')
+				i++;
+			else if (c == '"')
+				in_string = false;
+			continue;
+		}
+		if (c == '"') {
+			in_string = true;
+			in_token = false;
+			scalars++;
+		} else if (c == '{' || c == '[') {
+			in_token = false;
+			containers++;
+		} else if ((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '-' ||
+			   c == '+' || c == '.') {
+			if (!in_token)
+				scalars++;
+			in_token = true;
+		} else {
+			in_token = false;
+		}
+		if (containers > max_containers)
+			return rsr_error(ctx, RSR_E_LIMIT, "%s: more than %zu JSON objects and arrays", what,
+					 max_containers);
+		if (scalars > max_scalars)
+			return rsr_error(ctx, RSR_E_LIMIT, "%s: more than %zu JSON strings, numbers and literals", what,
+					 max_scalars);
+	}
+	return 0;
+}

@@ -3,12 +3,14 @@
  * libcurl transfers for the update client. Every transfer is bounded by a
  * length the caller knows from signed metadata: the write callback stops a
  * server that sends more. HTTP and HTTPS only, the system's CA store,
- * timeouts on connect and on a stalled transfer.
+ * timeouts on connect and on a stalled transfer, a deadline per file from
+ * its length and a minimum average rate, and one for all transfers.
  */
 #include <dlfcn.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <sys/stat.h>
+#include <time.h>
 
 /* Calls go through the table below, which the header's type-checking macros would shadow. */
 #define CURL_DISABLE_TYPECHECK 1
@@ -16,8 +18,10 @@
 
 #include "fetch.h"
 #include "rsr-config.h"
+#include "rsr/update.h"
 
 #define FILE_ATTEMPTS 4
+#define MEM_INITIAL (16 * 1024) /* first buffer of a fetch into memory; it doubles as bytes arrive */
 
 /*
  * libcurl, loaded on the first transfer: linking it would load its whole
@@ -66,11 +70,24 @@ static void curl_init_once(void)
 			 curl_api.easy_strerror(c));
 }
 
-int http_init(struct rsr_ctx *ctx, struct http *h, char *const *mirrors, size_t n_mirrors, unsigned timeout,
-	      const char *ca_file)
+static uint64_t now_ms(void)
 {
-	*h = (struct http){
-	    .mirrors = mirrors, .n_mirrors = n_mirrors, .timeout = timeout ? timeout : 30, .ca_file = ca_file};
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+int http_init(struct rsr_ctx *ctx, struct http *h, char *const *mirrors, size_t n_mirrors, unsigned timeout,
+	      uint64_t min_rate, unsigned max_run_time, const char *ca_file)
+{
+	*h = (struct http){.mirrors = mirrors,
+			   .n_mirrors = n_mirrors,
+			   .timeout = timeout ? timeout : RSR_UPDATE_DEFAULT_TIMEOUT,
+			   .min_rate = min_rate ? min_rate : RSR_UPDATE_DEFAULT_MIN_RATE,
+			   .max_run_time = max_run_time ? max_run_time : RSR_UPDATE_DEFAULT_MAX_RUN_TIME,
+			   .ca_file = ca_file};
+	h->run_deadline_ms = now_ms() + (uint64_t)h->max_run_time * 1000;
 	pthread_once(&curl_once, curl_init_once);
 	if (curl_load_error[0])
 		return rsr_error(ctx, -EIO, "%s", curl_load_error);
@@ -91,18 +108,46 @@ struct sink {
 	struct rsr_ctx *ctx;
 	struct http *h;
 	CURL *curl;
-	/* memory */
+	/* memory: grown as bytes arrive, up to max + 1 */
 	char *buf;
+	size_t cap;
 	/* file */
 	int fd;
 	uint64_t start; /* offset asked for with Range */
 	bool checked;	/* status looked at */
 	/* both */
 	uint64_t off, max;
+	uint64_t deadline_ms; /* of this file on this mirror, CLOCK_MONOTONIC */
 	bool over;
 	int err;
 	const char *what;
 };
+
+/* Seconds a file of `length` bytes may take on one mirror: the stall timeout plus length at the minimum rate. */
+static uint64_t file_seconds(const struct http *h, uint64_t length)
+{
+	return h->timeout + length / h->min_rate;
+}
+
+/* Makes room for n more bytes in a memory sink (its bound is checked first). */
+static int grow(struct sink *s, size_t n)
+{
+	size_t need = (size_t)s->off + n + 1, cap = s->cap ? s->cap : MEM_INITIAL;
+	char *nb;
+
+	if (need <= s->cap)
+		return 0;
+	while (cap < need)
+		cap = cap > SIZE_MAX / 2 ? need : cap * 2;
+	if ((uint64_t)cap > s->max + 1)
+		cap = (size_t)s->max + 1;
+	nb = realloc(s->buf, cap);
+	if (!nb)
+		return -ENOMEM;
+	s->buf = nb;
+	s->cap = cap;
+	return 0;
+}
 
 static size_t on_data(char *data, size_t size, size_t nmemb, void *userdata)
 {
@@ -136,6 +181,8 @@ static size_t on_data(char *data, size_t size, size_t nmemb, void *userdata)
 			return 0;
 		}
 	} else {
+		if ((s->err = grow(s, n)) < 0)
+			return 0;
 		memcpy(s->buf + s->off, data, n);
 	}
 	s->off += n;
@@ -147,6 +194,11 @@ static int on_progress(void *userdata, curl_off_t dltotal, curl_off_t dlnow, cur
 {
 	struct sink *s = userdata;
 
+	/* Called at least about once a second, also while nothing arrives. */
+	if (now_ms() >= s->deadline_ms) {
+		s->err = -ETIMEDOUT;
+		return 1;
+	}
 	if (s->fd < 0 || !s->what)
 		return 0;
 	if (rsr_progress(s->ctx, s->what, s->off, s->max) < 0) {
@@ -154,6 +206,26 @@ static int on_progress(void *userdata, curl_off_t dltotal, curl_off_t dlnow, cur
 		return 1;
 	}
 	return 0;
+}
+
+/* Whether the run's ceiling, rather than the file's own deadline, is the one that ends this transfer. */
+static bool run_bound(const struct http *h, const struct sink *s)
+{
+	return h->run_deadline_ms <= s->deadline_ms;
+}
+
+static int deadline_error(struct rsr_ctx *ctx, struct http *h, const struct sink *s, const char *url)
+{
+	if (run_bound(h, s))
+		return rsr_error(ctx, -ETIMEDOUT,
+				 "%s: stopped at the ceiling of %u s for all transfers of one run (max_run_time)", url,
+				 h->max_run_time);
+	return rsr_error(ctx, -ETIMEDOUT,
+			 "%s: not complete after %llu s, the time %llu bytes may take at %llu bytes/s (min_rate) "
+			 "plus the %u s timeout: the server is too slow, or holds the transfer back on purpose "
+			 "(slow-retrieval attack)",
+			 url, (unsigned long long)file_seconds(h, s->max), (unsigned long long)s->max,
+			 (unsigned long long)h->min_rate, h->timeout);
 }
 
 /* One GET of base/rel into the sink. Returns 0, -ENOENT for 404/403/410, or an error with a message. */
@@ -166,9 +238,13 @@ static int transfer(struct rsr_ctx *ctx, struct http *h, const char *base, const
 	CURLcode cc;
 	long code = 0;
 	size_t bl = strlen(base);
+	uint64_t now = now_ms(), end = RSR_MIN(s->deadline_ms, h->run_deadline_ms);
 
 	if (asprintf(&url, "%.*s/%s", (int)(bl && base[bl - 1] == '/' ? bl - 1 : bl), base, rel) < 0)
 		return rsr_error(ctx, -ENOMEM, "out of memory");
+	s->deadline_ms = end;
+	if (now >= end)
+		return deadline_error(ctx, h, s, url);
 	curl_api.easy_reset(c);
 	s->curl = c;
 	s->checked = false;
@@ -184,6 +260,8 @@ static int transfer(struct rsr_ctx *ctx, struct http *h, const char *base, const
 	curl_api.easy_setopt(c, CURLOPT_CONNECTTIMEOUT, (long)h->timeout);
 	curl_api.easy_setopt(c, CURLOPT_LOW_SPEED_LIMIT, 1L);
 	curl_api.easy_setopt(c, CURLOPT_LOW_SPEED_TIME, (long)h->timeout);
+	/* The progress callback ends the transfer at the deadline; this is the backstop. */
+	curl_api.easy_setopt(c, CURLOPT_TIMEOUT_MS, (long)RSR_MIN(end - now + 2000, (uint64_t)LONG_MAX));
 	curl_api.easy_setopt(c, CURLOPT_USERAGENT, "rsr/" RSR_VERSION);
 	curl_api.easy_setopt(c, CURLOPT_ERRORBUFFER, errbuf);
 	curl_api.easy_setopt(c, CURLOPT_WRITEFUNCTION, on_data);
@@ -204,8 +282,12 @@ static int transfer(struct rsr_ctx *ctx, struct http *h, const char *base, const
 	if (s->over)
 		return rsr_error(ctx, RSR_E_LIMIT, "%s: the server sent more than the %llu bytes the metadata allows",
 				 url, (unsigned long long)s->max);
+	if (s->err == -ETIMEDOUT || (cc == CURLE_OPERATION_TIMEDOUT && now_ms() >= end))
+		return deadline_error(ctx, h, s, url);
 	if (s->err == RSR_E_CANCELED)
 		return rsr_error(ctx, RSR_E_CANCELED, "%s: canceled", url);
+	if (s->err == -ENOMEM)
+		return rsr_error(ctx, -ENOMEM, "out of memory");
 	if (s->err == RSR_E_FORMAT)
 		return rsr_error(ctx, RSR_E_FORMAT, "%s: unexpected HTTP status %ld", url, code);
 	if (s->err < 0)
@@ -222,19 +304,32 @@ static int transfer(struct rsr_ctx *ctx, struct http *h, const char *base, const
 int http_get_mem(struct rsr_ctx *ctx, struct http *h, const char *rel, uint64_t max, char **ret_buf, size_t *ret_len)
 {
 	_cleanup_free_ char *buf = NULL;
-	size_t n_missing = 0;
+	size_t n_missing = 0, cap = 0;
 	int r = -EIO;
 
 	if (h->n_mirrors == 0)
 		return rsr_error(ctx, -EINVAL, "no repository mirror is configured (mirror = URL in rsr.conf)");
-	if (max > SIZE_MAX - 1 || !(buf = malloc((size_t)max + 1)))
-		return rsr_error(ctx, -ENOMEM, "out of memory");
+	if (max > SIZE_MAX - 1)
+		return rsr_error(ctx, RSR_E_LIMIT, "%s: a bound of %llu bytes does not fit in memory", rel,
+				 (unsigned long long)max);
 	for (size_t i = 0; i < h->n_mirrors; i++) {
 		size_t m = (h->preferred + i) % h->n_mirrors;
-		struct sink s = {.ctx = ctx, .h = h, .buf = buf, .fd = -1, .max = max};
+		struct sink s = {.ctx = ctx,
+				 .h = h,
+				 .buf = TAKE_PTR(buf),
+				 .cap = cap,
+				 .fd = -1,
+				 .max = max,
+				 .deadline_ms = now_ms() + file_seconds(h, max) * 1000};
 		r = transfer(ctx, h, h->mirrors[m], rel, &s);
+		buf = s.buf;
+		cap = s.cap;
+		/* The terminating NUL; an empty body has no buffer yet. */
+		if (r == 0 && grow(&s, 0) < 0)
+			return rsr_error(ctx, -ENOMEM, "out of memory");
 		if (r == 0) {
 			h->preferred = m;
+			buf = s.buf;
 			buf[s.off] = '\0';
 			*ret_len = (size_t)s.off;
 			*ret_buf = TAKE_PTR(buf);
@@ -242,7 +337,8 @@ int http_get_mem(struct rsr_ctx *ctx, struct http *h, const char *rel, uint64_t 
 		}
 		if (r == -ENOENT)
 			n_missing++;
-		else if (r == RSR_E_LIMIT || r == RSR_E_CANCELED)
+		else if (r == RSR_E_LIMIT || r == RSR_E_CANCELED || r == -ENOMEM ||
+			 (r == -ETIMEDOUT && run_bound(h, &s)))
 			return r;
 		if (i + 1 < h->n_mirrors)
 			rsr_warn(ctx, "%s; trying the next mirror", rsr_ctx_error(ctx));
@@ -258,9 +354,12 @@ int http_get_file(struct rsr_ctx *ctx, struct http *h, const char *rel, int fd, 
 		return rsr_error(ctx, -EINVAL, "no repository mirror is configured (mirror = URL in rsr.conf)");
 	for (size_t i = 0; i < h->n_mirrors; i++) {
 		size_t m = (h->preferred + i) % h->n_mirrors;
+		/* One deadline for the file on this mirror, over every resumed attempt. */
+		uint64_t deadline = now_ms() + file_seconds(h, length) * 1000;
 		for (int attempt = 0; attempt < FILE_ATTEMPTS; attempt++) {
 			struct stat st;
-			struct sink s = {.ctx = ctx, .h = h, .fd = fd, .max = length, .what = what};
+			struct sink s = {
+			    .ctx = ctx, .h = h, .fd = fd, .max = length, .deadline_ms = deadline, .what = what};
 
 			if (fstat(fd, &st) < 0)
 				return rsr_error_errno(ctx, -errno, "%s", what);
@@ -280,10 +379,10 @@ int http_get_file(struct rsr_ctx *ctx, struct http *h, const char *rel, int fd, 
 				h->preferred = m;
 				return 0;
 			}
-			if (r == RSR_E_LIMIT || r == RSR_E_CANCELED)
+			if (r == RSR_E_LIMIT || r == RSR_E_CANCELED || (r == -ETIMEDOUT && run_bound(h, &s)))
 				return r;
-			/* Retry on this mirror only when the last attempt moved forward. */
-			if (r == -ENOENT || s.off == s.start)
+			/* Retry on this mirror only when the last attempt moved forward, within its deadline. */
+			if (r == -ENOENT || r == -ETIMEDOUT || s.off == s.start)
 				break;
 			rsr_warn(ctx, "%s; resuming", rsr_ctx_error(ctx));
 		}

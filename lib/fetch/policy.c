@@ -17,7 +17,9 @@ void rsr_update_policy_init(struct rsr_update_policy *p)
 	    .restart = RSR_RESTART_POLICY_SERVICES,
 	    .staged_rollout = true,
 	    .withdrawn = RSR_WITHDRAWN_BASE,
-	    .timeout = 30,
+	    .timeout = RSR_UPDATE_DEFAULT_TIMEOUT,
+	    .min_rate = RSR_UPDATE_DEFAULT_MIN_RATE,
+	    .max_run_time = RSR_UPDATE_DEFAULT_MAX_RUN_TIME,
 	};
 }
 
@@ -127,6 +129,19 @@ int rsr_update_policy_parse(struct rsr_ctx *ctx, const void *buf, size_t len, co
 				return rsr_error(ctx, RSR_E_FORMAT, "%s:%u: timeout must be 1 to 3600 seconds", what,
 						 lineno);
 			p->timeout = (unsigned)t;
+		} else if (!strcmp(k, "min_rate") || !strcmp(k, "max_run_time")) {
+			bool rate = !strcmp(k, "min_rate");
+			unsigned long long lo = 1, hi = rate ? 1ULL << 30 : 7 * 86400, t;
+			char *ep;
+			errno = 0;
+			t = strtoull(v, &ep, 10);
+			if (errno || ep == v || *ep || v[0] == '-' || t < lo || t > hi)
+				return rsr_error(ctx, RSR_E_FORMAT, "%s:%u: %s must be %llu to %llu %s", what, lineno,
+						 k, lo, hi, rate ? "bytes per second" : "seconds");
+			if (rate)
+				p->min_rate = t;
+			else
+				p->max_run_time = (unsigned)t;
 		} else {
 			return rsr_error(ctx, RSR_E_FORMAT, "%s:%u: unknown key '%.64s'", what, lineno, k);
 		}

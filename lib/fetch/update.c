@@ -187,7 +187,7 @@ int rsr_update_open(struct rsr_ctx *ctx, const struct rsr_update_opts *opts, str
 		goto fail;
 	}
 	if ((r = http_init(ctx, &u->http, opts->policy->mirrors, opts->policy->n_mirrors, opts->policy->timeout,
-			   opts->ca_file)) < 0)
+			   opts->policy->min_rate, opts->policy->max_run_time, opts->ca_file)) < 0)
 		goto fail;
 	if ((r = rsr_device_open(ctx, u->root, &u->dev)) < 0 || (r = rsr_device_get_state(ctx, u->dev, &u->dst)) < 0)
 		goto fail;
@@ -361,8 +361,13 @@ static int fetch_role(struct rsr_ctx *ctx, struct rsr_updater *u, enum tuf_role 
 	else
 		snprintf(what, sizeof(what), "%llu.%s.json", (unsigned long long)m->version, tuf_role_names[role]);
 	snprintf(rel, sizeof(rel), "metadata/%s", what);
+	/*
+	 * A signed length can only lower the client's own bound: the online
+	 * timestamp key must not be able to make a device take (or set aside
+	 * memory for) more than any snapshot may be.
+	 */
 	if (m && m->length)
-		max = m->length;
+		max = RSR_MIN(max, m->length);
 	if ((r = http_get_mem(ctx, &u->http, rel, max, &buf, &len)) < 0)
 		return r == -ENOENT ? rsr_error(ctx, -ENOENT, "%s: not on any mirror", what) : r;
 	if (m && m->has_sha256) {

@@ -26,6 +26,9 @@
 #define SIG_CONTEXT "RSR-CRYPTEX-MANIFEST-V1" /* with its NUL: 24 bytes signed before the manifest */
 #define MAX_LIST 256
 #define MAX_STR 128
+/* JSON values a manifest may hold: its lists of at most MAX_LIST, with room to spare, not 1 MiB of "[]". */
+#define MAX_JSON_CONTAINERS 4096
+#define MAX_JSON_SCALARS 65536
 
 /* The fixed 4 KiB header, little-endian. */
 struct cptx_header {
@@ -1006,12 +1009,19 @@ static int get_packages(struct rsr_ctx *ctx, const char *w, json_t *m, struct rs
 static int parse_manifest(struct rsr_ctx *ctx, struct rsr_cryptex *cx)
 {
 	const char *w = cx->path;
+	_cleanup_free_ char *what = NULL;
 	json_error_t jerr;
 	json_t *m, *img, *ver;
 	const char *s;
 	uint64_t u, format;
 	int r = RSR_E_FORMAT;
 
+	if (asprintf(&what, "%s: manifest", w) < 0)
+		return rsr_error(ctx, -ENOMEM, "out of memory");
+	if ((r = rsr_json_check_counts(ctx, cx->manifest, cx->manifest_len, MAX_JSON_CONTAINERS, MAX_JSON_SCALARS,
+				       what)) < 0)
+		return r;
+	r = RSR_E_FORMAT;
 	m = json_loadb(cx->manifest, cx->manifest_len, JSON_REJECT_DUPLICATES, &jerr);
 	if (!m && rsr_json_load_oom(&jerr))
 		return rsr_error(ctx, -ENOMEM, "out of memory");

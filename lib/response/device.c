@@ -347,23 +347,76 @@ static int state_save(struct rsr_ctx *ctx, struct rsr_device *dev, const struct 
 	return write_at(ctx, dev->statefd, "state.json", text, strlen(text), "response state");
 }
 
-/* run/rsr/response: the letter for tools, outside /etc/os-release. */
+/*
+ * Appends KEY="VALUE" and a newline to the buffer at *at, quoted as
+ * os-release(5) asks: in double quotes, with $, ", \ and ` escaped by a
+ * backslash, so that a shell that sources the file reads the value back and
+ * runs nothing. A control character (which the format cannot carry on one
+ * line) is refused with -EINVAL; a full buffer with -ENOBUFS.
+ */
+static int put_quoted(char *buf, size_t size, size_t *at, const char *key, const char *value)
+{
+	size_t n = *at;
+	int k = snprintf(buf + n, size - n, "%s=\"", key);
+
+	if (k < 0 || (size_t)k >= size - n)
+		return -ENOBUFS;
+	n += (size_t)k;
+	for (const char *v = value; *v; v++) {
+		unsigned char c = (unsigned char)*v;
+		if (c < 0x20 || c == 0x7f)
+			return -EINVAL;
+		if (n + 2 >= size)
+			return -ENOBUFS;
+		if (c == '$' || c == '"' || c == '\\' || c == '`')
+			buf[n++] = '\\';
+		buf[n++] = (char)c;
+	}
+	if (n + 3 > size)
+		return -ENOBUFS;
+	memcpy(buf + n, "\"\n", 3);
+	*at = n + 2;
+	return 0;
+}
+
+/* run/rsr/response: the letter for tools, outside /etc/os-release; an os-release-style file tools may source. */
 static void write_run_file(struct rsr_ctx *ctx, struct rsr_device *dev, const struct state *st)
 {
-	char text[512];
+	char text[1024], seq[24], suffix[8];
+	const char *keys[] = {"RSR_BASE_BUILD", "RSR_RESPONSE_LETTER", "RSR_RESPONSE_SEQUENCE", "RSR_VERSION_SUFFIX"};
+	const char *values[] = {dev->base_build ? dev->base_build : "", st->installed ? st->letter : "", seq, suffix};
 	_cleanup_close_ int fd = -1;
+	size_t len = 0;
+	int r = 0;
 
+	snprintf(seq, sizeof(seq), "%llu", (unsigned long long)(st->installed ? st->sequence : 0));
+	snprintf(suffix, sizeof(suffix), "%s%s%s", st->installed ? "(" : "", st->installed ? st->letter : "",
+		 st->installed ? ")" : "");
 	if (rsr_mkdir_p_at(ctx, dev->rootfd, "run/rsr", dev->root) < 0)
 		return;
 	fd = openat(dev->rootfd, "run/rsr", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (fd < 0)
 		return;
-	snprintf(text, sizeof(text),
-		 "RSR_BASE_BUILD=%s\nRSR_RESPONSE_LETTER=%s\nRSR_RESPONSE_SEQUENCE=%llu\nRSR_VERSION_SUFFIX=%s%s%s\n",
-		 dev->base_build ? dev->base_build : "", st->installed ? st->letter : "",
-		 (unsigned long long)(st->installed ? st->sequence : 0), st->installed ? "\"(" : "",
-		 st->installed ? st->letter : "", st->installed ? ")\"" : "");
-	if (write_at(ctx, fd, "response", text, strlen(text), "run/rsr/response") < 0)
+	for (size_t i = 0; r == 0 && i < ARRAY_SIZE(keys); i++)
+		r = put_quoted(text, sizeof(text), &len, keys[i], values[i]);
+	if (r < 0) {
+		/* A stale file would name the previous state: it goes, and the reason is said. */
+		if (unlinkat(fd, "response", 0) == 0)
+			fsync(fd);
+		size_t bad = strcspn(values[0], "\x01\x02\x03\x04\x05\x06\x07\x08\x09\x0a\x0b\x0c\x0d\x0e\x0f"
+						"\x10\x11\x12\x13\x14\x15\x16\x17\x18\x19\x1a\x1b\x1c\x1d\x1e\x1f\x7f");
+		/* The value itself is not shown: it could drive the terminal. */
+		if (r == -EINVAL)
+			rsr_warn(ctx,
+				 "%s/run/rsr/response not written: the base build from os-release holds control "
+				 "character 0x%02x at byte %zu",
+				 dev->root, (unsigned char)values[0][bad], bad);
+		else
+			rsr_warn(ctx, "%s/run/rsr/response not written: the base build from os-release is too long",
+				 dev->root);
+		return;
+	}
+	if (write_at(ctx, fd, "response", text, len, "run/rsr/response") < 0)
 		rsr_warn(ctx, "%s", rsr_ctx_error(ctx));
 }
 

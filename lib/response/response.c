@@ -19,6 +19,16 @@
 #define MAX_LIST 256
 #define MAX_SIGS 16
 #define MAX_TEXT 8192
+/*
+ * JSON values a manifest may hold, checked before jansson builds them. The
+ * lists above bound the objects and arrays (1024 advisories of 3, 1024
+ * images of a few, inputs of at least 150 bytes each: under 40000); strings
+ * of 4 MiB of short CVE ids and paths stay under a million. 4 MiB of "[]"
+ * took 325 MB as jansson values; at these bounds the worst (empty strings)
+ * is about 115 MB.
+ */
+#define MAX_JSON_CONTAINERS 65536
+#define MAX_JSON_SCALARS 1048576
 
 struct rsr_response {
 	char *dir;
@@ -443,6 +453,8 @@ int rsr_response_parse(struct rsr_ctx *ctx, const void *buf, size_t len, const s
 	if (len > RSR_RESPONSE_MANIFEST_MAX)
 		return rsr_error(ctx, RSR_E_LIMIT, "response manifest of %zu bytes exceeds %d", len,
 				 RSR_RESPONSE_MANIFEST_MAX);
+	if ((r = rsr_json_check_counts(ctx, buf, len, MAX_JSON_CONTAINERS, MAX_JSON_SCALARS, "response manifest")) < 0)
+		return r;
 	resp = calloc(1, sizeof(*resp));
 	if (!resp)
 		return rsr_error(ctx, -ENOMEM, "out of memory");

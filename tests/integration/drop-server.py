@@ -7,13 +7,21 @@ whole (remaining) body, then only half of that body, and drops the
 connection; each such drop decrements the number. Every request is logged to
 LOG as "PATH RANGE-HEADER BYTES-SENT". Prints the port, then serves until
 killed.
+
+With TRICKLE (a file holding a path pattern, read at each request; empty for
+none) and DELAY, a GET of a path containing that pattern gets its headers for
+the whole body, then the body one byte every DELAY seconds: fast enough for
+a stall timeout never to fire, far too slow to finish (slow retrieval).
 """
 import http.server
 import os
 import socketserver
 import sys
+import time
 
 docroot, pattern, control, log = sys.argv[1:5]
+trickle = sys.argv[5] if len(sys.argv) > 5 else None
+delay = float(sys.argv[6]) if len(sys.argv) > 6 else 0.3
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -49,8 +57,18 @@ class Handler(http.server.BaseHTTPRequestHandler):
             with open(control, "w") as f:
                 f.write(str(drops - 1))
             body = body[: len(body) // 2]
-        self.wfile.write(body)
-        self.wfile.flush()
+        slow = trickle and open(trickle).read().strip()
+        try:
+            if slow and slow in path:
+                for i in range(len(body)):
+                    self.wfile.write(body[i : i + 1])
+                    self.wfile.flush()
+                    time.sleep(delay)
+            else:
+                self.wfile.write(body)
+                self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            return
         with open(log, "a") as f:
             f.write("%s %s %d\n" % (path, rng or "-", len(body)))
         self.close_connection = True

@@ -132,3 +132,23 @@ CONF
 	cat "$T/nginx/logs/error.log" >&2
 	fail "nginx (https) did not start"
 }
+
+# tuf_edit FILE KEY PYTHON: runs PYTHON on the envelope's "signed" object (as s) and signs it
+# again with KEY (what the holder of that role's key can do): one signature, under KEY's id.
+tuf_edit() {
+	python3 - "$1" "$2" "$3" <<'PY'
+import hashlib, json, subprocess, sys, tempfile
+path, key, code = sys.argv[1:4]
+env = json.load(open(path))
+s = env["signed"]
+exec(code)
+msg = json.dumps(s, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+with tempfile.NamedTemporaryFile() as f:
+    f.write(msg)
+    f.flush()
+    sig = subprocess.run(["openssl", "pkeyutl", "-sign", "-inkey", key, "-rawin", "-in", f.name],
+                         capture_output=True, check=True).stdout
+env["signatures"] = [{"keyid": env["signatures"][0]["keyid"], "sig": sig.hex()}]
+json.dump(env, open(path, "w"))
+PY
+}

@@ -96,6 +96,30 @@ python3 -c 'import sys; open(sys.argv[1],"w").write("{\"signed\": \"" + "x" * 20
 refused "sent more than the 65536 bytes the metadata allows"
 ok "endless data: oversized metadata is cut off at its bound"
 
+# A stolen timestamp key: the signed length of snapshot.json can only lower the client's own
+# bound (4 MiB), never raise it. Lengths of 1 GiB and 2^53 were taken as the bound and the
+# buffer allocated from them before a byte arrived (2^53 failed the allocation).
+# Each case gets a snapshot version the device has not seen yet, so that it is fetched.
+for big in $((1 << 30)) $((1 << 53)); do
+	"$RSR" -q repo refresh "$R" --key "$K/snapshot" --key "$K/timestamp"
+	reset_served
+	tuf_edit "$S/metadata/timestamp.json" "$K/timestamp" "s['meta']['snapshot.json']['length'] = $big"
+	expect 0 check --root "$D"
+	assert_grep "Available: response (b)" "$T/out"
+	reset_served
+done
+# ... and a snapshot padded past 4 MiB, whose length and hash a timestamp signs, is cut off at 4 MiB.
+"$RSR" -q repo refresh "$R" --key "$K/snapshot" --key "$K/timestamp"
+reset_served
+cur=$(json_get "$S/metadata/timestamp.json" 'd["signed"]["meta"]["snapshot.json"]["version"]')
+python3 -c 'import sys; open(sys.argv[1], "a").write(" " * (5 << 20))' "$S/metadata/$cur.snapshot.json"
+tuf_edit "$S/metadata/timestamp.json" "$K/timestamp" "
+import hashlib
+b = open('$S/metadata/$cur.snapshot.json', 'rb').read()
+s['meta']['snapshot.json'].update(length=1 << 30, hashes={'sha256': hashlib.sha256(b).hexdigest()})"
+refused "$cur.snapshot.json: the server sent more than the 4194304 bytes the metadata allows"
+ok "stolen timestamp key: a signed snapshot length of 1 GiB or 2^53 does not raise the 4 MiB bound"
+
 # Wrong keys: metadata signed by keys the root does not name (another repository's).
 R2=$T/evil-repo
 "$RSR" -q repo init "$R2" --root-key "$K/evil"

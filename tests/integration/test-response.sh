@@ -56,6 +56,83 @@ expect 0 remove --root "$D" --no-graft
 assert_grep "nothing to remove" "$T/out"
 ok "remove goes back to the base images; the high-water mark survives removal"
 
+# run/rsr/response is for tools to source: every value is quoted and escaped as os-release(5)
+# says. A base build may hold shell syntax (';', '>', '&' are valid in a build name), and
+# os-release quotes it; the run file must too, so that it reads back as text and runs nothing.
+hb="t1;>$T/ran1&>$T/ran2|(:)"
+H=$T/hostile
+mkdir -p "$H/old/usr/share/hx" "$H/new/usr/share/hx"
+echo old >"$H/old/usr/share/hx/f"
+echo new >"$H/new/usr/share/hx/f"
+"$RSR" -q cryptex build "$H/old" -o "$H/old.cptx" --name hx --version 1 --base "$hb" --key "$V/key"
+"$RSR" -q cryptex build "$H/new" -o "$H/new.cptx" --name hx --version 2 --base "$hb" --key "$V/key"
+"$RSR" -q response create -o "$H/a" --base-build "$hb" --letter a --key "$V/key" --slot hx="$H/old.cptx:$H/new.cptx" \
+	--advisories "$V/adv-a.json"
+DR=$T/dev-run
+mkdir -p "$DR/etc/rsr/keys.d" "$DR/usr/share"
+cp "$V/key.pub" "$DR/etc/rsr/keys.d/vendor.pub"
+python3 - "$DR/etc/os-release" "$hb" <<'PY'
+import sys
+open(sys.argv[1], "w").write('NAME="Test OS"\nVERSION_ID=12\nBUILD_ID="%s"\n' % sys.argv[2])
+PY
+"$RSR" -q graft --root "$DR" --add "$H/old.cptx" --no-mount
+expect 0 install "$H/a" --root "$DR" --no-graft
+got=$(cd "$T" && bash -c '. "$1" && printf %s "$RSR_BASE_BUILD"' sh "$DR/run/rsr/response") ||
+	fail "run/rsr/response does not source"
+for f in ran1 ran2; do [ ! -e "$T/$f" ] || fail "sourcing run/rsr/response ran shell syntax ($f)"; done
+[ "$got" = "$hb" ] || fail "RSR_BASE_BUILD reads back as '$got', not '$hb'"
+grep -q '^RSR_VERSION_SUFFIX="(a)"$' "$DR/run/rsr/response" || fail "run/rsr/response: no suffix"
+# A control character cannot be carried on one line: the file is not written, nor left stale.
+# Install and remove refuse such a base build; recovery does not look at it, so the test
+# kills an install once its journal is written, and recovery finishes it on the new os-release.
+if command -v strace >/dev/null; then
+	DR=$T/dev-run2
+	device_root "$DR"
+	expect 0 install "$V/a" --root "$DR" --no-graft
+	[ -f "$DR/run/rsr/response" ] || fail "no run/rsr/response after install"
+	# The renameat after the journal's, counted on a copy of the device.
+	cp -a "$DR" "$DR.copy"
+	strace -f -o "$T/renames" -e trace=renameat "$RSR" -q install "$V/b" --root "$DR.copy" --no-graft >/dev/null
+	n=$(($(grep 'renameat(' "$T/renames" | grep -n '"journal.json"' | cut -d: -f1) + 1))
+	rm -rf "$DR.copy"
+	set +e
+	(strace -f -o /dev/null -e trace=renameat -e inject=renameat:signal=KILL:when=$n \
+		"$RSR" -q install "$V/b" --root "$DR" --no-graft || true) >/dev/null 2>&1
+	set -e
+	[ -f "$DR/var/lib/rsr/response/journal.json" ] || fail "the install was not killed after its journal"
+	printf 'NAME="Test OS"\nBUILD_ID="test-1\033]0;owned\007"\n' >"$DR/etc/os-release"
+	expect 0 status --root "$DR"
+	assert_grep "run/rsr/response not written: the base build from os-release holds control character 0x1b at byte 6" "$T/err"
+	[ ! -e "$DR/run/rsr/response" ] || fail "run/rsr/response kept with the old state"
+	grep -q "$(printf '\033')" "$T/err" && fail "the control character reached the terminal"
+fi
+ok "run/rsr/response: values quoted and escaped as os-release(5) says; control characters refused"
+
+# Huge counts within the 4 MiB bound: 1.4 million empty arrays took 325 MB as JSON values
+# before the manifest was even looked at. They are counted first, and refused.
+HR=$T/huge
+mkdir -p "$HR"
+huge_manifest() { # ELEMENT
+	python3 - "$HR/response.json" "$1" <<'PY'
+import sys
+k = sys.argv[2]
+n = (4 * 1024 * 1024 - 100) // (len(k) + 1)
+open(sys.argv[1], "w").write('{"signed": {"_type": "rsr-response", "x": [' + ",".join([k] * n) + ']}, "signatures": []}')
+PY
+}
+huge_manifest "[]"
+expect 1 response info "$HR"
+assert_grep "response manifest: more than 65536 JSON objects and arrays" "$T/err"
+huge_manifest "0"
+expect 1 response info "$HR"
+assert_grep "response manifest: more than 1048576 JSON strings, numbers and literals" "$T/err"
+DR=$T/dev-huge
+device_root "$DR"
+expect 1 install "$HR" --root "$DR" --no-graft
+assert_grep "more than 1048576 JSON strings" "$T/err"
+device_is "$DR" base
+ok "a response manifest with huge counts is refused before it is parsed"
+
 device_root "$D"
 expect 0 install "$V/b" --root "$D" --no-graft --keep-base
 device_is "$D" b

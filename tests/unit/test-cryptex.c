@@ -273,6 +273,50 @@ static void test_signed_but_inconsistent(void **state)
 	}
 }
 
+static void edit_many_arrays(json_t *m)
+{
+	json_t *a = json_array();
+	for (int i = 0; i < 300000; i++)
+		json_array_append_new(a, json_array());
+	json_object_set_new(m, "x", a);
+}
+static void edit_many_numbers(json_t *m)
+{
+	json_t *a = json_array();
+	for (int i = 0; i < 400000; i++)
+		json_array_append_new(a, json_integer(0));
+	json_object_set_new(m, "x", a);
+}
+static void edit_full_lists(json_t *m)
+{
+	json_t *a = json_array();
+	char s[16];
+	for (int i = 0; i < 256; i++) {
+		snprintf(s, sizeof(s), "build-%d", i);
+		json_array_append_new(a, json_string(s));
+	}
+	json_object_set_new(m, "base_builds", a);
+}
+
+/*
+ * Huge counts within the 1 MiB bound: 300000 empty arrays are some 40 MB as
+ * jansson values. They are counted before parsing and refused; lists at
+ * their fullest still parse.
+ */
+static void test_huge_counts(void **state)
+{
+	struct fixture *f = *state;
+	struct rsr_cryptex *cx = NULL;
+
+	assert_int_equal(resigned(f, edit_many_arrays, &cx), RSR_E_LIMIT);
+	assert_non_null(strstr(rsr_ctx_error(f->ctx), "manifest: more than 4096 JSON objects and arrays"));
+	assert_int_equal(resigned(f, edit_many_numbers, &cx), RSR_E_LIMIT);
+	assert_non_null(strstr(rsr_ctx_error(f->ctx), "manifest: more than 65536 JSON strings, numbers and literals"));
+	assert_int_equal(resigned(f, edit_full_lists, &cx), 0);
+	assert_int_equal(rsr_cryptex_base_build_count(cx), 256);
+	rsr_cryptex_free(cx);
+}
+
 static void test_untrusted_and_damaged_file(void **state)
 {
 	struct fixture *f = *state;
@@ -344,6 +388,7 @@ int main(void)
 	    cmocka_unit_test(test_every_truncation),
 	    cmocka_unit_test(test_every_metadata_bit),
 	    cmocka_unit_test(test_signed_but_inconsistent),
+	    cmocka_unit_test(test_huge_counts),
 	    cmocka_unit_test(test_untrusted_and_damaged_file),
 	    cmocka_unit_test(test_build_refusals),
 	};

@@ -349,11 +349,14 @@ static void test_policy(void **state)
 				   "restart = ask\n"
 				   "staged_rollout = off\n"
 				   "withdrawn = stay\n"
-				   "timeout = 90";
+				   "timeout = 90\n"
+				   "min_rate = 4096\n"
+				   "max_run_time = 600";
 	static const char *bad[] = {
 	    "mirror = ftp://x\n", "mirror = http://a b\n", "auto_install = maybe\n", "restart = always\n",
 	    "withdrawn = next\n", "timeout = 0\n",	   "timeout = 3601\n",	     "timeout = 5s\n",
-	    "colour = blue\n",	  "just a line\n",
+	    "colour = blue\n",	  "just a line\n",	   "min_rate = 0\n",	     "min_rate = 1073741825\n",
+	    "min_rate = -1\n",	  "min_rate = 1k\n",	   "max_run_time = 0\n",     "max_run_time = 604801\n",
 	};
 	char many[2048] = "";
 
@@ -363,6 +366,8 @@ static void test_policy(void **state)
 	assert_int_equal(p.restart, RSR_RESTART_POLICY_SERVICES);
 	assert_int_equal(p.withdrawn, RSR_WITHDRAWN_BASE);
 	assert_int_equal(p.timeout, 30);
+	assert_int_equal(p.min_rate, 1024);
+	assert_int_equal(p.max_run_time, 6 * 3600);
 	assert_int_equal(rsr_update_policy_parse(ctx, good, sizeof(good) - 1, "rsr.conf", &p), 0);
 	assert_int_equal(p.n_mirrors, 2);
 	assert_string_equal(p.mirrors[0], "https://updates.example.com/rsr");
@@ -371,6 +376,8 @@ static void test_policy(void **state)
 	assert_int_equal(p.restart, RSR_RESTART_POLICY_ASK);
 	assert_int_equal(p.withdrawn, RSR_WITHDRAWN_STAY);
 	assert_int_equal(p.timeout, 90);
+	assert_int_equal(p.min_rate, 4096);
+	assert_int_equal(p.max_run_time, 600);
 	rsr_update_policy_clear(&p);
 	for (size_t i = 0; i < ARRAY_SIZE(bad); i++) {
 		rsr_update_policy_init(&p);
