@@ -50,6 +50,8 @@ has_word --root status --
 has_word --add graft --a
 has_word --keep-base install --k
 has_word --also-from patch create --a
+has_word --margin repo refresh --m
+has_word --json repo status --
 ok "options of the verb (from its --help)"
 
 R=$T/root
