@@ -166,6 +166,33 @@ int rsr_repo_rotate_key(struct rsr_ctx *ctx, const char *dir, enum rsr_repo_role
 			const struct rsr_key *const *new_keys, size_t n_new_keys, unsigned threshold,
 			const struct rsr_repo_sign_opts *sign);
 
+#define RSR_REPO_ENROLL_OPTS_VERSION 1
+/* What rsr_repo_enroll() writes; paths and strings borrowed. */
+struct rsr_repo_enroll_opts {
+	unsigned version;	    /* RSR_REPO_ENROLL_OPTS_VERSION */
+	const char *root;	    /* device root; "/" (the default) for the running system */
+	const char *const *mirrors; /* base URLs of the repository, 1 or more */
+	size_t n_mirrors;
+	const char *repository_root; /* the repository's root metadata (DIR/metadata/1.root.json) */
+	const char *const *keys;     /* public keys that sign responses, 1 or more */
+	size_t n_keys;
+};
+/* Sets the version and the root "/". */
+void rsr_repo_enroll_opts_init(struct rsr_repo_enroll_opts *opts);
+
+/*
+ * Enrols the device under `opts->root` in a repository: each key as
+ * etc/rsr/keys.d/NAME (the key file's name, with .pub added unless it ends
+ * in .pub or .pem), the repository's root as etc/rsr/repository-root.json
+ * and etc/rsr/rsr.conf naming the mirrors with every other key at its
+ * default, commented out and explained. The keys must be public Ed25519
+ * keys, the root a root role signed by its own keys to their threshold.
+ * Everything is checked before anything is written; a file already there
+ * with other content is refused (-EEXIST), one with the same content is left
+ * alone. Returns the number of files written (0: all were in place).
+ */
+int rsr_repo_enroll(struct rsr_ctx *ctx, const struct rsr_repo_enroll_opts *opts);
+
 #ifdef __cplusplus
 }
 #endif

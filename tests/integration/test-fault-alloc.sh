@@ -174,6 +174,25 @@ SOURCE_DATE_EPOCH=1800003600 "$RSR" -q "${refresh_args[@]}"
 check_repo_status() { same_stdout "$T/refresh.ref" "$1"; }
 SOURCE_DATE_EPOCH=1800003600 fault_alloc_walk "repo status --json" nothing check_repo_status -- repo status "$T/repo" --json
 
+# Enrolment: each file is absent or complete with its content, never a temporary.
+mkdir "$T/enrolled.ref"
+"$RSR" -q enroll --mirror http://127.0.0.1:9 --repository-root "$T/repo.tmpl/metadata/1.root.json" \
+	--key "$T/key.pub" --root "$T/enrolled.ref" --no-check || fail "enroll failed without faults"
+fault_enroll_reset() { rm -rf "$T/enrolled" && mkdir "$T/enrolled"; }
+check_enroll() {
+	local f
+	for f in etc/rsr/keys.d/key.pub etc/rsr/repository-root.json etc/rsr/rsr.conf; do
+		if [ -e "$T/enrolled/$f" ]; then
+			cmp -s "$T/enrolled/$f" "$T/enrolled.ref/$f" || fail "enroll wrote another $f"
+		elif [ "$1" = 0 ]; then
+			fail "an enrolment that survived a fault did not write $f"
+		fi
+	done
+	[ -z "$(find "$T/enrolled" -name '*.tmp')" ] || fail "enroll left temporary files"
+}
+fault_alloc_walk "enroll" fault_enroll_reset check_enroll -- enroll --mirror http://127.0.0.1:9 \
+	--repository-root "$T/repo.tmpl/metadata/1.root.json" --key "$T/key.pub" --root "$T/enrolled" --no-check
+
 # Install and remove a response (no grafting): the device is on the base or
 # on (a), completely, after the failure and the recovery any rsr command does.
 if [ -d "$RSR_CORPUS/debs" ]; then
