@@ -85,6 +85,7 @@ int cmd_remove(struct cmd_env *env, int argc, char **argv);
 int cmd_repo(struct cmd_env *env, int argc, char **argv);
 int cmd_check(struct cmd_env *env, int argc, char **argv);
 int cmd_update(struct cmd_env *env, int argc, char **argv);
+int cmd_enroll(struct cmd_env *env, int argc, char **argv);
 /* EXIT_OK unless the policy under `root` says allow_remove = no (then a message and EXIT_FAIL). */
 int cmd_policy_check_remove(struct cmd_env *env, const char *root);
 

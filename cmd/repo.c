@@ -14,6 +14,7 @@
 #include "rsr/repo.h"
 
 #define MAX_KEYS 32
+#define EXPIRES_USAGE "--expires takes ROLE=DURATION (root, targets, snapshot, timestamp; seconds, or 90d, 12h, 30m)"
 
 struct keys {
 	struct rsr_key *k[MAX_KEYS];
@@ -42,7 +43,34 @@ static int key_add(struct cmd_env *env, struct keys *ks, const char *path, bool 
 	return EXIT_OK;
 }
 
-static bool parse_expires(const char *arg, struct rsr_repo_sign_opts *so)
+/* SECONDS, or a number with s, m, h or d after it ("90d"). */
+static bool parse_duration(const char *s, unsigned long long *ret)
+{
+	static const struct {
+		char c;
+		unsigned long long mul;
+	} units[] = {{'s', 1}, {'m', 60}, {'h', 3600}, {'d', 86400}};
+	const unsigned long long max = 100ULL * 365 * 86400;
+	char num[24];
+	size_t len = strlen(s);
+	unsigned long long mul = 1, n;
+
+	if (len == 0 || len >= sizeof(num))
+		return false;
+	memcpy(num, s, len + 1);
+	for (size_t i = 0; i < sizeof(units) / sizeof(units[0]); i++)
+		if (num[len - 1] == units[i].c) {
+			mul = units[i].mul;
+			num[--len] = '\0';
+		}
+	if (!cmd_parse_uint(num, max / mul, &n))
+		return false;
+	*ret = n * mul;
+	return true;
+}
+
+/* ROLE=DURATION into vals[role]; `zero_ok` allows 0. */
+static bool parse_role_duration(const char *arg, bool zero_ok, uint64_t vals[4])
 {
 	const char *eq = strchr(arg, '=');
 	char role[16];
@@ -54,10 +82,15 @@ static bool parse_expires(const char *arg, struct rsr_repo_sign_opts *so)
 	memcpy(role, arg, (size_t)(eq - arg));
 	role[eq - arg] = '\0';
 	r = rsr_repo_role_from_name(role);
-	if (r < 0 || !cmd_parse_uint(eq + 1, 100ULL * 365 * 86400, &n) || n == 0)
+	if (r < 0 || !parse_duration(eq + 1, &n) || (n == 0 && !zero_ok))
 		return false;
-	so->expires[r] = n;
+	vals[r] = n;
 	return true;
+}
+
+static bool parse_expires(const char *arg, struct rsr_repo_sign_opts *so)
+{
+	return parse_role_duration(arg, false, so->expires);
 }
 
 static bool sign_time(struct rsr_repo_sign_opts *so)
@@ -131,8 +164,7 @@ static int repo_init(struct cmd_env *env, int argc, char **argv)
 			break;
 		case 'e':
 			if (!parse_expires(optarg, &c.so))
-				r = cmd_usage_error(
-				    "--expires takes ROLE=SECONDS (root, targets, snapshot, timestamp)");
+				r = cmd_usage_error(EXPIRES_USAGE);
 			break;
 		case 'h':
 			printf("Usage: rsr repo init DIR --root-key KEY [--root-key KEY...] [--threshold N]\n"
@@ -166,23 +198,90 @@ static int repo_init(struct cmd_env *env, int argc, char **argv)
 	return r;
 }
 
+/* "2027-03-03T10:00:00Z" */
+static void format_time(int64_t t, char out[32])
+{
+	time_t tt = (time_t)t;
+	struct tm tm;
+
+	if (!gmtime_r(&tt, &tm) || !strftime(out, 32, "%Y-%m-%dT%H:%M:%SZ", &tm))
+		snprintf(out, 32, "%lld", (long long)t);
+}
+
+/* "in 12 days", "3 hours ago". */
+static void format_left(int64_t d, char out[48])
+{
+	int64_t a = d < 0 ? -d : d, n = a;
+	const char *unit = "seconds";
+
+	if (a >= 2 * 86400)
+		n = a / 86400, unit = "days";
+	else if (a >= 2 * 3600)
+		n = a / 3600, unit = "hours";
+	else if (a >= 120)
+		n = a / 60, unit = "minutes";
+	snprintf(out, 48, d <= 0 ? "expired %lld %s ago" : "in %lld %s", (long long)n, unit);
+}
+
+/* Each role's version and expiry; with `renewed`/`missed` (refresh), what refresh did to it. */
+static void print_roles(const struct rsr_repo_status *st, int64_t now, unsigned renewed, unsigned missed)
+{
+	for (int i = 0; i < 4; i++) {
+		int64_t exp = rsr_repo_status_expires(st, (enum rsr_repo_role)i);
+		char when[32], left[48];
+
+		format_time(exp, when);
+		format_left(exp - now, left);
+		printf("%-10s version %-4llu expires %s (%s)%s\n", rsr_repo_role_name((enum rsr_repo_role)i),
+		       (unsigned long long)rsr_repo_status_version(st, (enum rsr_repo_role)i), when, left,
+		       renewed & RSR_REPO_ROLE_BIT(i)  ? ": renewed"
+		       : missed & RSR_REPO_ROLE_BIT(i) ? ": NOT RENEWED"
+						       : "");
+	}
+}
+
+/* After a refresh: each role, and what the refresh did to it. */
+static int print_refreshed(struct cmd_env *env, const char *dir, int64_t now, unsigned renewed, unsigned missed)
+{
+	struct rsr_repo_status *st;
+
+	if (rsr_repo_status_open(env->ctx, dir, &st) < 0)
+		return cmd_fail(env, -1);
+	print_roles(st, now, renewed, missed);
+	rsr_repo_status_free(st);
+	return EXIT_OK;
+}
+
 enum verb_kind { V_ADD, V_REFRESH, V_WITHDRAW, V_ROLLOUT, V_ROTATE };
 
 static int repo_verb(struct cmd_env *env, int argc, char **argv, enum verb_kind kind, int n_args, const char *usage,
 		     const char *help)
 {
 	static const struct option opts[] = {
-	    {"key", required_argument, NULL, 'k'},     {"expires", required_argument, NULL, 'e'},
-	    {"rollout", required_argument, NULL, 'p'}, {"role", required_argument, NULL, 'r'},
-	    {"new", required_argument, NULL, 'n'},     {"threshold", required_argument, NULL, 't'},
-	    {"help", no_argument, NULL, 'h'},	       {NULL, 0, NULL, 0},
+	    {"key", required_argument, NULL, 'k'},
+	    {"expires", required_argument, NULL, 'e'},
+	    {"rollout", required_argument, NULL, 'p'},
+	    {"role", required_argument, NULL, 'r'},
+	    {"new", required_argument, NULL, 'n'},
+	    {"threshold", required_argument, NULL, 't'},
+	    {"margin", required_argument, NULL, 'm'},
+	    {"help", no_argument, NULL, 'h'},
+	    {NULL, 0, NULL, 0},
 	};
 	struct common c = {0};
 	struct keys newk = {0};
 	const struct rsr_key *newp[MAX_KEYS];
+	struct rsr_repo_refresh_opts ro;
+	uint64_t margins[4];
 	unsigned long long n;
-	unsigned rollout = 100, threshold = 0;
+	unsigned rollout = 100, threshold = 0, renewed = 0, missed = 0;
 	int role = -1, ch, r = EXIT_OK, e = 0;
+
+	rsr_repo_refresh_opts_init(&ro);
+	margins[RSR_REPO_ROOT] = ro.margin_root;
+	margins[RSR_REPO_TARGETS] = ro.margin_targets;
+	margins[RSR_REPO_SNAPSHOT] = ro.margin_snapshot;
+	margins[RSR_REPO_TIMESTAMP] = ro.margin_timestamp;
 
 	while (r == EXIT_OK && (ch = getopt_long(argc, argv, "k:h", opts, NULL)) != -1) {
 		switch (ch) {
@@ -191,8 +290,7 @@ static int repo_verb(struct cmd_env *env, int argc, char **argv, enum verb_kind 
 			break;
 		case 'e':
 			if (!parse_expires(optarg, &c.so))
-				r = cmd_usage_error(
-				    "--expires takes ROLE=SECONDS (root, targets, snapshot, timestamp)");
+				r = cmd_usage_error(EXPIRES_USAGE);
 			break;
 		case 'p':
 			if (kind != V_ADD || !cmd_parse_uint(optarg, 100, &n) || n == 0)
@@ -223,6 +321,10 @@ static int repo_verb(struct cmd_env *env, int argc, char **argv, enum verb_kind 
 						    MAX_KEYS);
 			threshold = (unsigned)n;
 			break;
+		case 'm':
+			if (kind != V_REFRESH || !parse_role_duration(optarg, true, margins))
+				r = cmd_usage_error("--margin takes ROLE=DURATION (rsr repo refresh)");
+			break;
 		case 'h':
 			printf("%s\n\n%s", usage, help);
 			keys_free(&c.keys);
@@ -249,7 +351,14 @@ static int repo_verb(struct cmd_env *env, int argc, char **argv, enum verb_kind 
 			e = rsr_repo_add(env->ctx, dir, argv[optind + 1], rollout, &c.so);
 			break;
 		case V_REFRESH:
-			e = rsr_repo_refresh(env->ctx, dir, &c.so);
+			ro.margin_root = margins[RSR_REPO_ROOT];
+			ro.margin_targets = margins[RSR_REPO_TARGETS];
+			ro.margin_snapshot = margins[RSR_REPO_SNAPSHOT];
+			ro.margin_timestamp = margins[RSR_REPO_TIMESTAMP];
+			e = rsr_repo_refresh(env->ctx, dir, &c.so, &ro, &renewed, &missed);
+			if (e >= 0 && !env->quiet &&
+			    print_refreshed(env, dir, (int64_t)c.so.now, renewed, missed) != EXIT_OK)
+				e = -1;
 			break;
 		case V_WITHDRAW:
 			e = rsr_repo_withdraw(env->ctx, dir, argv[optind + 1], argv[optind + 2], &c.so);
@@ -264,11 +373,99 @@ static int repo_verb(struct cmd_env *env, int argc, char **argv, enum verb_kind 
 						&c.so);
 			break;
 		}
-		r = e < 0 ? cmd_fail(env, e) : EXIT_OK;
+		/* refresh: a due role left as it was fails the run (cron mails it), after the others are renewed. */
+		r = e < 0 ? cmd_fail(env, e) : e > 0 ? EXIT_FAIL : EXIT_OK;
 	}
 	keys_free(&c.keys);
 	keys_free(&newk);
 	return r;
+}
+
+static json_t *status_json(const struct rsr_repo_status *st, int64_t now)
+{
+	json_t *o = json_object(), *roles = json_object(), *resps = json_array();
+	bool ok = o && roles && resps;
+
+	for (int i = 0; i < 4; i++) {
+		int64_t exp = rsr_repo_status_expires(st, (enum rsr_repo_role)i);
+		char when[32];
+
+		format_time(exp, when);
+		cmd_json_set(&ok, roles, rsr_repo_role_name((enum rsr_repo_role)i),
+			     json_pack("{s:I, s:s, s:I, s:b}", "version",
+				       (json_int_t)rsr_repo_status_version(st, (enum rsr_repo_role)i), "expires", when,
+				       "expires_in", (json_int_t)(exp - now), "expired", exp <= now));
+	}
+	for (size_t i = 0; i < rsr_repo_status_response_count(st); i++) {
+		const struct rsr_repo_published *p = rsr_repo_status_response(st, i);
+		cmd_json_push(&ok, resps,
+			      json_pack("{s:s, s:s, s:I, s:s, s:i, s:b, s:s, s:I, s:I, s:I}", "base_build",
+					p->base_build, "letter", p->letter, "sequence", (json_int_t)p->sequence,
+					"target", p->target, "rollout", (int)p->rollout, "withdrawn", p->withdrawn,
+					"restart", p->restart, "advisories", (json_int_t)p->n_advisories, "images",
+					(json_int_t)p->n_images, "patch_bytes", (json_int_t)p->patch_bytes));
+	}
+	cmd_json_set(&ok, o, "roles", roles);
+	cmd_json_set(&ok, o, "responses", resps);
+	if (!ok) {
+		json_decref(o);
+		return NULL;
+	}
+	return o;
+}
+
+static int repo_status(struct cmd_env *env, int argc, char **argv)
+{
+	static const struct option opts[] = {
+	    {"json", no_argument, NULL, 'J'},
+	    {"help", no_argument, NULL, 'h'},
+	    {NULL, 0, NULL, 0},
+	};
+	struct rsr_repo_status *st;
+	struct rsr_repo_sign_opts so = {0};
+	bool json = false;
+	int ch, r;
+
+	while ((ch = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+		switch (ch) {
+		case 'J':
+			json = true;
+			break;
+		case 'h':
+			printf("usage: rsr repo status DIR [--json]\n\n"
+			       "Shows the version and expiry of each role's current metadata and every\n"
+			       "published response with its sequence, rollout percentage and whether it is\n"
+			       "withdrawn. Reads DIR only; signatures are not checked.\n");
+			return EXIT_OK;
+		default:
+			return EXIT_USAGE;
+		}
+	}
+	if (optind + 1 != argc)
+		return cmd_usage_error("usage: rsr repo status DIR [--json]");
+	if (!sign_time(&so))
+		return cmd_usage_error("SOURCE_DATE_EPOCH is not a number of seconds");
+	if (rsr_repo_status_open(env->ctx, argv[optind], &st) < 0)
+		return cmd_fail(env, -1);
+	if (json) {
+		r = cmd_print_json(status_json(st, (int64_t)so.now));
+		rsr_repo_status_free(st);
+		return r;
+	}
+	printf("Repository %s\n", argv[optind]);
+	print_roles(st, (int64_t)so.now, 0, 0);
+	if (rsr_repo_status_response_count(st) == 0)
+		printf("No response is published.\n");
+	for (size_t i = 0; i < rsr_repo_status_response_count(st); i++) {
+		const struct rsr_repo_published *p = rsr_repo_status_response(st, i);
+		char bytes[32];
+		printf("%s (%s)  sequence %llu  rollout %u%%%s  %zu advisor%s, %zu image%s, patches %s\n",
+		       p->base_build, p->letter, (unsigned long long)p->sequence, p->rollout,
+		       p->withdrawn ? "  WITHDRAWN" : "", p->n_advisories, p->n_advisories == 1 ? "y" : "ies",
+		       p->n_images, p->n_images == 1 ? "" : "s", cmd_bytes(p->patch_bytes, bytes));
+	}
+	rsr_repo_status_free(st);
+	return EXIT_OK;
 }
 
 static int repo_add(struct cmd_env *env, int argc, char **argv)
@@ -283,10 +480,16 @@ static int repo_add(struct cmd_env *env, int argc, char **argv)
 
 static int repo_refresh(struct cmd_env *env, int argc, char **argv)
 {
-	return repo_verb(env, argc, argv, V_REFRESH, 1,
-			 "usage: rsr repo refresh DIR --key KEY... [--expires ROLE=SECONDS]",
-			 "Signs new snapshot and timestamp metadata with fresh expiry times. Run it\n"
-			 "from cron more often than the timestamp lifetime (one day by default).\n");
+	return repo_verb(
+	    env, argc, argv, V_REFRESH, 1,
+	    "usage: rsr repo refresh DIR --key KEY... [--margin ROLE=DURATION...] [--expires ROLE=DURATION...]",
+	    "Renews every role whose metadata expires within its margin (defaults: root\n"
+	    "60d, targets 30d, snapshot 7d, timestamp 1d, so snapshot and timestamp at\n"
+	    "every run) and that the given keys sign; a role given --expires is renewed\n"
+	    "whatever its margin. A due role without its keys is left as it is, named\n"
+	    "with its expiry on stderr, and the exit status is 1. Run it from cron more\n"
+	    "often than the timestamp lifetime (one day by default). DURATION is seconds,\n"
+	    "or a number with s, m, h or d.\n");
 }
 
 static int repo_withdraw(struct cmd_env *env, int argc, char **argv)
@@ -319,7 +522,8 @@ int cmd_repo(struct cmd_env *env, int argc, char **argv)
 	static const struct verb verbs[] = {
 	    {"init", repo_init, "make a new TUF repository"},
 	    {"add", repo_add, "publish a response"},
-	    {"refresh", repo_refresh, "re-sign snapshot and timestamp (cron)"},
+	    {"refresh", repo_refresh, "renew the roles that expire soon (cron)"},
+	    {"status", repo_status, "each role's version and expiry, the published responses"},
 	    {"withdraw", repo_withdraw, "withdraw a published response"},
 	    {"rollout", repo_rollout, "change the staged rollout percentage of a response"},
 	    {"rotate-key", repo_rotate, "replace the keys of a role"},

@@ -30,6 +30,7 @@ static const struct group groups[] = {
     {"repo", cmd_repo, "publish responses in a TUF repository (vendor)"},
     {"check", cmd_check, "check the repository for a newer response (no verb)"},
     {"update", cmd_update, "download and install the newest response (no verb)"},
+    {"enroll", cmd_enroll, "put this device in a repository: keys, root, policy (no verb)"},
     {NULL, NULL, NULL},
 };
 

@@ -190,56 +190,72 @@ static json_t *new_env(enum tuf_role role, uint64_t version)
 			 TUF_SPEC_VERSION, "version", (json_int_t)version, "signatures");
 }
 
+/* Roles publish_roles() writes. */
+#define W_TARGETS RSR_REPO_ROLE_BIT(TUF_TARGETS)
+#define W_SNAPSHOT RSR_REPO_ROLE_BIT(TUF_SNAPSHOT)
+#define W_TIMESTAMP RSR_REPO_ROLE_BIT(TUF_TIMESTAMP)
+
 /*
- * Publishes a change: the next targets version when `targets_changed`, then
- * always the next snapshot and timestamp versions, timestamp last.
+ * Writes the next versions of the roles in `which`, timestamp last: targets
+ * (with a new version and expiry), then snapshot (naming the current
+ * targets), then timestamp (naming the current snapshot). A new targets
+ * needs a new snapshot and a new snapshot a new timestamp; the caller
+ * passes them.
  */
-static int publish(struct rsr_ctx *ctx, struct repo *rp, bool targets_changed, const struct rsr_repo_sign_opts *sign)
+static int publish_roles(struct rsr_ctx *ctx, struct repo *rp, unsigned which, const struct rsr_repo_sign_opts *sign)
 {
 	uint64_t tv = version_of(rp->targets), sv = rp->snapshot ? version_of(rp->snapshot) + 1 : 1;
 	uint64_t tlen, slen;
 	uint8_t tsha[32], ssha[32];
-	json_t *snap = NULL, *ts = NULL;
+	json_t *snap = NULL, *ts = NULL, *snap_meta = NULL;
 	char name[64];
 	bool ok = true;
-	int r;
+	int r = 0;
 
-	if (targets_changed) {
+	if (which & W_TARGETS) {
 		json_t *s = json_object_get(rp->targets, "signed");
 		rsr_json_set(&ok, s, "version", json_integer((json_int_t)++tv));
 		set_expiry(&ok, s, TUF_TARGETS, sign);
 		if (!ok)
 			return rsr_error(ctx, -ENOMEM, "out of memory");
+		if ((r = sign_role(ctx, rp->root, TUF_TARGETS, rp->targets, sign)) < 0)
+			return r;
 	}
-	/* The targets metadata is rewritten (and re-signed when changed) so its length and digest are known. */
-	if (targets_changed && (r = sign_role(ctx, rp->root, TUF_TARGETS, rp->targets, sign)) < 0)
-		return r;
-	snprintf(name, sizeof(name), "%llu.targets.json", (unsigned long long)tv);
-	if ((r = write_env(ctx, rp->dir, name, rp->targets, &tlen, tsha)) < 0)
-		return r;
-
-	snap = new_env(TUF_SNAPSHOT, sv);
+	if (which & W_SNAPSHOT) {
+		/* The targets metadata is rewritten (unchanged unless re-signed) so its length and digest are known. */
+		snprintf(name, sizeof(name), "%llu.targets.json", (unsigned long long)tv);
+		if ((r = write_env(ctx, rp->dir, name, rp->targets, &tlen, tsha)) < 0)
+			return r;
+		snap = new_env(TUF_SNAPSHOT, sv);
+		if (!snap)
+			return rsr_error(ctx, -ENOMEM, "out of memory");
+		set_expiry(&ok, json_object_get(snap, "signed"), TUF_SNAPSHOT, sign);
+		rsr_json_set(&ok, json_object_get(snap, "signed"), "meta",
+			     json_pack("{s:o}", "targets.json", meta_entry(tv, tlen, tsha)));
+		if (!ok) {
+			r = rsr_error(ctx, -ENOMEM, "out of memory");
+			goto out;
+		}
+		if ((r = sign_role(ctx, rp->root, TUF_SNAPSHOT, snap, sign)) < 0)
+			goto out;
+		snprintf(name, sizeof(name), "%llu.snapshot.json", (unsigned long long)sv);
+		if ((r = write_env(ctx, rp->dir, name, snap, &slen, ssha)) < 0)
+			goto out;
+		snap_meta = meta_entry(sv, slen, ssha);
+	} else if (rp->timestamp) {
+		/* The current snapshot stays: the new timestamp names it as the old one did. */
+		snap_meta = json_deep_copy(json_object_get(
+		    json_object_get(json_object_get(rp->timestamp, "signed"), "meta"), "snapshot.json"));
+	}
+	if (!(which & W_TIMESTAMP))
+		goto out;
 	ts = new_env(TUF_TIMESTAMP, rp->timestamp ? version_of(rp->timestamp) + 1 : 1);
-	if (!snap || !ts) {
+	if (!ts || !snap_meta) {
 		r = rsr_error(ctx, -ENOMEM, "out of memory");
 		goto out;
 	}
-	set_expiry(&ok, json_object_get(snap, "signed"), TUF_SNAPSHOT, sign);
-	rsr_json_set(&ok, json_object_get(snap, "signed"), "meta",
-		     json_pack("{s:o}", "targets.json", meta_entry(tv, tlen, tsha)));
-	if (!ok) {
-		r = rsr_error(ctx, -ENOMEM, "out of memory");
-		goto out;
-	}
-	if ((r = sign_role(ctx, rp->root, TUF_SNAPSHOT, snap, sign)) < 0)
-		goto out;
-	snprintf(name, sizeof(name), "%llu.snapshot.json", (unsigned long long)sv);
-	if ((r = write_env(ctx, rp->dir, name, snap, &slen, ssha)) < 0)
-		goto out;
-
 	set_expiry(&ok, json_object_get(ts, "signed"), TUF_TIMESTAMP, sign);
-	rsr_json_set(&ok, json_object_get(ts, "signed"), "meta",
-		     json_pack("{s:o}", "snapshot.json", meta_entry(sv, slen, ssha)));
+	rsr_json_set(&ok, json_object_get(ts, "signed"), "meta", json_pack("{s:O}", "snapshot.json", snap_meta));
 	if (!ok) {
 		r = rsr_error(ctx, -ENOMEM, "out of memory");
 		goto out;
@@ -247,14 +263,26 @@ static int publish(struct rsr_ctx *ctx, struct repo *rp, bool targets_changed, c
 	if ((r = sign_role(ctx, rp->root, TUF_TIMESTAMP, ts, sign)) < 0 ||
 	    (r = write_env(ctx, rp->dir, "timestamp.json", ts, NULL, NULL)) < 0)
 		goto out;
-	json_decref(rp->snapshot);
+	if (snap) {
+		json_decref(rp->snapshot);
+		rp->snapshot = TAKE_PTR(snap);
+	}
 	json_decref(rp->timestamp);
-	rp->snapshot = TAKE_PTR(snap);
 	rp->timestamp = TAKE_PTR(ts);
 out:
+	json_decref(snap_meta);
 	json_decref(snap);
 	json_decref(ts);
 	return r;
+}
+
+/*
+ * Publishes a change: the next targets version when `targets_changed`, then
+ * always the next snapshot and timestamp versions, timestamp last.
+ */
+static int publish(struct rsr_ctx *ctx, struct repo *rp, bool targets_changed, const struct rsr_repo_sign_opts *sign)
+{
+	return publish_roles(ctx, rp, (targets_changed ? W_TARGETS : 0) | W_SNAPSHOT | W_TIMESTAMP, sign);
 }
 
 /* Writes N.root.json and root.json. */
@@ -564,16 +592,289 @@ out_resp:
 	return r;
 }
 
-int rsr_repo_refresh(struct rsr_ctx *ctx, const char *dir, const struct rsr_repo_sign_opts *sign)
+void rsr_repo_refresh_opts_init(struct rsr_repo_refresh_opts *opts)
 {
+	*opts = (struct rsr_repo_refresh_opts){
+	    .version = RSR_REPO_REFRESH_OPTS_VERSION,
+	    .margin_root = RSR_REPO_MARGIN_ROOT,
+	    .margin_targets = RSR_REPO_MARGIN_TARGETS,
+	    .margin_snapshot = RSR_REPO_MARGIN_SNAPSHOT,
+	    .margin_timestamp = RSR_REPO_MARGIN_TIMESTAMP,
+	};
+}
+
+/* The envelope of a role's current metadata, borrowed from rp. */
+static json_t *role_env(const struct repo *rp, enum tuf_role role)
+{
+	json_t *envs[TUF_N_ROLES] = {rp->root->env, rp->targets, rp->snapshot, rp->timestamp};
+
+	return envs[role];
+}
+
+static int64_t expires_of(json_t *env)
+{
+	int64_t t = 0;
+
+	tuf_time_parse(json_string_value(json_object_get(json_object_get(env, "signed"), "expires")), &t);
+	return t;
+}
+
+/* Whether the given keys sign `role` to its threshold (the reason in the context's error if not). */
+static bool can_sign(struct rsr_ctx *ctx, const struct tuf_root *root, enum tuf_role role,
+		     const struct rsr_repo_sign_opts *sign, int *ret_err)
+{
+	_cleanup_free_ const struct rsr_key **keys = calloc(sign->n_keys + 1, sizeof(*keys));
+	size_t n = 0;
+
+	*ret_err = keys ? role_keys(ctx, root, role, sign, keys, &n) : rsr_error(ctx, -ENOMEM, "out of memory");
+	return *ret_err == 0;
+}
+
+/* Makes the root just written, *nroot with its signed envelope `env`, the repository's current one. */
+static void adopt_root(struct repo *rp, struct tuf_root **nroot, json_t *env)
+{
+	json_decref((*nroot)->env);
+	(*nroot)->env = json_incref(env);
+	tuf_root_free(rp->root);
+	rp->root = TAKE_PTR(*nroot);
+}
+
+/* Writes the next root version: the same keys and roles, a fresh expiry, signed by the current root keys. */
+static int renew_root(struct rsr_ctx *ctx, struct repo *rp, const struct rsr_repo_sign_opts *sign)
+{
+	json_t *env = json_deep_copy(rp->root->env), *s;
+	struct tuf_root *nroot = NULL;
+	bool ok = true;
+	int r;
+
+	if (!env)
+		return rsr_error(ctx, -ENOMEM, "out of memory");
+	s = json_object_get(env, "signed");
+	rsr_json_set(&ok, s, "version", json_integer((json_int_t)(rp->root->version + 1)));
+	set_expiry(&ok, s, TUF_ROOT, sign);
+	if (!ok) {
+		r = rsr_error(ctx, -ENOMEM, "out of memory");
+		goto out;
+	}
+	if ((r = tuf_root_from_env(ctx, env, "new root", &nroot)) < 0 ||
+	    (r = sign_role(ctx, rp->root, TUF_ROOT, env, sign)) < 0 ||
+	    (r = tuf_verify(ctx, rp->root, TUF_ROOT, env, "new root")) < 0 || (r = write_root(ctx, rp->dir, env)) < 0)
+		goto out;
+	adopt_root(rp, &nroot, env);
+out:
+	tuf_root_free(nroot);
+	json_decref(env);
+	return r;
+}
+
+int rsr_repo_refresh(struct rsr_ctx *ctx, const char *dir, const struct rsr_repo_sign_opts *sign,
+		     const struct rsr_repo_refresh_opts *opts, unsigned *ret_renewed, unsigned *ret_missed)
+{
+	struct rsr_repo_refresh_opts defaults;
+	struct repo rp;
+	uint64_t margins[TUF_N_ROLES];
+	unsigned renew = 0, missed = 0;
+	int n_missed = 0, r;
+
+	if (!opts) {
+		rsr_repo_refresh_opts_init(&defaults);
+		opts = &defaults;
+	} else if (opts->version != RSR_REPO_REFRESH_OPTS_VERSION)
+		return rsr_error(ctx, -EINVAL, "refresh options of version %u; this librsr knows version %u",
+				 opts->version, RSR_REPO_REFRESH_OPTS_VERSION);
+	margins[TUF_ROOT] = opts->margin_root;
+	margins[TUF_TARGETS] = opts->margin_targets;
+	margins[TUF_SNAPSHOT] = opts->margin_snapshot;
+	margins[TUF_TIMESTAMP] = opts->margin_timestamp;
+	if ((r = repo_load(ctx, dir, &rp)) < 0)
+		return r;
+
+	/* Decide everything before writing anything. */
+	for (int i = 0; i < TUF_N_ROLES; i++) {
+		int64_t exp = expires_of(role_env(&rp, i)), left = exp - (int64_t)sign->now;
+		char when[32];
+		int e;
+
+		if (!sign->expires[i] && left > 0 && (uint64_t)left > margins[i])
+			continue;
+		if (can_sign(ctx, rp.root, i, sign, &e)) {
+			renew |= RSR_REPO_ROLE_BIT(i);
+			continue;
+		}
+		if (e == -ENOMEM || sign->expires[i]) {
+			/* A lifetime was asked for this role: not renewing it is a failure. */
+			r = e == -ENOMEM ? e : rsr_error_prefix(ctx, e, "%s.json cannot be renewed", tuf_role_names[i]);
+			goto out;
+		}
+		tuf_time_format(exp, when);
+		rsr_warn(ctx, "%s.json (version %llu) %s at %s and is not renewed: %s%s", tuf_role_names[i],
+			 (unsigned long long)version_of(role_env(&rp, i)), left > 0 ? "expires" : "expired", when,
+			 rsr_ctx_error(ctx), left > 0 ? "" : "; devices refuse the repository until it is renewed");
+		rsr_ctx_clear_error(ctx);
+		missed |= RSR_REPO_ROLE_BIT(i);
+		n_missed++;
+	}
+	/* New targets need a new snapshot, a new snapshot a new timestamp. */
+	for (int i = TUF_TARGETS; i < TUF_TIMESTAMP; i++) {
+		int e;
+
+		if (!(renew & RSR_REPO_ROLE_BIT(i)) || (renew & RSR_REPO_ROLE_BIT(i + 1)))
+			continue;
+		if (!can_sign(ctx, rp.root, i + 1, sign, &e)) {
+			r = rsr_error_prefix(ctx, e, "renewing %s.json needs a new %s.json", tuf_role_names[i],
+					     tuf_role_names[i + 1]);
+			goto out;
+		}
+		renew |= RSR_REPO_ROLE_BIT(i + 1);
+		if (missed & RSR_REPO_ROLE_BIT(i + 1)) {
+			missed &= ~RSR_REPO_ROLE_BIT(i + 1);
+			n_missed--;
+		}
+	}
+	if ((renew & RSR_REPO_ROLE_BIT(TUF_ROOT)) && (r = renew_root(ctx, &rp, sign)) < 0)
+		goto out;
+	if ((renew & ~RSR_REPO_ROLE_BIT(TUF_ROOT)) &&
+	    (r = publish_roles(ctx, &rp, renew & (W_TARGETS | W_SNAPSHOT | W_TIMESTAMP), sign)) < 0)
+		goto out;
+	for (int i = 0; i < TUF_N_ROLES; i++)
+		if (renew & RSR_REPO_ROLE_BIT(i))
+			rsr_info(ctx, "renewed %s.json", tuf_role_names[i]);
+	if (ret_renewed)
+		*ret_renewed = renew;
+	if (ret_missed)
+		*ret_missed = missed;
+	r = n_missed;
+out:
+	repo_done(&rp);
+	return r;
+}
+
+struct rsr_repo_status {
+	uint64_t versions[TUF_N_ROLES];
+	int64_t expires[TUF_N_ROLES];
+	json_t *targets; /* owns the strings of responses */
+	struct rsr_repo_published *responses;
+	size_t n_responses;
+};
+
+void rsr_repo_status_free(struct rsr_repo_status *st)
+{
+	if (!st)
+		return;
+	json_decref(st->targets);
+	free(st->responses);
+	free(st);
+}
+
+static int published_cmp(const void *a, const void *b)
+{
+	const struct rsr_repo_published *x = a, *y = b;
+	int c = strcmp(x->base_build, y->base_build);
+
+	if (c)
+		return c;
+	return x->sequence < y->sequence ? -1 : x->sequence > y->sequence;
+}
+
+/* One response's custom metadata, checked; -ENOENT when the target is not a response manifest. */
+static int published_parse(struct rsr_ctx *ctx, const char *path, json_t *info, struct rsr_repo_published *ret)
+{
+	json_t *c = json_object_get(json_object_get(info, "custom"), "rsr"), *v;
+	json_t *images = json_object_get(c, "images"), *advs = json_object_get(c, "advisories");
+	json_int_t rollout = json_integer_value(json_object_get(c, "rollout"));
+	size_t i;
+
+	if (!c)
+		return -ENOENT;
+	*ret = (struct rsr_repo_published){
+	    .target = path,
+	    .base_build = json_string_value(json_object_get(c, "base_build")),
+	    .letter = json_string_value(json_object_get(c, "letter")),
+	    .restart = json_string_value(json_object_get(c, "restart")),
+	    .sequence = (uint64_t)json_integer_value(json_object_get(c, "sequence")),
+	    .timestamp = (int64_t)json_integer_value(json_object_get(c, "timestamp")),
+	    .rollout = (unsigned)rollout,
+	    .withdrawn = json_is_true(json_object_get(c, "withdrawn")),
+	    .n_advisories = json_array_size(advs),
+	    .n_images = json_array_size(images),
+	};
+	if (!ret->base_build || !ret->letter || !ret->restart || !json_is_integer(json_object_get(c, "sequence")) ||
+	    rollout < 1 || rollout > 100 || !json_is_boolean(json_object_get(c, "withdrawn")) ||
+	    !json_is_array(images) || !json_is_array(advs))
+		return rsr_error(ctx, RSR_E_FORMAT, "targets.json: %s: malformed rsr custom metadata", path);
+	json_array_foreach(images, i, v)
+	{
+		json_int_t f = json_integer_value(json_object_get(json_object_get(v, "forward"), "length"));
+		json_int_t b = json_integer_value(json_object_get(json_object_get(v, "reverse"), "length"));
+		if (f < 0 || b < 0)
+			return rsr_error(ctx, RSR_E_FORMAT, "targets.json: %s: malformed patch length", path);
+		ret->patch_bytes += (uint64_t)f + (uint64_t)b;
+	}
+	return 0;
+}
+
+int rsr_repo_status_open(struct rsr_ctx *ctx, const char *dir, struct rsr_repo_status **ret_status)
+{
+	struct rsr_repo_status *st = calloc(1, sizeof(*st));
+	json_t *targets, *info;
+	const char *path;
 	struct repo rp;
 	int r;
 
-	if ((r = repo_load(ctx, dir, &rp)) < 0)
+	if (!st)
+		return rsr_error(ctx, -ENOMEM, "out of memory");
+	if ((r = repo_load(ctx, dir, &rp)) < 0) {
+		free(st);
 		return r;
-	r = publish(ctx, &rp, false, sign);
+	}
+	for (int i = 0; i < TUF_N_ROLES; i++) {
+		st->versions[i] = version_of(role_env(&rp, i));
+		st->expires[i] = expires_of(role_env(&rp, i));
+	}
+	st->targets = json_incref(rp.targets);
+	targets = json_object_get(json_object_get(st->targets, "signed"), "targets");
+	st->responses = calloc(json_object_size(targets) + 1, sizeof(*st->responses));
+	if (!st->responses) {
+		r = rsr_error(ctx, -ENOMEM, "out of memory");
+		goto fail;
+	}
+	json_object_foreach(targets, path, info)
+	{
+		r = published_parse(ctx, path, info, &st->responses[st->n_responses]);
+		if (r == -ENOENT)
+			continue;
+		if (r < 0)
+			goto fail;
+		st->n_responses++;
+	}
+	qsort(st->responses, st->n_responses, sizeof(*st->responses), published_cmp);
 	repo_done(&rp);
+	*ret_status = st;
+	return 0;
+fail:
+	repo_done(&rp);
+	rsr_repo_status_free(st);
 	return r;
+}
+
+uint64_t rsr_repo_status_version(const struct rsr_repo_status *st, enum rsr_repo_role role)
+{
+	return (unsigned)role < TUF_N_ROLES ? st->versions[role] : 0;
+}
+
+int64_t rsr_repo_status_expires(const struct rsr_repo_status *st, enum rsr_repo_role role)
+{
+	return (unsigned)role < TUF_N_ROLES ? st->expires[role] : 0;
+}
+
+size_t rsr_repo_status_response_count(const struct rsr_repo_status *st)
+{
+	return st->n_responses;
+}
+
+const struct rsr_repo_published *rsr_repo_status_response(const struct rsr_repo_status *st, size_t i)
+{
+	return i < st->n_responses ? &st->responses[i] : NULL;
 }
 
 static int edit_response(struct rsr_ctx *ctx, const char *dir, const char *base_build, const char *letter,
@@ -711,10 +1012,7 @@ int rsr_repo_rotate_key(struct rsr_ctx *ctx, const char *dir, enum rsr_repo_role
 	}
 	if ((r = write_root(ctx, dir, env)) < 0)
 		goto out;
-	json_decref(nroot->env);
-	nroot->env = json_incref(env);
-	tuf_root_free(rp.root);
-	rp.root = TAKE_PTR(nroot);
+	adopt_root(&rp, &nroot, env);
 	r = publish(ctx, &rp, (int)role == TUF_TARGETS, sign);
 out:
 	tuf_root_free(nroot);

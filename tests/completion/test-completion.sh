@@ -33,7 +33,7 @@ has_word() { # WORD WORDS...
 expect_words "cryptex " cr
 expect_words "restart-services " rest
 all=$(complete_line "" | tr '\n' ' ')
-for g in key cryptex graft ungraft status restart-services patch response install remove repo check update; do
+for g in key cryptex graft ungraft status restart-services patch response install remove repo check update enroll; do
 	[[ " $all" == *" $g "* ]] || fail "group $g not offered: $all"
 done
 ok "groups"
@@ -50,6 +50,9 @@ has_word --root status --
 has_word --add graft --a
 has_word --keep-base install --k
 has_word --also-from patch create --a
+has_word --repository-root enroll --rep
+has_word --margin repo refresh --m
+has_word --json repo status --
 ok "options of the verb (from its --help)"
 
 R=$T/root

@@ -143,6 +143,56 @@ fault_root_reset
 check_status() { [ "$1" != 0 ] || diff "$T/status.ref" "$T/out" >&2 || fail "status --json printed other JSON after a fault"; }
 fault_alloc_walk "status --json" nothing check_status -- status --root "$T/root" --json
 
+# Repository upkeep: refresh renews all four roles (the root key signs them all).
+# After a failure the repository still loads and every role is at its old
+# version or its new one; a run that survives gives the unfaulted versions.
+SOURCE_DATE_EPOCH=1800000000 "$RSR" -q repo init "$T/repo.tmpl" --root-key "$T/key"
+refresh_args=(repo refresh "$T/repo" --key "$T/key" --margin root=400d --margin targets=100d)
+fault_repo_reset() { rm -rf "$T/repo" && cp -a "$T/repo.tmpl" "$T/repo"; }
+fault_repo_reset
+SOURCE_DATE_EPOCH=1800003600 "$RSR" -q "${refresh_args[@]}" || fail "repo refresh failed without faults"
+SOURCE_DATE_EPOCH=1800003600 "$RSR" repo status "$T/repo" --json >"$T/refresh.ref"
+versions() { python3 -c 'import json,sys; r=json.load(open(sys.argv[1]))["roles"]; print(" ".join(str(r[k]["version"]) for k in ("root","targets","snapshot","timestamp")))' "$1"; }
+check_refresh() {
+	SOURCE_DATE_EPOCH=1800003600 "$RSR" repo status "$T/repo" --json >"$T/status.now" 2>"$T/status.err" ||
+		fail "the repository does not load after a failed refresh: $(cat "$T/status.err")"
+	if [ "$1" = 0 ]; then
+		cmp -s "$T/refresh.ref" "$T/status.now" || fail "a refresh that survived a fault gave other metadata"
+	else
+		case $(versions "$T/status.now") in
+		"1 1 1 1" | "2 1 1 1") ;; # root first; the rest shows once timestamp.json, written last, names it
+		"2 2 2 2") # all written, the report after it failed
+			cmp -s "$T/refresh.ref" "$T/status.now" || fail "a failed refresh wrote other metadata" ;;
+		*) fail "a failed refresh left roles at versions $(versions "$T/status.now")" ;;
+		esac
+	fi
+	[ -z "$(find "$T/repo" -name '*.tmp')" ] || fail "a refresh left temporary files: $(find "$T/repo" -name '*.tmp')"
+}
+SOURCE_DATE_EPOCH=1800003600 fault_alloc_walk "repo refresh" fault_repo_reset check_refresh -- "${refresh_args[@]}"
+fault_repo_reset
+SOURCE_DATE_EPOCH=1800003600 "$RSR" -q "${refresh_args[@]}"
+check_repo_status() { same_stdout "$T/refresh.ref" "$1"; }
+SOURCE_DATE_EPOCH=1800003600 fault_alloc_walk "repo status --json" nothing check_repo_status -- repo status "$T/repo" --json
+
+# Enrolment: each file is absent or complete with its content, never a temporary.
+mkdir "$T/enrolled.ref"
+"$RSR" -q enroll --mirror http://127.0.0.1:9 --repository-root "$T/repo.tmpl/metadata/1.root.json" \
+	--key "$T/key.pub" --root "$T/enrolled.ref" --no-check || fail "enroll failed without faults"
+fault_enroll_reset() { rm -rf "$T/enrolled" && mkdir "$T/enrolled"; }
+check_enroll() {
+	local f
+	for f in etc/rsr/keys.d/key.pub etc/rsr/repository-root.json etc/rsr/rsr.conf; do
+		if [ -e "$T/enrolled/$f" ]; then
+			cmp -s "$T/enrolled/$f" "$T/enrolled.ref/$f" || fail "enroll wrote another $f"
+		elif [ "$1" = 0 ]; then
+			fail "an enrolment that survived a fault did not write $f"
+		fi
+	done
+	[ -z "$(find "$T/enrolled" -name '*.tmp')" ] || fail "enroll left temporary files"
+}
+fault_alloc_walk "enroll" fault_enroll_reset check_enroll -- enroll --mirror http://127.0.0.1:9 \
+	--repository-root "$T/repo.tmpl/metadata/1.root.json" --key "$T/key.pub" --root "$T/enrolled" --no-check
+
 # Install and remove a response (no grafting): the device is on the base or
 # on (a), completely, after the failure and the recovery any rsr command does.
 if [ -d "$RSR_CORPUS/debs" ]; then

@@ -306,7 +306,7 @@ static void test_repo_lifecycle(void **state)
 	json_decref(env);
 
 	/* Refresh: snapshot and timestamp version 2. */
-	assert_int_equal(rsr_repo_refresh(ctx, dir, &so), 0);
+	assert_int_equal(rsr_repo_refresh(ctx, dir, &so, NULL, NULL, NULL), 0);
 	env = load(ctx, dir, "timestamp.json", TUF_TIMESTAMP);
 	assert_int_equal(json_integer_value(json_object_get(json_object_get(env, "signed"), "version")), 2);
 	json_decref(env);
@@ -330,6 +330,183 @@ static void test_repo_lifecycle(void **state)
 	assert_int_equal(rsr_repo_rotate_key(ctx, dir, RSR_REPO_ROOT, all, 2, 3, &so), -EINVAL);
 	snprintf(dir + strlen(dir), 32, "/metadata/3.root.json");
 	assert_int_equal(access(dir, F_OK), -1);
+	tuf_root_free(r1);
+	tuf_root_free(r2);
+	keys_free(&ks);
+	rsr_ctx_free(ctx);
+}
+
+static char last_warning[1024];
+
+static void warn_cb(void *userdata, enum rsr_log_level level, const char *msg)
+{
+	if (level <= RSR_LOG_WARNING)
+		snprintf(last_warning, sizeof(last_warning), "%s", msg);
+}
+
+static json_int_t signed_int(json_t *env, const char *key)
+{
+	return json_integer_value(json_object_get(json_object_get(env, "signed"), key));
+}
+
+static json_int_t meta_version(json_t *env, const char *name)
+{
+	return json_integer_value(
+	    json_object_get(json_object_get(json_object_get(json_object_get(env, "signed"), "meta"), name), "version"));
+}
+
+/* The status's view of each role, checked against the files. */
+static void status_is(struct rsr_ctx *ctx, const char *dir, uint64_t root, uint64_t targets, uint64_t snapshot,
+		      uint64_t timestamp)
+{
+	struct rsr_repo_status *st;
+
+	assert_int_equal(rsr_repo_status_open(ctx, dir, &st), 0);
+	assert_int_equal(rsr_repo_status_version(st, RSR_REPO_ROOT), root);
+	assert_int_equal(rsr_repo_status_version(st, RSR_REPO_TARGETS), targets);
+	assert_int_equal(rsr_repo_status_version(st, RSR_REPO_SNAPSHOT), snapshot);
+	assert_int_equal(rsr_repo_status_version(st, RSR_REPO_TIMESTAMP), timestamp);
+	assert_int_equal(rsr_repo_status_response_count(st), 0);
+	rsr_repo_status_free(st);
+}
+
+/*
+ * Refresh renews each role within its margin that the keys sign: targets
+ * and root too, not only snapshot and timestamp; a due role without its key
+ * is named with its expiry and left as it was.
+ */
+static void test_refresh_margins(void **state)
+{
+	const uint64_t t0 = 1800000000, day = 86400;
+	struct rsr_ctx *ctx;
+	struct keys ks;
+	char dir[96];
+	const struct rsr_key *online[2], *release[3], *all[3];
+	struct rsr_repo_init_opts io = {0};
+	struct rsr_repo_sign_opts so = {.now = t0};
+	struct rsr_repo_refresh_opts ro;
+	struct rsr_repo_status *st;
+	struct tuf_root *r1, *r2;
+	unsigned renewed, missed;
+	json_t *env;
+
+	assert_int_equal(rsr_ctx_new(&ctx), 0);
+	rsr_ctx_set_log(ctx, warn_cb, NULL);
+	keys_make(ctx, &ks);
+	snprintf(dir, sizeof(dir), "%s/repo", ks.dir);
+	/* Key 0: root; 1: targets; 2: snapshot and timestamp (the cron machine's). */
+	all[0] = ks.k[0], all[1] = ks.k[1], all[2] = ks.k[2];
+	online[0] = ks.k[2];
+	release[0] = ks.k[1], release[1] = ks.k[2];
+	io.root_keys = all;
+	io.n_root_keys = 1;
+	io.targets_key = ks.k[1];
+	io.snapshot_key = io.timestamp_key = ks.k[2];
+	so.keys = all;
+	so.n_keys = 3;
+	assert_int_equal(rsr_repo_init(ctx, dir, &io, &so), 0);
+	env = load(ctx, dir, "1.root.json", TUF_ROOT);
+	assert_int_equal(tuf_root_from_env(ctx, env, "1.root.json", &r1), 0);
+	json_decref(env);
+
+	/* A day later, the cron keys: snapshot and timestamp renewed, targets not due. */
+	so.keys = online;
+	so.n_keys = 1;
+	so.now = t0 + day;
+	last_warning[0] = '\0';
+	assert_int_equal(rsr_repo_refresh(ctx, dir, &so, NULL, &renewed, &missed), 0);
+	assert_int_equal(renewed, RSR_REPO_ROLE_BIT(RSR_REPO_SNAPSHOT) | RSR_REPO_ROLE_BIT(RSR_REPO_TIMESTAMP));
+	assert_int_equal(missed, 0);
+	assert_string_equal(last_warning, "");
+	status_is(ctx, dir, 1, 1, 2, 2);
+
+	/* 61 days on, targets expires within its 30-day margin: the cron keys cannot renew it. */
+	so.now = t0 + 61 * day;
+	assert_int_equal(rsr_repo_refresh(ctx, dir, &so, NULL, &renewed, &missed), 1);
+	assert_int_equal(missed, RSR_REPO_ROLE_BIT(RSR_REPO_TARGETS));
+	assert_int_equal(renewed, RSR_REPO_ROLE_BIT(RSR_REPO_SNAPSHOT) | RSR_REPO_ROLE_BIT(RSR_REPO_TIMESTAMP));
+	assert_string_equal(last_warning,
+			    "targets.json (version 1) expires at 2027-04-15T08:00:00Z and is not renewed: "
+			    "the targets role needs signatures by 1 of its 1 keys; 0 of the given keys are among them");
+	status_is(ctx, dir, 1, 1, 3, 3);
+	/* After its expiry the warning says devices refuse the repository. */
+	so.now = t0 + 91 * day;
+	assert_int_equal(rsr_repo_refresh(ctx, dir, &so, NULL, NULL, NULL), 1);
+	assert_non_null(
+	    strstr(last_warning, "targets.json (version 1) expired at 2027-04-15T08:00:00Z and is not renewed"));
+	assert_non_null(strstr(last_warning, "devices refuse the repository until it is renewed"));
+
+	/* The targets key renews targets, and with it snapshot and timestamp. */
+	so.keys = release;
+	so.n_keys = 2;
+	assert_int_equal(rsr_repo_refresh(ctx, dir, &so, NULL, &renewed, &missed), 0);
+	assert_int_equal(renewed, RSR_REPO_ROLE_BIT(RSR_REPO_TARGETS) | RSR_REPO_ROLE_BIT(RSR_REPO_SNAPSHOT) |
+				      RSR_REPO_ROLE_BIT(RSR_REPO_TIMESTAMP));
+	status_is(ctx, dir, 1, 2, 5, 5);
+	env = load(ctx, dir, "2.targets.json", TUF_TARGETS);
+	assert_int_equal(tuf_verify(ctx, r1, TUF_TARGETS, env, "2.targets.json"), 0);
+	json_decref(env);
+	assert_int_equal(rsr_repo_status_open(ctx, dir, &st), 0);
+	assert_int_equal(rsr_repo_status_expires(st, RSR_REPO_TARGETS), (int64_t)(so.now + RSR_REPO_EXPIRES_TARGETS));
+	rsr_repo_status_free(st);
+	env = load(ctx, dir, "5.snapshot.json", TUF_SNAPSHOT);
+	assert_int_equal(meta_version(env, "targets.json"), 2);
+	json_decref(env);
+
+	/* Only the targets key: renewing targets needs a new snapshot; nothing is written. */
+	so.keys = release;
+	so.n_keys = 1;
+	so.expires[TUF_TARGETS] = 90 * day;
+	assert_int_equal(rsr_repo_refresh(ctx, dir, &so, NULL, NULL, NULL), RSR_E_KEY);
+	assert_non_null(
+	    strstr(rsr_ctx_error(ctx), "renewing targets.json needs a new snapshot.json: the snapshot role"));
+	status_is(ctx, dir, 1, 2, 5, 5);
+	/* A lifetime asked for a role without its key fails; nothing is written. */
+	so.keys = online;
+	assert_int_equal(rsr_repo_refresh(ctx, dir, &so, NULL, NULL, NULL), RSR_E_KEY);
+	assert_non_null(strstr(rsr_ctx_error(ctx), "targets.json cannot be renewed: the targets role needs"));
+	status_is(ctx, dir, 1, 2, 5, 5);
+	so.expires[TUF_TARGETS] = 0;
+
+	/* A zero snapshot margin renews the timestamp alone; it names the same snapshot. */
+	rsr_repo_refresh_opts_init(&ro);
+	ro.margin_snapshot = 0;
+	assert_int_equal(rsr_repo_refresh(ctx, dir, &so, &ro, &renewed, NULL), 0);
+	assert_int_equal(renewed, RSR_REPO_ROLE_BIT(RSR_REPO_TIMESTAMP));
+	status_is(ctx, dir, 1, 2, 5, 6);
+	env = load(ctx, dir, "timestamp.json", TUF_TIMESTAMP);
+	assert_int_equal(signed_int(env, "version"), 6);
+	assert_int_equal(meta_version(env, "snapshot.json"), 5);
+	assert_int_equal(tuf_verify(ctx, r1, TUF_TIMESTAMP, env, "timestamp.json"), 0);
+	json_decref(env);
+
+	/* Root, 306 days on (59 left of 365): missed without its key, renewed with it as version 2. */
+	so.now = t0 + 306 * day;
+	assert_int_equal(rsr_repo_refresh(ctx, dir, &so, NULL, NULL, &missed), 2);
+	assert_int_equal(missed, RSR_REPO_ROLE_BIT(RSR_REPO_ROOT) | RSR_REPO_ROLE_BIT(RSR_REPO_TARGETS));
+	so.keys = all;
+	so.n_keys = 3;
+	assert_int_equal(rsr_repo_refresh(ctx, dir, &so, NULL, &renewed, &missed), 0);
+	assert_int_equal(renewed, 0xf);
+	assert_int_equal(missed, 0);
+	status_is(ctx, dir, 2, 3, 7, 8);
+	env = load(ctx, dir, "2.root.json", TUF_ROOT);
+	assert_int_equal(tuf_root_from_env(ctx, env, "2.root.json", &r2), 0);
+	json_decref(env);
+	assert_int_equal(tuf_verify(ctx, r1, TUF_ROOT, r2->env, "2.root.json"), 0);
+	assert_int_equal(tuf_verify(ctx, r2, TUF_ROOT, r2->env, "2.root.json"), 0);
+	assert_int_equal(r2->expires, (int64_t)(so.now + RSR_REPO_EXPIRES_ROOT));
+	assert_int_equal(r2->roles[TUF_TARGETS].n, 1);
+	assert_string_equal(r2->roles[TUF_TARGETS].keyids[0], ks.id[1]);
+	/* Nothing is due right after: a refresh with the root key alone writes nothing. */
+	so.keys = all;
+	so.n_keys = 1;
+	ro.margin_snapshot = ro.margin_timestamp = 0;
+	assert_int_equal(rsr_repo_refresh(ctx, dir, &so, &ro, &renewed, &missed), 0);
+	assert_int_equal(renewed, 0);
+	status_is(ctx, dir, 2, 3, 7, 8);
+	ro.version = 99;
+	assert_int_equal(rsr_repo_refresh(ctx, dir, &so, &ro, NULL, NULL), -EINVAL);
 	tuf_root_free(r1);
 	tuf_root_free(r2);
 	keys_free(&ks);
@@ -414,10 +591,11 @@ static void test_rollout_bucket(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_canonical),	   cmocka_unit_test(test_time),
-	    cmocka_unit_test(test_parse_refusals), cmocka_unit_test(test_targets),
-	    cmocka_unit_test(test_threshold),	   cmocka_unit_test(test_repo_lifecycle),
-	    cmocka_unit_test(test_policy),	   cmocka_unit_test(test_rollout_bucket),
+	    cmocka_unit_test(test_canonical),	    cmocka_unit_test(test_time),
+	    cmocka_unit_test(test_parse_refusals),  cmocka_unit_test(test_targets),
+	    cmocka_unit_test(test_threshold),	    cmocka_unit_test(test_repo_lifecycle),
+	    cmocka_unit_test(test_refresh_margins), cmocka_unit_test(test_policy),
+	    cmocka_unit_test(test_rollout_bucket),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
