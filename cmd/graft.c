@@ -229,11 +229,11 @@ static json_t *report_json(const struct rsr_graft_report *rep)
 	json_decref(paths);
 	for (size_t i = 0; ok && i < rep->n_stale; i++) {
 		const struct rsr_graft_stale_process *p = &rep->stale[i];
-		ok =
-		    json_array_append_new(stale, json_pack("{s:i, s:o, s:o, s:o, s:o, s:I}", "pid", p->pid, "command",
-							   jstr_or_null(p->comm), "unit", jstr_or_null(p->unit), "file",
-							   jstr_or_null(p->file), "reason", jstr_or_null(p->reason),
-							   "files", (json_int_t)p->n_files)) == 0;
+		ok = json_array_append_new(
+			 stale, json_pack("{s:i, s:o, s:o, s:b, s:o, s:o, s:I}", "pid", p->pid, "command",
+					  jstr_or_null(p->comm), "unit", jstr_or_null(p->unit), "system_unit",
+					  p->system_unit, "file", jstr_or_null(p->file), "reason",
+					  jstr_or_null(p->reason), "files", (json_int_t)p->n_files)) == 0;
 	}
 	ok = ok && json_object_set_new(o, "stale_processes", json_incref(stale)) == 0;
 	json_t *held = json_array(), *holders = json_array();
@@ -280,10 +280,10 @@ void cmd_print_restarted(const struct rsr_graft_report *rep, int n, FILE *f)
 	for (size_t i = 0; i < rep->n_stale; i++) {
 		const char *u = rep->stale[i].unit;
 		bool seen = false;
-		if (!is_service(u))
+		if (!is_service(u) || !rep->stale[i].system_unit)
 			continue;
 		for (size_t j = 0; j < i && !seen; j++)
-			seen = rep->stale[j].unit && strcmp(rep->stale[j].unit, u) == 0;
+			seen = rep->stale[j].unit && rep->stale[j].system_unit && strcmp(rep->stale[j].unit, u) == 0;
 		if (!seen) {
 			fprintf(f, "%s%s", first ? ": " : ", ", u);
 			first = false;
@@ -292,9 +292,12 @@ void cmd_print_restarted(const struct rsr_graft_report *rep, int n, FILE *f)
 	fprintf(f, ".\n");
 	for (size_t i = 0; i < rep->n_stale; i++) {
 		const struct rsr_graft_stale_process *p = &rep->stale[i];
-		if (is_service(p->unit))
+		if (is_service(p->unit) && p->system_unit)
 			continue;
-		if (p->pid == 1)
+		if (is_service(p->unit))
+			fprintf(f, "Not a system service, left to its user: %d %s (%s of a user's service manager)\n",
+				p->pid, p->comm ? p->comm : "?", p->unit);
+		else if (p->pid == 1)
 			fprintf(f, "Not a service: 1 %s; 'systemctl daemon-reexec' restarts it\n",
 				p->comm ? p->comm : "?");
 		else

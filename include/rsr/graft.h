@@ -111,11 +111,12 @@ struct rsr_graft_slot_info {
 
 struct rsr_graft_stale_process {
 	int pid;
-	char *comm;	/* from /proc/PID/comm */
-	char *unit;	/* systemd unit from /proc/PID/cgroup, or NULL */
-	char *file;	/* one superseded file it runs or maps */
-	char *reason;	/* e.g. "superseded: os 1.0 (swapped out)" or "base file shadowed by slot os" */
-	size_t n_files; /* how many superseded files it maps */
+	char *comm;	  /* from /proc/PID/comm */
+	char *unit;	  /* systemd unit from /proc/PID/cgroup, or NULL */
+	char *file;	  /* one superseded file it runs or maps */
+	char *reason;	  /* e.g. "superseded: os 1.0 (swapped out)" or "base file shadowed by slot os" */
+	size_t n_files;	  /* how many superseded files it maps */
+	bool system_unit; /* `unit` is the system manager's (in system.slice): restart-services may restart it */
 };
 
 /*
@@ -184,9 +185,11 @@ void rsr_graft_report_free(struct rsr_graft_report *rep);
 
 /*
  * Restarts the systemd units of the stale processes of `rep` with
- * `systemctl try-restart`. When systemd is not running, fails with
- * RSR_E_STATE and a message saying so. Processes outside any service unit
- * are not restarted. Returns the number of units restarted.
+ * `systemctl try-restart`: only system services (system_unit), so a unit
+ * of a user's service manager that shares a system service's name is never
+ * restarted as root. When systemd is not running, fails with RSR_E_STATE
+ * and a message saying so. Processes outside any service unit are not
+ * restarted. Returns the number of units restarted.
  */
 int rsr_graft_restart_services(struct rsr_ctx *ctx, const struct rsr_graft_report *rep);
 

@@ -24,6 +24,16 @@ bool rsr_valid_name(const char *s)
 	return true;
 }
 
+bool rsr_valid_slot_name(const char *s)
+{
+	if (!rsr_valid_name(s))
+		return false;
+	for (const char *p = s; *p; p++)
+		if (*p == '+' || *p == '~' || *p == ':')
+			return false;
+	return true;
+}
+
 bool rsr_valid_token(const char *s)
 {
 	size_t n = s ? strlen(s) : 0;

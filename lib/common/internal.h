@@ -143,6 +143,13 @@ static inline void rsr_put_le64(void *p, uint64_t v)
  */
 bool rsr_valid_name(const char *s);
 /*
+ * Slot names (a cryptex's name is its slot): 1 to 64 of A-Z a-z 0-9 . _ -,
+ * not starting with '.' or '-'. They name directories, dm-verity devices
+ * and overlay layers, so building refuses what grafting would.
+ */
+#define RSR_SLOT_NAME_RULE "1 to 64 of A-Z a-z 0-9 . _ -, not starting with . or -"
+bool rsr_valid_slot_name(const char *s);
+/*
  * Tokens (versions, base builds, advisory ids): 1 to 128 printable ASCII
  * characters without space, quotes, backslash, '$' or backquote.
  */

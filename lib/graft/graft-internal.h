@@ -110,8 +110,12 @@ bool graft_parse_dev(const char *s, dev_t *ret);
 
 /* One line of /proc/PID/maps: false if it names no file. `path` points into `line`. */
 bool graft_parse_maps_line(char *line, dev_t *ret_dev, uint64_t *ret_ino, char **ret_path);
-/* The systemd unit in a /proc/PID/cgroup buffer, or NULL; the caller frees. */
-char *graft_unit_from_cgroup(const char *buf);
+/*
+ * The systemd unit in a /proc/PID/cgroup buffer, or NULL; the caller frees.
+ * *ret_system (if not NULL): the unit belongs to the system manager
+ * (system.slice, no user@UID.service above it), so it may be restarted.
+ */
+char *graft_unit_from_cgroup(const char *buf, bool *ret_system);
 
 /*
  * Adds to rep->held the dm-verity and loop devices over this root's images

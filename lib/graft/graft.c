@@ -565,7 +565,7 @@ static int check_image(struct rsr_ctx *ctx, struct rsr_graft *g, const char *pat
 		return r;
 	const char *name = rsr_cryptex_name(cx);
 	if (!graft_slot_name_valid(name)) {
-		r = rsr_error(ctx, RSR_E_FORMAT, "%s: slot name '%s' is not valid", path, name);
+		r = rsr_error(ctx, RSR_E_FORMAT, "%s: slot name '%s' is not valid: " RSR_SLOT_NAME_RULE, path, name);
 		goto fail;
 	}
 	if (want_slot && strcmp(want_slot, name)) {

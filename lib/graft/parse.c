@@ -109,9 +109,12 @@ static bool is_unit_name(const char *s, size_t n)
 	return false;
 }
 
-char *graft_unit_from_cgroup(const char *buf)
+char *graft_unit_from_cgroup(const char *buf, bool *ret_system)
 {
 	const char *line = buf, *path = NULL;
+
+	if (ret_system)
+		*ret_system = false;
 
 	/* The unified hierarchy ("0::/..."), else systemd's named one (v1). */
 	while (line && *line) {
@@ -142,19 +145,23 @@ char *graft_unit_from_cgroup(const char *buf)
 		}
 		c += n;
 	}
+	/*
+	 * Only a unit of the system manager may be restarted as root: one in
+	 * system.slice, with no user manager (user@UID.service) on the way, so
+	 * a user's own "ssh.service" under user.slice never names the system's.
+	 */
+	if (ret_system && best && !strncmp(path, "/system.slice/", 14)) {
+		bool user = false;
+		for (const char *c = path; *c && *c != '\n' && c < best; c++)
+			user |= (c == path || c[-1] == '/') && !strncmp(c, "user@", 5);
+		*ret_system = !user;
+	}
 	return best ? strndup(best, best_len) : NULL;
 }
 
 bool graft_slot_name_valid(const char *s)
 {
-	size_t n = s ? strlen(s) : 0;
-
-	if (n < 1 || n > 64 || s[0] == '.')
-		return false;
-	for (size_t i = 0; i < n; i++)
-		if (!isalnum((unsigned char)s[i]) && !strchr("_.-", s[i]))
-			return false;
-	return true;
+	return rsr_valid_slot_name(s);
 }
 
 bool graft_cover_name_valid(const char *s)

@@ -166,7 +166,7 @@ struct seen {
 };
 
 /* comm and unit of a process, for the report. */
-static void describe_pid(int pid, char **ret_comm, char **ret_unit)
+static void describe_pid(int pid, char **ret_comm, char **ret_unit, bool *ret_system)
 {
 	char path[64];
 
@@ -176,7 +176,7 @@ static void describe_pid(int pid, char **ret_comm, char **ret_unit)
 		(*ret_comm)[strcspn(*ret_comm, "\n")] = '\0';
 	snprintf(path, sizeof(path), "/proc/%d/cgroup", pid);
 	_cleanup_free_ char *cg = read_small(path);
-	*ret_unit = cg ? graft_unit_from_cgroup(cg) : NULL;
+	*ret_unit = cg ? graft_unit_from_cgroup(cg, ret_system) : NULL;
 }
 
 /* The target of a /proc magic link, without " (deleted)"; NULL if unreadable. */
@@ -246,7 +246,7 @@ static int add_holder(struct rsr_ctx *ctx, struct rsr_graft_report *rep, int pid
 	rep->holders = n;
 	n = &rep->holders[rep->n_holders++];
 	*n = (struct rsr_graft_holder){.pid = pid, .file = file, .how = strdup(how)};
-	describe_pid(pid, &n->comm, &n->unit);
+	describe_pid(pid, &n->comm, &n->unit, NULL);
 	if (!n->how)
 		return rsr_error(ctx, -ENOMEM, "out of memory");
 	return 0;
@@ -373,7 +373,7 @@ static int scan_pid(struct rsr_ctx *ctx, const struct scan *sc, int pid, struct 
 	sp->file = first_file;
 	sp->reason = first_reason;
 	sp->n_files = n_files;
-	describe_pid(pid, &sp->comm, &sp->unit);
+	describe_pid(pid, &sp->comm, &sp->unit, &sp->system_unit);
 	return 0;
 }
 
@@ -501,6 +501,8 @@ int rsr_graft_restart_services(struct rsr_ctx *ctx, const struct rsr_graft_repor
 		bool dup = false;
 		if (l < 9 || strcmp(u + l - 8, ".service"))
 			continue; /* scopes and sessions are not restartable */
+		if (!rep->stale[i].system_unit)
+			continue; /* a user's units are theirs: reported, never restarted as root */
 		for (size_t j = 3; j < argc && !dup; j++)
 			dup = !strcmp(argv[j], u);
 		if (!dup)

@@ -568,11 +568,10 @@ static json_t *strv_json(const char *const *v, size_t n)
 
 static int check_build_opts(struct rsr_ctx *ctx, const struct rsr_cryptex_build_opts *o)
 {
-	if (!o->name || !rsr_valid_name(o->name))
-		return rsr_error(
-		    ctx, -EINVAL,
-		    "cryptex name '%s' is not valid: 1 to 64 of A-Z a-z 0-9 . _ - + ~ :, not starting with . or -",
-		    o->name ? o->name : "");
+	if (!o->name || !rsr_valid_slot_name(o->name))
+		return rsr_error(ctx, -EINVAL,
+				 "cryptex name '%s' is not valid (it names the slot): " RSR_SLOT_NAME_RULE,
+				 o->name ? o->name : "");
 	if (!o->version || !rsr_valid_token(o->version))
 		return rsr_error(ctx, -EINVAL,
 				 "version '%s' is not valid: 1 to %d printable characters without spaces or quotes",

@@ -117,6 +117,12 @@ expect 2 cryptex frob
 expect 0 cryptex build --help
 expect 1 cryptex build "$pair/new" -o "$T/x.cptx" --name "bad name" --version 1 --base b --key "$T/key"
 assert_grep "name 'bad name' is not valid" "$T/err"
+# The name is the slot: build refuses what graft would (one rule for both).
+for name in "lib+x" "a~b" "c:d" "-x"; do
+	expect 1 cryptex build "$pair/new" -o "$T/x.cptx" --name "$name" --version 1 --base b --key "$T/key"
+	assert_grep "cryptex name '$name' is not valid (it names the slot): 1 to 64 of A-Z a-z 0-9 . _ -, not starting with . or -" "$T/err"
+	[ ! -e "$T/x.cptx" ] || fail "a refused name left an output"
+done
 expect 1 cryptex build "$pair/new" -o "$T/x.cptx" --name x --version 1 --base b --key "$T/key.pub"
 assert_grep "not a PEM private key" "$T/err"
 mkdir -p "$T/flat" && echo x >"$T/flat/file"

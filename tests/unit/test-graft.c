@@ -79,9 +79,11 @@ static void test_maps_line(void **state)
 	assert_string_equal(path, "/with space/name");
 }
 
-static void expect_unit(const char *cgroup, const char *unit)
+static void expect_unit_system(const char *cgroup, const char *unit, bool system)
 {
-	char *u = graft_unit_from_cgroup(cgroup);
+	bool sys = !system;
+	char *u = graft_unit_from_cgroup(cgroup, &sys);
+	assert_true(sys == system);
 	if (!unit) {
 		assert_null(u);
 		return;
@@ -89,6 +91,15 @@ static void expect_unit(const char *cgroup, const char *unit)
 	assert_non_null(u);
 	assert_string_equal(u, unit);
 	free(u);
+	/* Without the flag, the same unit. */
+	u = graft_unit_from_cgroup(cgroup, NULL);
+	assert_string_equal(u, unit);
+	free(u);
+}
+
+static void expect_unit(const char *cgroup, const char *unit)
+{
+	expect_unit_system(cgroup, unit, unit && !strncmp(cgroup, "0::/system.slice/", 17));
 }
 
 static void test_cgroup_unit(void **state)
@@ -101,9 +112,19 @@ static void test_cgroup_unit(void **state)
 	expect_unit("0::/init.scope", "init.scope");
 	expect_unit("", NULL);
 	/* cgroup v1: systemd's named hierarchy. */
-	expect_unit("12:memory:/x\n1:name=systemd:/system.slice/cron.service\n", "cron.service");
-	expect_unit("1:name=systemd:/\n0::/system.slice/nginx.service\n", "nginx.service");
+	expect_unit_system("12:memory:/x\n1:name=systemd:/system.slice/cron.service\n", "cron.service", true);
+	expect_unit_system("1:name=systemd:/\n0::/system.slice/nginx.service\n", "nginx.service", true);
 	expect_unit("4:memory:/process_api/98065\n0::/\n", NULL);
+	/*
+	 * A user's manager runs its own units: a user's "ssh.service" must not
+	 * name the system's, wherever it sits.
+	 */
+	expect_unit_system("0::/user.slice/user-1000.slice/user@1000.service/app.slice/ssh.service\n", "ssh.service",
+			   false);
+	expect_unit_system("0::/system.slice/user@1000.service/app.slice/ssh.service\n", "ssh.service", false);
+	expect_unit_system("0::/system.slice/x/user@1000.service/ssh.service\n", "ssh.service", false);
+	expect_unit_system("0::/machine.slice/ssh.service\n", "ssh.service", false);
+	expect_unit_system("0::/system.slice/notuser@1.service\n", "notuser@1.service", true);
 }
 
 static void test_names(void **state)
