@@ -101,8 +101,8 @@ int rsr_cryptex_verify(struct rsr_ctx *ctx, struct rsr_cryptex *cx, const struct
  * dm-verity check it. Every block is verified against the signed root
  * hash first; OUT is written atomically. The root hash is the cryptex's.
  */
-int rsr_cryptex_export_ddi(struct rsr_ctx *ctx, struct rsr_cryptex *cx, const char *out_path,
-			   const char *architecture, const char *key_path, const char *cert_path);
+int rsr_cryptex_export_ddi(struct rsr_ctx *ctx, struct rsr_cryptex *cx, const char *out_path, const char *architecture,
+			   const char *key_path, const char *cert_path);
 
 /* Getters: strings are borrowed from cx. */
 const char *rsr_cryptex_path(const struct rsr_cryptex *cx);

@@ -131,7 +131,19 @@ int graft_scan_processes(struct rsr_ctx *ctx, const struct rsr_graft *g, json_t 
 
 /* Valid slot name: [A-Za-z0-9_.-], 1..64, not starting with '.'. */
 bool graft_slot_name_valid(const char *s);
-/* A top-level directory a cryptex may cover: a plain name, not one of the API filesystems. */
+/*
+ * A top-level directory a cryptex may ever cover: a plain name, not one of
+ * the API filesystems or /etc, /var, /tmp (no configuration can allow those).
+ */
 bool graft_cover_name_valid(const char *s);
+
+/*
+ * The directories a device allows grafting over besides /usr and /opt:
+ * the "cover = /DIR" lines of etc/rsr/graft.conf ('#' comments, blank
+ * lines). Each DIR must pass graft_cover_name_valid(). -EINVAL with
+ * *ret_line set on a line that is not such a setting; -ENOMEM.
+ */
+#define GRAFT_CONF "etc/rsr/graft.conf"
+int graft_parse_covers(const char *buf, size_t len, char ***ret, size_t *ret_n, size_t *ret_line);
 
 #endif

@@ -548,6 +548,56 @@ static bool merged_into_usr(int rootfd, const char *name)
  * success *ret_fd is the open file (the same inode that was verified) and
  * *ret_cx the parsed cryptex.
  */
+/*
+ * Whether this device allows grafting over top-level directory `p`: /usr
+ * and /opt always; others only when etc/rsr/graft.conf names them, so that a
+ * stolen vendor key or a vendor's mistake cannot graft over home
+ * directories, /root or /boot. `allowed` gets the list, for the message.
+ */
+static int cover_allowed(struct rsr_ctx *ctx, const struct rsr_graft *g, const char *p, bool *ret, char *allowed,
+			 size_t size)
+{
+	static const char *const dflt[] = {"usr", "opt"};
+	_cleanup_close_ int fd = openat(g->rootfd, GRAFT_CONF, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	char buf[65536];
+	char **v = NULL;
+	size_t n = 0, line = 0, len = 0;
+	ssize_t k;
+	int r;
+
+	*ret = false;
+	allowed[0] = '\0';
+	for (size_t i = 0; i < ARRAY_SIZE(dflt); i++) {
+		*ret |= !strcmp(p, dflt[i]);
+		snprintf(allowed + strlen(allowed), size - strlen(allowed), "%s/%s", i ? ", " : "", dflt[i]);
+	}
+	if (fd < 0) {
+		if (errno == ENOENT)
+			return 0;
+		return rsr_error_errno(ctx, -errno, "%s%s", g->prefix, GRAFT_CONF);
+	}
+	while (len < sizeof(buf) && (k = read(fd, buf + len, sizeof(buf) - len)) > 0)
+		len += (size_t)k;
+	if (len == sizeof(buf))
+		return rsr_error(ctx, RSR_E_LIMIT, "%s%s: larger than %zu bytes", g->prefix, GRAFT_CONF,
+				 sizeof(buf) - 1);
+	r = graft_parse_covers(buf, len, &v, &n, &line);
+	if (r == -EINVAL)
+		return rsr_error(ctx, RSR_E_FORMAT,
+				 "%s%s:%zu: not 'cover = /DIR' with DIR a top-level directory other than /etc, /var, "
+				 "/run, /tmp, /proc, /sys and /dev",
+				 g->prefix, GRAFT_CONF, line);
+	if (r < 0)
+		return rsr_error(ctx, r, "out of memory");
+	for (size_t i = 0; i < n; i++) {
+		*ret |= !strcmp(p, v[i]);
+		snprintf(allowed + strlen(allowed), size - strlen(allowed), ", /%s", v[i]);
+		free(v[i]);
+	}
+	free(v);
+	return 0;
+}
+
 static int check_image(struct rsr_ctx *ctx, struct rsr_graft *g, const char *path, const struct base_id *base,
 		       const char *want_slot, int *ret_fd, struct rsr_cryptex **ret_cx)
 {
@@ -605,6 +655,18 @@ static int check_image(struct rsr_ctx *ctx, struct rsr_graft *g, const char *pat
 				      "/usr); rebuild the cryptex with 'rsr cryptex build' without --no-merged-usr, "
 				      "which puts /%s under /usr/%s",
 				      path, p, g->root, p, p);
+			goto fail;
+		}
+		char allowed[1024];
+		bool ok;
+		r = cover_allowed(ctx, g, p, &ok, allowed, sizeof(allowed));
+		if (r < 0)
+			goto fail;
+		if (!ok) {
+			r = rsr_error(ctx, RSR_E_MISMATCH,
+				      "%s: refused: covers /%s, which this device does not allow to be grafted over "
+				      "(allowed: %s); a line 'cover = /%s' in %s%s allows it",
+				      path, p, allowed, p, g->prefix, GRAFT_CONF);
 			goto fail;
 		}
 		if (fstatat(g->rootfd, p, &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISDIR(st.st_mode)) {
@@ -668,20 +730,43 @@ static const struct slot_undo *undo_find(const struct rsr_graft *g, const char *
 }
 
 /* Notes the slot's `current` before its first change through this handle. */
+/*
+ * What `current` names in a slot directory, into buf: 1 if there is one, 0
+ * if there is none, -errno if that cannot be told (then nothing may be
+ * removed or recorded on a guess). Allocates nothing.
+ */
+static int slot_current_buf(int dirfd, char *buf, size_t size)
+{
+	ssize_t n = readlinkat(dirfd, "current", buf, size - 1);
+
+	if (n < 0)
+		return errno == ENOENT ? 0 : -errno;
+	if ((size_t)n >= size - 1)
+		return -ENAMETOOLONG;
+	buf[n] = '\0';
+	return 1;
+}
+
 static int undo_note(struct rsr_ctx *ctx, struct rsr_graft *g, const char *slot, int dirfd)
 {
 	struct slot_undo *n;
+	char cur[256];
+	int r;
 
 	if (undo_find(g, slot))
 		return 0;
+	r = slot_current_buf(dirfd, cur, sizeof(cur));
+	if (r < 0)
+		return rsr_error_errno(ctx, r, "%s%s/%s/current", g->prefix, RSR_GRAFT_IMAGES_DIR, slot);
 	n = realloc(g->undo, (g->n_undo + 1) * sizeof(*n));
 	if (!n)
 		return rsr_error(ctx, -ENOMEM, "out of memory");
 	g->undo = n;
 	n = &g->undo[g->n_undo];
 	n->slot = strdup(slot);
-	n->prev = slot_current(dirfd);
-	if (!n->slot) {
+	n->prev = r > 0 ? strdup(cur) : NULL;
+	if (!n->slot || (r > 0 && !n->prev)) {
+		free(n->slot);
 		free(n->prev);
 		return rsr_error(ctx, -ENOMEM, "out of memory");
 	}
@@ -691,21 +776,27 @@ static int undo_note(struct rsr_ctx *ctx, struct rsr_graft *g, const char *slot,
 
 /*
  * Removes the slot's images that are neither current, nor grafted (as the
- * state records), nor the `current` an uncommitted change replaced.
+ * state records), nor the `current` an uncommitted change replaced. Where
+ * any of those cannot be told, removes nothing. Allocates only to read the
+ * directory.
  */
 static void slot_prune(struct rsr_ctx *ctx, struct rsr_graft *g, const char *slot, int dirfd, json_t *st)
 {
-	_cleanup_free_ char *cur = slot_current(dirfd), *grafted = NULL;
 	const struct slot_undo *u = undo_find(g, slot);
 	json_t *e = state_find(json_object_get(st, "slots"), "slot", slot);
-	int dfd;
+	const char *grafted = NULL;
+	char cur[256];
+	int dfd, r;
 	DIR *d;
 
+	r = slot_current_buf(dirfd, cur, sizeof(cur));
+	if (r < 0)
+		return; /* keep everything rather than guess */
+	if (r == 0)
+		cur[0] = '\0';
 	if (e) {
 		const char *img = jstr(e, "image"), *b = strrchr(img, '/');
-		grafted = strdup(b ? b + 1 : img);
-		if (!grafted)
-			return; /* keep everything rather than guess */
+		grafted = b ? b + 1 : img;
 	}
 	dfd = openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (dfd < 0)
@@ -718,9 +809,8 @@ static void slot_prune(struct rsr_ctx *ctx, struct rsr_graft *g, const char *slo
 	struct dirent *de;
 	while ((de = readdir(d))) {
 		size_t l = strlen(de->d_name);
-		if (de->d_name[0] == '.' || l < 6 || strcmp(de->d_name + l - 5, ".cptx") ||
-		    (cur && !strcmp(de->d_name, cur)) || (grafted && !strcmp(de->d_name, grafted)) ||
-		    (u && u->prev && !strcmp(de->d_name, u->prev)))
+		if (de->d_name[0] == '.' || l < 6 || strcmp(de->d_name + l - 5, ".cptx") || !strcmp(de->d_name, cur) ||
+		    (grafted && !strcmp(de->d_name, grafted)) || (u && u->prev && !strcmp(de->d_name, u->prev)))
 			continue;
 		if (unlinkat(dirfd, de->d_name, 0) == 0)
 			rsr_debug(ctx, "removed superseded image %s/%s", slot, de->d_name);
@@ -1774,10 +1864,10 @@ int rsr_graft_status(struct rsr_ctx *ctx, struct rsr_graft *g, struct rsr_graft_
 			json_int_t stacked = pe ? json_integer_value(json_object_get(pe, "stacked")) : 0;
 			pi->stacked = stacked > 0 && stacked < INT_MAX ? (unsigned)stacked : 0;
 			char *abs = strdup(pi->path);
-			if (abs) {
-				free(dirs[k]);
-				dirs[k] = abs;
-			}
+			if (!abs)
+				goto oom; /* the whole report or none, never a part */
+			free(dirs[k]);
+			dirs[k] = abs;
 		}
 	}
 	r = graft_scan_processes(ctx, g, st, rep);

@@ -164,6 +164,76 @@ bool graft_slot_name_valid(const char *s)
 	return rsr_valid_slot_name(s);
 }
 
+int graft_parse_covers(const char *buf, size_t len, char ***ret, size_t *ret_n, size_t *ret_line)
+{
+	char **v = NULL;
+	size_t n = 0, line = 0;
+	const char *p = buf, *end = buf + len;
+
+	*ret = NULL;
+	*ret_n = 0;
+	*ret_line = 0;
+	while (p < end) {
+		const char *nl = memchr(p, '\n', (size_t)(end - p)), *e = nl ? nl : end, *k, *val;
+		size_t kl, vl;
+		line++;
+		/* Trim; skip blank lines and comments. */
+		while (p < e && (*p == ' ' || *p == '\t'))
+			p++;
+		while (e > p && (e[-1] == ' ' || e[-1] == '\t' || e[-1] == '\r'))
+			e--;
+		if (p == e || *p == '#')
+			goto next;
+		k = p;
+		while (p < e && *p != '=' && *p != ' ' && *p != '\t')
+			p++;
+		kl = (size_t)(p - k);
+		while (p < e && (*p == ' ' || *p == '\t'))
+			p++;
+		if (p == e || *p != '=' || kl != 5 || strncmp(k, "cover", 5))
+			goto bad;
+		p++;
+		while (p < e && (*p == ' ' || *p == '\t'))
+			p++;
+		val = p;
+		if (val < e && *val == '/')
+			val++;
+		vl = (size_t)(e - val);
+		if (vl == 0 || vl > 255 || memchr(val, '\0', vl))
+			goto bad;
+		char *name = strndup(val, vl);
+		if (!name)
+			goto oom;
+		if (!graft_cover_name_valid(name)) {
+			free(name);
+			goto bad;
+		}
+		char **nv = realloc(v, (n + 1) * sizeof(*v));
+		if (!nv) {
+			free(name);
+			goto oom;
+		}
+		v = nv;
+		v[n++] = name;
+	next:
+		p = nl ? nl + 1 : end;
+	}
+	*ret = v;
+	*ret_n = n;
+	return 0;
+bad:
+	*ret_line = line;
+	for (size_t i = 0; i < n; i++)
+		free(v[i]);
+	free(v);
+	return -EINVAL;
+oom:
+	for (size_t i = 0; i < n; i++)
+		free(v[i]);
+	free(v);
+	return -ENOMEM;
+}
+
 bool graft_cover_name_valid(const char *s)
 {
 	static const char *refused[] = {"run", "proc", "sys", "dev", "tmp", "var", "etc"};

@@ -63,6 +63,24 @@ expect 0 graft --root "$R"
 mounts >"$W/mounts.A"
 ok "the next graft works"
 
+# graft --add that installs B and then fails to mount it: the slot's
+# current image is A again, grafted, and status says nothing is pending.
+before=$(readlink "$R/var/lib/rsr/cryptexes/os/current")
+set +e
+strace_nolsan -f -o /dev/null -e inject=move_mount:error=EIO:when=1 "$RSR" graft --root "$R" --add "$W/B.cptx" \
+	>"$T/out" 2>"$T/err"
+rc=$?
+set -e
+[ $rc = 1 ] || { cat "$T/err"; fail "graft --add with move_mount failing: exit $rc, expected 1"; }
+assert_grep "nothing changed: every slot has its previous image again" "$T/err"
+[ "$(readlink "$R/var/lib/rsr/cryptexes/os/current")" = "$before" ] || fail "a failed graft --add left B current"
+[ "$(view)" = "A A" ] || fail "a failed graft --add: not A everywhere but '$(view)'"
+expect 0 status --root "$R" --json
+python3 -c 'import json, sys
+[sl] = json.load(open(sys.argv[1]))["slots"]
+assert sl["grafted"] and not sl["pending"] and sl["version"] == "A", sl' "$T/out" || fail "status after a failed graft --add"
+ok "graft --add whose mount fails leaves the previous image current and grafted"
+
 # Swap: 1 the new image, 2 the overlay of /opt beneath, 3 that of /usr
 # beneath (after /opt was switched: /opt is switched back).
 expect 0 graft --root "$R" --add "$W/B.cptx" --no-mount

@@ -188,18 +188,31 @@ expect 0 graft --root "$R" --add "$W/multi.cptx"
 [ "$(cat "$R/opt/vendor/file")" = multi ] && [ "$(cat "$R/usr/share/multi/file")" = multi ] ||
 	fail "a cryptex covering /opt and /usr is not visible in both"
 [ "$(mounts_of_root | grep -c overlay)" = 2 ] || fail "expected one overlay on /opt and one on /usr"
+# Covered directories are an allow-list: /usr and /opt, others by the device's own graft.conf.
+expect 1 graft --root "$R" --add "$W/srv.cptx"
+assert_grep "covers /srv, which this device does not allow to be grafted over (allowed: /usr, /opt); a line 'cover = /srv' in $R/etc/rsr/graft.conf allows it" "$T/err"
+[ ! -e "$R/var/lib/rsr/cryptexes/srv" ] || fail "a refused image was installed"
+printf '# rsr graft.conf\ncover = /srv\n' >"$R/etc/rsr/graft.conf"
 expect 1 graft --root "$R" --add "$W/srv.cptx"
 assert_grep "covers /srv, which is not a directory of the base" "$T/err"
 assert_grep "nothing changed: every slot has its previous image again" "$T/err"
 [ ! -e "$R/var/lib/rsr/cryptexes/srv/current" ] || fail "a graft that failed left its image current"
-# A failed swap keeps the grafted image current and its file.
-mkdir -p "$W/multi2/srv/x" && echo 2 >"$W/multi2/srv/x/file"
+printf 'cover = /etc\n' >"$R/etc/rsr/graft.conf"
+expect 1 graft --root "$R" --add "$W/srv.cptx"
+assert_grep "$R/etc/rsr/graft.conf:1: not 'cover = /DIR'" "$T/err"
+rm "$R/etc/rsr/graft.conf"
+# One command is one change: a later --add that fails puts back the slot an
+# earlier one switched, keeps the grafted image current and its file.
+mkdir -p "$W/multi2/usr/share/multi" && echo 2 >"$W/multi2/usr/share/multi/file"
 "$RSR" -q cryptex build "$W/multi2" -o "$W/multi2.cptx" --name multi --version 2 --base test-1 --key "$W/key"
 before=$(readlink "$R/var/lib/rsr/cryptexes/multi/current")
-expect 1 graft --root "$R" --add "$W/multi2.cptx"
-[ "$(readlink "$R/var/lib/rsr/cryptexes/multi/current")" = "$before" ] || fail "a failed swap switched the slot"
-[ -f "$R/var/lib/rsr/cryptexes/multi/$before" ] || fail "a failed swap removed the grafted image"
-[ "$(ls "$R/var/lib/rsr/cryptexes/multi" | grep -c cptx)" = 1 ] || fail "a failed swap left its image in the slot"
+expect 1 graft --root "$R" --add "$W/multi2.cptx" --add "$W/srv.cptx"
+assert_grep "multi2.cptx installed in slot 'multi'" "$T/err"
+assert_grep "nothing changed: every slot has its previous image again" "$T/err"
+[ "$(readlink "$R/var/lib/rsr/cryptexes/multi/current")" = "$before" ] || fail "a failed graft left the slot switched"
+[ -f "$R/var/lib/rsr/cryptexes/multi/$before" ] || fail "a failed graft removed the grafted image"
+[ "$(ls "$R/var/lib/rsr/cryptexes/multi" | grep -c cptx)" = 1 ] || fail "a failed graft left its image in the slot"
+[ "$(cat "$R/usr/share/multi/file")" = multi ] || fail "a failed graft changed what is grafted"
 expect 0 status --root "$R" --json
 python3 -c 'import json, sys
 s = {x["slot"]: x for x in json.load(open(sys.argv[1]))["slots"]}
@@ -208,7 +221,7 @@ expect 0 ungraft --root "$R"
 [ "$(cat "$R/opt/vendor/file")" = base ] || fail "/opt not back to base"
 [ -z "$(mounts_of_root)" ] || fail "mounts left after ungraft"
 expect 0 graft --root "$R" --remove multi --no-mount
-ok "a cryptex covering two directories grafts both; one covering a directory the base lacks is refused and leaves every slot as it was"
+ok "a cryptex covering two directories grafts both; /srv only where graft.conf allows it; one covering a directory the base lacks is refused and leaves every slot as it was"
 
 expect 2 graft --root "$R" extra
 expect 2 status --bogus

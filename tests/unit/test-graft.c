@@ -149,6 +149,41 @@ static void test_names(void **state)
 	assert_false(graft_cover_name_valid(""));
 }
 
+static void expect_covers(const char *conf, int want, size_t want_line, const char *first)
+{
+	char **v = NULL;
+	size_t n = 0, line = 0;
+	int r = graft_parse_covers(conf, strlen(conf), &v, &n, &line);
+
+	assert_int_equal(r, want);
+	assert_int_equal(line, want_line);
+	if (first) {
+		assert_true(n > 0);
+		assert_string_equal(v[0], first);
+	} else {
+		assert_int_equal(n, 0);
+	}
+	for (size_t i = 0; i < n; i++)
+		free(v[i]);
+	free(v);
+}
+
+static void test_covers_conf(void **state)
+{
+	expect_covers("", 0, 0, NULL);
+	expect_covers("# nothing\n\n   \n", 0, 0, NULL);
+	expect_covers("cover = /srv\n", 0, 0, "srv");
+	expect_covers("  cover=srv  \r\n# c\ncover = /lib\n", 0, 0, "srv");
+	expect_covers("cover = /srv", 0, 0, "srv"); /* no final newline */
+	expect_covers("\ncover = /etc\n", -EINVAL, 2, NULL);
+	expect_covers("cover = /usr/lib\n", -EINVAL, 1, NULL);
+	expect_covers("cover = /..\n", -EINVAL, 1, NULL);
+	expect_covers("cover =\n", -EINVAL, 1, NULL);
+	expect_covers("covers = /srv\n", -EINVAL, 1, NULL);
+	expect_covers("cover /srv\n", -EINVAL, 1, NULL);
+	expect_covers("cover = /srv\nbogus\n", -EINVAL, 2, NULL);
+}
+
 static void test_dev(void **state)
 {
 	char buf[32];
@@ -255,9 +290,10 @@ static void test_scratch_root(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_os_release),	 cmocka_unit_test(test_maps_line), cmocka_unit_test(test_cgroup_unit),
-	    cmocka_unit_test(test_names),	 cmocka_unit_test(test_dev),	   cmocka_unit_test(test_verity_table),
-	    cmocka_unit_test(test_scratch_root),
+	    cmocka_unit_test(test_os_release),	 cmocka_unit_test(test_maps_line),
+	    cmocka_unit_test(test_cgroup_unit),	 cmocka_unit_test(test_names),
+	    cmocka_unit_test(test_dev),		 cmocka_unit_test(test_verity_table),
+	    cmocka_unit_test(test_scratch_root), cmocka_unit_test(test_covers_conf),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
