@@ -10,23 +10,9 @@
 for t in dpkg-buildpackage dh lintian; do
 	command -v $t >/dev/null || skip_all "no $t (scripts/install-deps installs the packaging tools)"
 done
-version=$(sed -n '1s/^rsr (\([^)]*\)).*/\1/p' "$RSR_SRCDIR/debian/changelog")
-[ -n "$version" ] || fail "no version in debian/changelog"
-src=$T/rsr-$version
-mkdir -p "$src"
-if git -C "$RSR_SRCDIR" rev-parse --git-dir >/dev/null 2>&1; then
-	(cd "$RSR_SRCDIR" && git ls-files -z --cached --others --exclude-standard | xargs -0 tar -cf - --no-recursion) |
-		tar -xf - -C "$src"
-else
-	tar -C "$RSR_SRCDIR" --exclude='./build*' --exclude=./.git -cf - . | tar -xf - -C "$src"
-fi
-before=$(cd "$RSR_SRCDIR" && git status --porcelain 2>/dev/null || true)
-(cd "$src" && dpkg-buildpackage -us -uc -b) >"$T/build.log" 2>&1 || {
-	tail -40 "$T/build.log"
-	fail "dpkg-buildpackage -us -uc -b"
-}
-after=$(cd "$RSR_SRCDIR" && git status --porcelain 2>/dev/null || true)
-[ "$before" = "$after" ] || fail "the source tree changed: $after"
+. "$RSR_SRCDIR/tests/package/libdeb.sh"
+deb_build "$T"
+version=$deb_version
 for p in rsr librsr0 librsr-dev; do
 	[ -f "$T/${p}_${version}_amd64.deb" ] || [ -n "$(ls "$T/${p}_${version}_"*.deb 2>/dev/null)" ] || fail "no $p package"
 done

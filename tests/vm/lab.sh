@@ -156,15 +156,17 @@ lab_setup() { # FLAVOUR
 # The guest's disk: the cached root file system seen through an overlay,
 # with rsr installed from the build under test (meson install, units
 # included) and the lab's boot hook, written out by mkfs.ext4 -d. About 5 s.
-lab_disk() { # DISK
+lab_disk() { # DISK (LAB_INSTALL=none: without rsr, for a test that installs its packages)
 	local disk=$1 w=$T/lab-assemble
 	rm -rf "$w" && mkdir -p "$w/upper" "$w/work" "$w/merged"
-	RSR_LAB_DISK=$disk RSR_LAB_W=$w RSR_LAB_ROOTFS=$LAB_ROOTFS RSR_LAB_SRC=$LAB_SRC \
+	RSR_LAB_DISK=$disk RSR_LAB_W=$w RSR_LAB_ROOTFS=$LAB_ROOTFS RSR_LAB_SRC=$LAB_SRC RSR_LAB_INSTALL=${LAB_INSTALL:-meson} \
 		unshare -m --propagation private bash -euo pipefail -c '
 mount -t overlay lab -o "lowerdir=$RSR_LAB_ROOTFS,upperdir=$RSR_LAB_W/upper,workdir=$RSR_LAB_W/work" "$RSR_LAB_W/merged"
 m=$RSR_LAB_W/merged
-meson install -C "$RSR_BUILDDIR" --no-rebuild --quiet --destdir "$m" >/dev/null
-ldconfig -r "$m"
+if [ "$RSR_LAB_INSTALL" = meson ]; then
+	meson install -C "$RSR_BUILDDIR" --no-rebuild --quiet --destdir "$m" >/dev/null
+	ldconfig -r "$m"
+fi
 install -D -m 0755 "$RSR_LAB_SRC/guest-boot-hook" "$m/usr/local/lib/rsr-lab/step"
 install -D -m 0644 "$RSR_LAB_SRC/rsr-lab.service" "$m/etc/systemd/system/rsr-lab.service"
 mkdir -p "$m/etc/systemd/system/multi-user.target.wants"

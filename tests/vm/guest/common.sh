@@ -60,3 +60,24 @@ kernel_at_least() { # MAJOR MINOR
 	min=${min%%[!0-9]*}
 	[ "$maj" -gt "$1" ] || { [ "$maj" = "$1" ] && [ "$min" -ge "$2" ]; }
 }
+
+# nginx serves the lab's repository ($D/repo) at http://127.0.0.1:8080.
+serve_repo() {
+	mkdir -p /srv/rsr
+	cp -a "$D/repo/." /srv/rsr/
+	cat >/etc/nginx/sites-enabled/rsr <<'CONF'
+server {
+	listen 127.0.0.1:8080;
+	root /srv/rsr;
+	location /metadata/ { add_header Cache-Control "no-cache"; }
+}
+CONF
+	if systemctl is-active -q nginx.service; then
+		systemctl reload nginx.service
+	else
+		rm -f /etc/systemd/system/nginx.service
+		systemctl daemon-reload
+		systemctl enable --now nginx.service
+	fi
+	curl -fsS -o /dev/null http://127.0.0.1:8080/metadata/timestamp.json || gfail "nginx does not serve the repository"
+}

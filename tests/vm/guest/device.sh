@@ -131,17 +131,7 @@ step_boot_removed() {
 # by a drop-in, installs the newest response without a command and restarts
 # nginx (restart = services).
 step_update_timer() {
-	mkdir -p /srv/rsr
-	cp -a "$D/repo/." /srv/rsr/
-	cat >/etc/nginx/sites-enabled/rsr <<'CONF'
-server {
-	listen 127.0.0.1:8080;
-	root /srv/rsr;
-	location /metadata/ { add_header Cache-Control "no-cache"; }
-}
-CONF
-	systemctl reload nginx.service
-	curl -fsS -o /dev/null http://127.0.0.1:8080/metadata/timestamp.json || gfail "nginx does not serve the repository"
+	serve_repo
 	cp "$D/repo/metadata/1.root.json" /etc/rsr/repository-root.json
 	printf 'mirror = http://127.0.0.1:8080\nauto_install = yes\nrestart = services\n' >/etc/rsr/rsr.conf
 	mkdir -p /etc/systemd/system/rsr-update.timer.d
