@@ -19,7 +19,8 @@ libs=$(pkg-config --libs librsr)
 # A sanitized build's library needs its runtime first: the program is built sanitized too.
 san=
 so=$(find "$T/dest" -name 'librsr.so.0' | head -1)
-if ldd "$so" | grep -q libasan; then san="-fsanitize=address,undefined"; fi
+ldd "$so" >"$T/ldd-so"
+if grep -q libasan "$T/ldd-so"; then san="-fsanitize=address,undefined"; fi
 mkdir -p "$T/user"
 cp "$RSR_SRCDIR/tests/package/librsr-user.c" "$T/user/"
 (cd "$T/user" && ${CC:-cc} -Wall -Werror $san $cflags -o librsr-user librsr-user.c $libs) ||
@@ -35,7 +36,9 @@ LD_LIBRARY_PATH=$libdir "$rsr_bin" -q key generate -o "$T/key" >/dev/null 2>&1
 LD_LIBRARY_PATH=$libdir "$rsr_bin" -q cryptex build "$T/src" -o "$T/t.cptx" --name t --version 1 --base 1 --key "$T/key"
 hash=$(LD_LIBRARY_PATH=$libdir "$rsr_bin" cryptex info --json "$T/t.cptx" | python3 -c 'import json,sys; print(json.load(sys.stdin)["root_hash"])')
 LD_LIBRARY_PATH=$libdir "$T/user/librsr-user" "$T/t.cptx" "$T/key.pub" >"$T/out"
-LD_LIBRARY_PATH=$libdir ldd "$T/user/librsr-user" | grep -q "librsr.so.0 => $T/dest" || fail "not linked to the installed librsr.so.0"
+# Through a file: grep -q may exit before ldd has written, and pipefail would count that.
+LD_LIBRARY_PATH=$libdir ldd "$T/user/librsr-user" >"$T/ldd"
+grep -q "librsr.so.0 => $T/dest" "$T/ldd" || { cat "$T/ldd"; fail "not linked to the installed librsr.so.0"; }
 grep -qx "t 1 $hash" "$T/out" || fail "the program's output: $(cat "$T/out")"
 grep -q "^librsr [0-9]" "$T/out" || fail "no version"
 ok "it runs against the installed librsr.so.0 and reads a cryptex the installed rsr made"
