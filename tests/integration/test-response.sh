@@ -92,11 +92,11 @@ if command -v strace >/dev/null; then
 	[ -f "$DR/run/rsr/response" ] || fail "no run/rsr/response after install"
 	# The renameat after the journal's, counted on a copy of the device.
 	cp -a "$DR" "$DR.copy"
-	strace -f -o "$T/renames" -e trace=renameat "$RSR" -q install "$V/b" --root "$DR.copy" --no-graft >/dev/null
+	strace_nolsan -f -o "$T/renames" -e trace=renameat "$RSR" -q install "$V/b" --root "$DR.copy" --no-graft >/dev/null
 	n=$(($(grep 'renameat(' "$T/renames" | grep -n '"journal.json"' | cut -d: -f1) + 1))
 	rm -rf "$DR.copy"
 	set +e
-	(strace -f -o /dev/null -e trace=renameat -e inject=renameat:signal=KILL:when=$n \
+	(strace_nolsan -f -o /dev/null -e trace=renameat -e inject=renameat:signal=KILL:when=$n \
 		"$RSR" -q install "$V/b" --root "$DR" --no-graft || true) >/dev/null 2>&1
 	set -e
 	[ -f "$DR/var/lib/rsr/response/journal.json" ] || fail "the install was not killed after its journal"
