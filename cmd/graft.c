@@ -346,9 +346,9 @@ static void print_held(const struct rsr_graft_report *rep, FILE *f)
 			fprintf(f, ": %s %s\n", h->how ? h->how : "?", h->file ? h->file : "?");
 		}
 	} else if (rep->n_held > 0) {
-		fprintf(f,
-			"Holders:   no process here has a file of them open, maps one or works in one:\n"
-			"           a mount in another mount namespace, a detached mount or the kernel holds them\n");
+		fprintf(f, "Holders:   no process here has a file of them open, maps one or works in one:\n"
+			   "           a mount in another mount namespace, a detached mount or the kernel holds them;\n"
+			   "           they go at the next reboot\n");
 	}
 }
 

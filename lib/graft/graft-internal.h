@@ -129,7 +129,13 @@ int graft_list_held(struct rsr_ctx *ctx, const struct rsr_graft *g, struct rsr_g
  */
 int graft_scan_processes(struct rsr_ctx *ctx, const struct rsr_graft *g, json_t *st, struct rsr_graft_report *rep);
 
-/* Valid slot name: [A-Za-z0-9_.-], 1..64, not starting with '.'. */
+/*
+ * A small file of /proc or /sys (up to PATH_MAX bytes), or NULL; with
+ * `first_line`, its first line only (NULL if empty). The caller frees.
+ */
+char *graft_read_small(const char *path, bool first_line);
+
+/* Valid slot name: rsr_valid_slot_name(). */
 bool graft_slot_name_valid(const char *s);
 /*
  * A top-level directory a cryptex may ever cover: a plain name, not one of

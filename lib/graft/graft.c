@@ -544,40 +544,53 @@ static bool merged_into_usr(int rootfd, const char *name)
 }
 
 /*
- * Opens and fully checks a cryptex file for grafting on this device. On
- * success *ret_fd is the open file (the same inode that was verified) and
- * *ret_cx the parsed cryptex.
- */
-/*
- * Whether this device allows grafting over top-level directory `p`: /usr
- * and /opt always; others only when etc/rsr/graft.conf names them, so that a
+ * The top-level directories this device allows grafting over: /usr and
+ * /opt always, others only where etc/rsr/graft.conf names them, so that a
  * stolen vendor key or a vendor's mistake cannot graft over home
- * directories, /root or /boot. `allowed` gets the list, for the message.
+ * directories, /root or /boot. `text` lists them, for messages.
  */
-static int cover_allowed(struct rsr_ctx *ctx, const struct rsr_graft *g, const char *p, bool *ret, char *allowed,
-			 size_t size)
+struct covers {
+	char **v;
+	size_t n;
+	char text[1024];
+};
+
+static void covers_free(struct covers *c)
+{
+	for (size_t i = 0; i < c->n; i++)
+		free(c->v[i]);
+	free(c->v);
+	c->v = NULL;
+	c->n = 0;
+}
+
+static bool covers_has(const struct covers *c, const char *p)
+{
+	for (size_t i = 0; i < c->n; i++)
+		if (!strcmp(c->v[i], p))
+			return true;
+	return false;
+}
+
+/* Read through the root's descriptor without following links, so it stays inside the root. */
+static int covers_load(struct rsr_ctx *ctx, const struct rsr_graft *g, struct covers *c)
 {
 	static const char *const dflt[] = {"usr", "opt"};
 	_cleanup_close_ int fd = openat(g->rootfd, GRAFT_CONF, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
 	char buf[65536];
 	char **v = NULL;
 	size_t n = 0, line = 0, len = 0;
-	ssize_t k;
+	ssize_t k = 0;
 	int r;
 
-	*ret = false;
-	allowed[0] = '\0';
-	for (size_t i = 0; i < ARRAY_SIZE(dflt); i++) {
-		*ret |= !strcmp(p, dflt[i]);
-		snprintf(allowed + strlen(allowed), size - strlen(allowed), "%s/%s", i ? ", " : "", dflt[i]);
-	}
-	if (fd < 0) {
-		if (errno == ENOENT)
-			return 0;
+	*c = (struct covers){0};
+	if (fd < 0 && errno != ENOENT)
 		return rsr_error_errno(ctx, -errno, "%s%s", g->prefix, GRAFT_CONF);
+	while (fd >= 0 && len < sizeof(buf) && (k = read(fd, buf + len, sizeof(buf) - len)) != 0) {
+		if (k < 0 && errno != EINTR)
+			return rsr_error_errno(ctx, -errno, "%s%s", g->prefix, GRAFT_CONF);
+		len += k > 0 ? (size_t)k : 0;
 	}
-	while (len < sizeof(buf) && (k = read(fd, buf + len, sizeof(buf) - len)) > 0)
-		len += (size_t)k;
 	if (len == sizeof(buf))
 		return rsr_error(ctx, RSR_E_LIMIT, "%s%s: larger than %zu bytes", g->prefix, GRAFT_CONF,
 				 sizeof(buf) - 1);
@@ -589,20 +602,37 @@ static int cover_allowed(struct rsr_ctx *ctx, const struct rsr_graft *g, const c
 				 g->prefix, GRAFT_CONF, line);
 	if (r < 0)
 		return rsr_error(ctx, r, "out of memory");
+	/* The defaults first, then the configured ones (which the list now owns). */
+	bool oom = !(c->v = calloc(ARRAY_SIZE(dflt) + n, sizeof(char *)));
+	for (size_t i = 0; c->v && i < ARRAY_SIZE(dflt); i++)
+		oom |= !(c->v[c->n++] = strdup(dflt[i]));
 	for (size_t i = 0; i < n; i++) {
-		*ret |= !strcmp(p, v[i]);
-		snprintf(allowed + strlen(allowed), size - strlen(allowed), ", /%s", v[i]);
-		free(v[i]);
+		if (c->v)
+			c->v[c->n++] = v[i];
+		else
+			free(v[i]);
 	}
 	free(v);
+	if (oom) {
+		covers_free(c);
+		return rsr_error(ctx, -ENOMEM, "out of memory");
+	}
+	for (size_t i = 0; i < c->n; i++)
+		snprintf(c->text + strlen(c->text), sizeof(c->text) - strlen(c->text), "%s/%s", i ? ", " : "", c->v[i]);
 	return 0;
 }
 
+/*
+ * Opens and fully checks a cryptex file for grafting on this device. On
+ * success *ret_fd is the open file (the same inode that was verified) and
+ * *ret_cx the parsed cryptex.
+ */
 static int check_image(struct rsr_ctx *ctx, struct rsr_graft *g, const char *path, const struct base_id *base,
 		       const char *want_slot, int *ret_fd, struct rsr_cryptex **ret_cx)
 {
 	_cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
 	struct rsr_cryptex *cx = NULL;
+	struct covers allowed_dirs = {0};
 	char fdpath[64];
 	int r;
 
@@ -641,6 +671,9 @@ static int check_image(struct rsr_ctx *ctx, struct rsr_graft *g, const char *pat
 			      allowed, base->build);
 		goto fail;
 	}
+	r = covers_load(ctx, g, &allowed_dirs);
+	if (r < 0)
+		goto fail;
 	for (size_t i = 0; i < rsr_cryptex_path_count(cx); i++) {
 		const char *p = rsr_cryptex_covered_path(cx, i);
 		struct stat st;
@@ -657,16 +690,11 @@ static int check_image(struct rsr_ctx *ctx, struct rsr_graft *g, const char *pat
 				      path, p, g->root, p, p);
 			goto fail;
 		}
-		char allowed[1024];
-		bool ok;
-		r = cover_allowed(ctx, g, p, &ok, allowed, sizeof(allowed));
-		if (r < 0)
-			goto fail;
-		if (!ok) {
+		if (!covers_has(&allowed_dirs, p)) {
 			r = rsr_error(ctx, RSR_E_MISMATCH,
 				      "%s: refused: covers /%s, which this device does not allow to be grafted over "
 				      "(allowed: %s); a line 'cover = /%s' in %s%s allows it",
-				      path, p, allowed, p, g->prefix, GRAFT_CONF);
+				      path, p, allowed_dirs.text, p, g->prefix, GRAFT_CONF);
 			goto fail;
 		}
 		if (fstatat(g->rootfd, p, &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISDIR(st.st_mode)) {
@@ -681,10 +709,12 @@ static int check_image(struct rsr_ctx *ctx, struct rsr_graft *g, const char *pat
 		r = name_file(ctx, r, fdpath, path, "refused", NULL);
 		goto fail;
 	}
+	covers_free(&allowed_dirs);
 	*ret_fd = TAKE_FD(fd);
 	*ret_cx = cx;
 	return 0;
 fail:
+	covers_free(&allowed_dirs);
 	rsr_cryptex_free(cx);
 	return r;
 }

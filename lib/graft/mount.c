@@ -125,16 +125,23 @@ struct dm_buf {
 	char data[4096];
 };
 
+/* A dm ioctl header at the start of a zeroed buffer of `size` bytes. */
+static void dm_init_size(void *buf, size_t size, const char *name, uint32_t flags)
+{
+	struct dm_ioctl io = {0};
+
+	memset(buf, 0, size);
+	io.version[0] = DM_VERSION_MAJOR;
+	io.data_size = (uint32_t)size;
+	io.data_start = sizeof(struct dm_ioctl);
+	io.flags = flags;
+	snprintf(io.name, sizeof(io.name), "%s", name);
+	memcpy(buf, &io, sizeof(io));
+}
+
 static void dm_init(struct dm_buf *b, const char *name, uint32_t flags)
 {
-	memset(b, 0, sizeof(*b));
-	b->io.version[0] = DM_VERSION_MAJOR;
-	b->io.version[1] = 0;
-	b->io.version[2] = 0;
-	b->io.data_size = sizeof(*b);
-	b->io.data_start = sizeof(struct dm_ioctl);
-	b->io.flags = flags;
-	snprintf(b->io.name, sizeof(b->io.name), "%s", name);
+	dm_init_size(b, sizeof(*b), name, flags);
 }
 
 static void dm_remove(int ctl, const char *name, bool deferred)
@@ -275,20 +282,6 @@ int graft_verity_corrupted(dev_t dev, bool *ret_corrupted)
 	return 0;
 }
 
-/* The first line of a small sysfs file, or NULL. */
-static char *sysfs_line(const char *path)
-{
-	char buf[PATH_MAX + 16];
-	_cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
-	ssize_t n;
-
-	if (fd < 0 || (n = read(fd, buf, sizeof(buf) - 1)) <= 0)
-		return NULL;
-	buf[n] = '\0';
-	buf[strcspn(buf, "\n")] = '\0';
-	return strdup(buf);
-}
-
 /* True if /sys/block/NAME/SUB has an entry (a holder or a slave). */
 static bool sysfs_dir_has_entry(const char *name, const char *sub, char *ret_first, size_t size)
 {
@@ -343,14 +336,10 @@ static int held_verity(const struct dev_set *live, const char *store, struct rsr
 
 	if (ctl < 0)
 		return 0; /* no device-mapper: nothing of ours can be there */
-	list = calloc(1, size);
+	list = malloc(size);
 	if (!list)
 		return -ENOMEM;
-	memset(&io, 0, sizeof(io));
-	io.version[0] = DM_VERSION_MAJOR;
-	io.data_size = (uint32_t)size;
-	io.data_start = sizeof(io);
-	memcpy(list, &io, sizeof(io));
+	dm_init_size(list, size, "", 0);
 	if (ioctl(ctl, DM_LIST_DEVICES, list) < 0)
 		return 0;
 	memcpy(&io, list, sizeof(io));
@@ -378,7 +367,7 @@ static int held_verity(const struct dev_set *live, const char *store, struct rsr
 			snprintf(dev_name, sizeof(dev_name), "dm-%u", minor(dev));
 			if (sysfs_dir_has_entry(dev_name, "slaves", slave, sizeof(slave))) {
 				snprintf(path, sizeof(path), "/sys/block/%s/loop/backing_file", slave);
-				image = sysfs_line(path);
+				image = graft_read_small(path, true);
 			}
 			/* Another root's images (a test's scratch root, say) are not this one's. */
 			if (!image || strncmp(image, store, strlen(store))) {
@@ -413,7 +402,7 @@ static int held_loops(const struct dev_set *live, const char *store, struct rsr_
 		if (strncmp(de->d_name, "loop", 4) || sysfs_dir_has_entry(de->d_name, "holders", NULL, 0))
 			continue;
 		snprintf(path, sizeof(path), "/sys/block/%s/loop/backing_file", de->d_name);
-		image = sysfs_line(path);
+		image = graft_read_small(path, true);
 		if (!image || strncmp(image, store, strlen(store))) {
 			free(image);
 			continue; /* not bound, or not to this root's images */

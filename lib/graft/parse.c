@@ -4,6 +4,8 @@
  * /proc/PID/cgroup, and the names slots and covered directories may have.
  */
 #include <ctype.h>
+#include <fcntl.h>
+#include <limits.h>
 #include <stdio.h>
 #include <sys/sysmacros.h>
 
@@ -157,6 +159,20 @@ char *graft_unit_from_cgroup(const char *buf, bool *ret_system)
 		*ret_system = !user;
 	}
 	return best ? strndup(best, best_len) : NULL;
+}
+
+char *graft_read_small(const char *path, bool first_line)
+{
+	char buf[PATH_MAX + 16];
+	_cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
+	ssize_t n;
+
+	if (fd < 0 || (n = read(fd, buf, sizeof(buf) - 1)) < 0 || (first_line && n == 0))
+		return NULL;
+	buf[n] = '\0';
+	if (first_line)
+		buf[strcspn(buf, "\n")] = '\0';
+	return strdup(buf);
 }
 
 bool graft_slot_name_valid(const char *s)

@@ -148,18 +148,6 @@ static char *classify(const struct scan *sc, dev_t dev, const char *path, const 
 	return NULL;
 }
 
-static char *read_small(const char *path)
-{
-	char buf[4096];
-	_cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
-	ssize_t n;
-
-	if (fd < 0 || (n = read(fd, buf, sizeof(buf) - 1)) < 0)
-		return NULL;
-	buf[n] = '\0';
-	return strdup(buf);
-}
-
 struct seen {
 	dev_t dev;
 	uint64_t ino;
@@ -171,11 +159,11 @@ static void describe_pid(int pid, char **ret_comm, char **ret_unit, bool *ret_sy
 	char path[64];
 
 	snprintf(path, sizeof(path), "/proc/%d/comm", pid);
-	*ret_comm = read_small(path);
+	*ret_comm = graft_read_small(path, false);
 	if (*ret_comm)
 		(*ret_comm)[strcspn(*ret_comm, "\n")] = '\0';
 	snprintf(path, sizeof(path), "/proc/%d/cgroup", pid);
-	_cleanup_free_ char *cg = read_small(path);
+	_cleanup_free_ char *cg = graft_read_small(path, false);
 	*ret_unit = cg ? graft_unit_from_cgroup(cg, ret_system) : NULL;
 }
 
@@ -235,7 +223,9 @@ static bool holds_by_files(const struct scan *sc, int pid, char **ret_file, cons
 	return false;
 }
 
-static int add_holder(struct rsr_ctx *ctx, struct rsr_graft_report *rep, int pid, char *file, const char *how)
+/* Takes `file`; copies `comm` and `unit` (either may be NULL). */
+static int add_holder(struct rsr_ctx *ctx, struct rsr_graft_report *rep, int pid, char *file, const char *how,
+		      const char *comm, const char *unit)
 {
 	struct rsr_graft_holder *n = realloc(rep->holders, (rep->n_holders + 1) * sizeof(*n));
 
@@ -245,9 +235,12 @@ static int add_holder(struct rsr_ctx *ctx, struct rsr_graft_report *rep, int pid
 	}
 	rep->holders = n;
 	n = &rep->holders[rep->n_holders++];
-	*n = (struct rsr_graft_holder){.pid = pid, .file = file, .how = strdup(how)};
-	describe_pid(pid, &n->comm, &n->unit, NULL);
-	if (!n->how)
+	*n = (struct rsr_graft_holder){.pid = pid,
+				       .file = file,
+				       .how = strdup(how),
+				       .comm = comm ? strdup(comm) : NULL,
+				       .unit = unit ? strdup(unit) : NULL};
+	if (!n->how || (comm && !n->comm) || (unit && !n->unit))
 		return rsr_error(ctx, -ENOMEM, "out of memory");
 	return 0;
 }
@@ -268,18 +261,13 @@ static int scan_pid(struct rsr_ctx *ctx, const struct scan *sc, int pid, struct 
 	/* The executable first: it is what people recognise. */
 	snprintf(path, sizeof(path), "/proc/%d/exe", pid);
 	if (stat(path, &sb) == 0) {
-		char exe[4096];
-		if (is_retired(sc, sb.st_dev)) {
-			_cleanup_free_ char *l = proc_link(path);
-			hold_file = retired_display(sc, sb.st_dev, l);
+		_cleanup_free_ char *exe = proc_link(path);
+		if (exe && is_retired(sc, sb.st_dev)) {
+			hold_file = retired_display(sc, sb.st_dev, exe);
 			hold_how = "executable";
 		}
-		ssize_t l = readlink(path, exe, sizeof(exe) - 1);
-		if (l > 0) {
+		if (exe) {
 			char *disp;
-			exe[l] = '\0';
-			if (l > 10 && !strcmp(exe + l - 10, " (deleted)"))
-				exe[l - 10] = '\0';
 			first_reason = classify(sc, sb.st_dev, exe, &sb, &disp);
 			if (!first_reason)
 				free(disp);
@@ -348,8 +336,16 @@ static int scan_pid(struct rsr_ctx *ctx, const struct scan *sc, int pid, struct 
 	free(seen);
 	if (!hold_how && sc->n_retired > 0)
 		(void)holds_by_files(sc, pid, &hold_file, &hold_how);
+	if (!hold_how && !first_reason) {
+		free(first_file);
+		return 0;
+	}
+	/* One look at the process's name and unit, for both lists. */
+	_cleanup_free_ char *comm = NULL, *unit = NULL;
+	bool system_unit = false;
+	describe_pid(pid, &comm, &unit, &system_unit);
 	if (hold_how) {
-		int r = add_holder(ctx, rep, pid, hold_file, hold_how);
+		int r = add_holder(ctx, rep, pid, hold_file, hold_how, comm, unit);
 		if (r < 0) {
 			free(first_file);
 			free(first_reason);
@@ -373,7 +369,9 @@ static int scan_pid(struct rsr_ctx *ctx, const struct scan *sc, int pid, struct 
 	sp->file = first_file;
 	sp->reason = first_reason;
 	sp->n_files = n_files;
-	describe_pid(pid, &sp->comm, &sp->unit, &sp->system_unit);
+	sp->comm = TAKE_PTR(comm);
+	sp->unit = TAKE_PTR(unit);
+	sp->system_unit = system_unit;
 	return 0;
 }
 
