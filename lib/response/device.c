@@ -488,6 +488,32 @@ static void slot_prune(struct rsr_ctx *ctx, struct rsr_device *dev, const char *
 /* ---- the journal: from staged to switched ---- */
 
 /*
+ * Whether incoming/response still holds the response the journal installs
+ * (1), or already the one it replaced (0): switching exchanges the two
+ * directories, so a recovery after that must not exchange them back. Told by
+ * the manifest's sequence, which is above every earlier one on this device.
+ */
+static int response_staged(struct rsr_ctx *ctx, struct rsr_device *dev, int infd, json_t *j)
+{
+	_cleanup_free_ char *buf = NULL;
+	struct rsr_response *resp = NULL;
+	size_t len;
+	int r;
+
+	r = read_at(ctx, infd, "response/" RSR_RESPONSE_MANIFEST, RSR_RESPONSE_MANIFEST_MAX, &buf, &len);
+	if (r == -ENOMEM)
+		return rsr_error(ctx, r, "out of memory");
+	if (r < 0)
+		return rsr_error(ctx, RSR_E_STATE, "%s/%s/incoming/response: cannot read its manifest (%s)", dev->root,
+				 STATE_DIR, rsr_strerror(r));
+	if ((r = rsr_response_parse(ctx, buf, len, NULL, &resp)) < 0)
+		return rsr_error_prefix(ctx, r, "%s/%s/incoming/response", dev->root, STATE_DIR);
+	r = rsr_response_sequence(resp) == (uint64_t)json_integer_value(json_object_get(j, "sequence"));
+	rsr_response_free(resp);
+	return r;
+}
+
+/*
  * Makes the journal's target state true. Every step is idempotent, so this
  * is both the second half of an install or remove and the recovery.
  */
@@ -527,7 +553,9 @@ static int roll_forward(struct rsr_ctx *ctx, struct rsr_device *dev, json_t *j)
 			return r;
 	}
 	if (!strcmp(op, "install")) {
-		if (infd >= 0 && exists_at(infd, "response")) {
+		if (infd >= 0 && exists_at(infd, "response") && (r = response_staged(ctx, dev, infd, j)) < 0)
+			return r;
+		if (infd >= 0 && exists_at(infd, "response") && r > 0) {
 			if (exists_at(dev->statefd, "current")) {
 				if (renameat2(infd, "response", dev->statefd, "current", RENAME_EXCHANGE) < 0)
 					return rsr_error_errno(ctx, -errno, "cannot switch the response state");

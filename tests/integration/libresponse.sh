@@ -69,6 +69,14 @@ except FileNotFoundError:
 got = st["installed"]["letter"] if st.get("installed") else None
 if got != want:
     sys.exit(f"state says {got}, expected {want}")
+# The kept response (its manifest and reverse patches) is the installed one.
+kept = p.replace("state.json", "current/response.json")
+try:
+    letter = json.load(open(kept))["signed"]["letter"]
+except FileNotFoundError:
+    letter = None
+if letter != want:
+    sys.exit(f"state says {got}, but the kept response is {letter}")
 PY
 	[ ! -e "$d/var/lib/rsr/response/journal.json" ] && [ ! -e "$d/var/lib/rsr/response/incoming" ] ||
 		{ echo "journal or incoming left behind" >&2; return 1; }

@@ -23,6 +23,13 @@ device_state() {
 device_is() { # STATE
 	local want=$1 f
 	[ "$(device_state)" = "$want" ] || { echo "the device is on $(device_state), not $want"; return 1; }
+	# The kept response (manifest and reverse patches) is the one the state names.
+	if [ "$want" = base ]; then
+		[ ! -e /var/lib/rsr/response/current ] || { echo "a response is kept on the base"; return 1; }
+	else
+		[ "s$(jq -r .signed.sequence /var/lib/rsr/response/current/response.json)" = "$want" ] ||
+			{ echo "the state says $want, the kept response is $(jq -c .signed.sequence /var/lib/rsr/response/current/response.json)"; return 1; }
+	fi
 	for f in /var/lib/rsr/cryptexes/*/current; do
 		rsr -q cryptex verify "$f" --pubkey "$D/key.pub" || { echo "$f does not verify"; return 1; }
 	done
