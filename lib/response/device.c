@@ -553,9 +553,9 @@ static int roll_forward(struct rsr_ctx *ctx, struct rsr_device *dev, json_t *j)
 			return r;
 	}
 	if (!strcmp(op, "install")) {
-		if (infd >= 0 && exists_at(infd, "response") && (r = response_staged(ctx, dev, infd, j)) < 0)
-			return r;
-		if (infd >= 0 && exists_at(infd, "response") && r > 0) {
+		if (infd >= 0 && exists_at(infd, "response") && (r = response_staged(ctx, dev, infd, j)) != 0) {
+			if (r < 0)
+				return r;
 			if (exists_at(dev->statefd, "current")) {
 				if (renameat2(infd, "response", dev->statefd, "current", RENAME_EXCHANGE) < 0)
 					return rsr_error_errno(ctx, -errno, "cannot switch the response state");
