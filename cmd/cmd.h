@@ -68,6 +68,9 @@ bool cmd_parse_uint(const char *s, unsigned long long max, unsigned long long *r
 /* Formats a byte count as "123.4 MiB" into buf. */
 const char *cmd_bytes(unsigned long long n, char buf[32]);
 
+/* Formats seconds since 1970 as "YYYY-MM-DDTHH:MM:SSZ" (UTC) into buf, for --json. */
+const char *cmd_time_iso(int64_t t, char buf[32]);
+
 /* Verb groups. */
 int cmd_key(struct cmd_env *env, int argc, char **argv);
 int cmd_cryptex(struct cmd_env *env, int argc, char **argv);

@@ -204,14 +204,21 @@ static int cryptex_verify(struct cmd_env *env, int argc, char **argv)
 /* The --json description of one cryptex; NULL when out of memory. */
 static json_t *info_json(struct rsr_cryptex *cx)
 {
-	json_t *bases = json_array(), *paths = json_array(), *pkgs = json_array(), *v;
-	bool ok = pkgs != NULL;
+	json_t *bases = json_array(), *paths = json_array(), *pkgs = json_array(), *priv = json_array(), *v;
+	bool ok = pkgs != NULL && priv != NULL;
 
 	for (size_t i = 0; ok && i < rsr_cryptex_package_count(cx); i++)
 		cmd_json_push(&ok, pkgs,
 			      json_pack("{s:s, s:s, s:s}", "name", rsr_cryptex_package_name(cx, i), "version",
 					rsr_cryptex_package_version(cx, i), "architecture",
 					rsr_cryptex_package_architecture(cx, i)));
+	for (size_t i = 0; ok && i < rsr_cryptex_privileged_count(cx); i++) {
+		char mode[8];
+		snprintf(mode, sizeof(mode), "%04o", rsr_cryptex_privileged_mode(cx, i));
+		cmd_json_push(&ok, priv,
+			      json_pack("{s:s, s:s, s:b}", "path", rsr_cryptex_privileged_path(cx, i), "mode", mode,
+					"caps", rsr_cryptex_privileged_caps(cx, i)));
+	}
 	if (!ok)
 		goto fail;
 
@@ -234,10 +241,13 @@ static json_t *info_json(struct rsr_cryptex *cx)
 		      "image_size", (json_int_t)rsr_cryptex_image_size(cx), "hash_tree_size",
 		      (json_int_t)rsr_cryptex_tree_size(cx), "data_blocks", (json_int_t)rsr_cryptex_data_blocks(cx));
 	bases = paths = NULL;
-	if (v)
+	if (v) {
 		cmd_json_set(&ok, v, "packages", pkgs);
-	else
+		cmd_json_set(&ok, v, "privileged", priv);
+	} else {
 		json_decref(pkgs);
+		json_decref(priv);
+	}
 	if (!ok) {
 		json_decref(v);
 		return NULL;
@@ -247,6 +257,7 @@ fail:
 	json_decref(bases);
 	json_decref(paths);
 	json_decref(pkgs);
+	json_decref(priv);
 	return NULL;
 }
 
@@ -268,6 +279,15 @@ static void info_text(struct rsr_cryptex *cx)
 		for (size_t i = 0; i < rsr_cryptex_package_count(cx); i++)
 			printf("%s%s:%s %s", i ? ", " : "", rsr_cryptex_package_name(cx, i),
 			       rsr_cryptex_package_architecture(cx, i), rsr_cryptex_package_version(cx, i));
+	}
+	printf("\nPrivileged:   ");
+	if (!rsr_cryptex_privileged_count(cx))
+		printf("none (no setuid, setgid or file-capability files)");
+	for (size_t i = 0; i < rsr_cryptex_privileged_count(cx); i++) {
+		unsigned mode = rsr_cryptex_privileged_mode(cx, i);
+		printf("%s%s %04o%s%s%s", i ? "\n              " : "", rsr_cryptex_privileged_path(cx, i), mode,
+		       mode & 04000 ? " setuid" : "", mode & 02000 ? " setgid" : "",
+		       rsr_cryptex_privileged_caps(cx, i) ? " capabilities" : "");
 	}
 	printf("\nRoot hash:    %s\n", rsr_cryptex_root_hash_hex(cx));
 	printf("Salt:         %s\n", rsr_cryptex_salt_hex(cx));

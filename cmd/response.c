@@ -404,13 +404,10 @@ static void print_after(struct cmd_env *env, const char *root, bool installed)
 static int device_verb(struct cmd_env *env, int argc, char **argv, bool install)
 {
 	static const struct option opts[] = {
-	    {"root", required_argument, NULL, 'r'},
-	    {"no-graft", no_argument, NULL, 'n'},
-	    {"wait", no_argument, NULL, 'w'},
-	    {"keep-base", no_argument, NULL, 'K'},
-	    {"force", no_argument, NULL, 'f'},
-	    {"help", no_argument, NULL, 'h'},
-	    {NULL, 0, NULL, 0},
+	    {"root", required_argument, NULL, 'r'}, {"no-graft", no_argument, NULL, 'n'},
+	    {"wait", no_argument, NULL, 'w'},	    {"keep-base", no_argument, NULL, 'K'},
+	    {"force", no_argument, NULL, 'f'},	    {"reinstall", no_argument, NULL, 'R'},
+	    {"help", no_argument, NULL, 'h'},	    {NULL, 0, NULL, 0},
 	};
 	const char *root = "/";
 	bool force = false;
@@ -439,12 +436,19 @@ static int device_verb(struct cmd_env *env, int argc, char **argv, bool install)
 				return EXIT_USAGE;
 			flags |= RSR_DEVICE_KEEP_BASE;
 			break;
+		case 'R':
+			if (!install)
+				return cmd_usage_error("--reinstall is an option of rsr install");
+			flags |= RSR_DEVICE_REINSTALL;
+			break;
 		case 'h':
 			if (install)
-				printf("Usage: rsr install DIR [--root DIR] [--no-graft] [--wait] [--keep-base]\n\n"
+				printf("Usage: rsr install DIR [--root DIR] [--no-graft] [--wait] [--keep-base]\n"
+				       "                   [--reinstall]\n\n"
 				       "Installs the response in DIR: checks its signature against the root's\n"
 				       "etc/rsr/keys.d, that it is for this base build and newer than any response\n"
-				       "installed before, applies the patch for each slot's current image into an\n"
+				       "installed before (or, with --reinstall, the one removed last), applies the\n"
+				       "patch for each slot's current image into an\n"
 				       "incoming area, verifies every result against the signed root hash, then\n"
 				       "switches all slots at once (journaled: safe across power loss) and grafts.\n"
 				       "--keep-base keeps the base images (costs their size on disk; remove is then\n"
@@ -454,7 +458,8 @@ static int device_verb(struct cmd_env *env, int argc, char **argv, bool install)
 				       "Goes back to the base images with the installed response's reverse patches\n"
 				       "(or the kept base copies), verifies each against its signed root hash,\n"
 				       "switches all slots at once and grafts the base images. The high-water mark\n"
-				       "stays: an older response cannot be installed afterwards. When the policy\n"
+				       "stays: an older response cannot be installed afterwards, this one again\n"
+				       "only with --reinstall (the timer never does). When the policy\n"
 				       "(etc/rsr/rsr.conf) says allow_remove = no, only --force removes.\n");
 			return EXIT_OK;
 		default:
@@ -515,6 +520,12 @@ void cmd_print_response_state(const struct rsr_device_state *st)
 		       (unsigned long long)st->sequence, (unsigned long long)st->high_water);
 	else if (st->high_water)
 		printf("Response:  none (highest ever installed: sequence %llu)\n", (unsigned long long)st->high_water);
+	if (st->removed_letter && !st->letter) {
+		char when[32];
+		rsr_device_format_time(st->removed_at, when);
+		printf("Removed:   response (%s) was removed on %s; 'rsr update --reinstall' installs it again\n",
+		       st->removed_letter, when);
+	}
 	if (st->response) {
 		printf("Fixes:\n");
 		for (size_t i = 0; i < rsr_response_advisory_count(st->response); i++) {
@@ -531,8 +542,9 @@ void cmd_print_response_state(const struct rsr_device_state *st)
 
 json_t *cmd_response_state_json(const struct rsr_device_state *st)
 {
-	json_t *fixes = json_array(), *doc;
+	json_t *fixes = json_array(), *removed = json_null(), *doc;
 	bool ok = true;
+	char when[32];
 
 	for (size_t i = 0; st->response && i < rsr_response_advisory_count(st->response); i++) {
 		const struct rsr_advisory *adv = rsr_response_advisory(st->response, i);
@@ -543,13 +555,16 @@ json_t *cmd_response_state_json(const struct rsr_device_state *st)
 			      json_pack("{s:s, s:s, s:s, s:o}", "id", adv->id, "title", adv->title, "severity",
 					adv->severity, "cves", cves));
 	}
+	if (st->removed_letter)
+		removed = json_pack("{s:s, s:I, s:s}", "letter", st->removed_letter, "sequence",
+				    (json_int_t)st->removed_sequence, "at", cmd_time_iso(st->removed_at, when));
 	doc =
-	    json_pack("{s:o, s:o, s:I, s:I, s:b, s:o, s:{s:I, s:I, s:I}}", "letter",
+	    json_pack("{s:o, s:o, s:I, s:I, s:b, s:o, s:{s:I, s:I, s:I}, s:o}", "letter",
 		      st->letter ? json_string(st->letter) : json_null(), "version_suffix",
 		      st->letter ? json_sprintf("(%s)", st->letter) : json_null(), "sequence", (json_int_t)st->sequence,
 		      "high_water", (json_int_t)st->high_water, "interrupted", st->interrupted, "advisories", fixes,
 		      "disk", "images", (json_int_t)st->images_bytes, "reverse_patches", (json_int_t)st->reverse_bytes,
-		      "base_copies", (json_int_t)st->base_copy_bytes);
+		      "base_copies", (json_int_t)st->base_copy_bytes, "removed", removed);
 	if (!ok) {
 		json_decref(doc);
 		return NULL;

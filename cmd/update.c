@@ -23,6 +23,7 @@ struct client {
 	const char *config; /* NULL: ROOT/etc/rsr/rsr.conf */
 	struct rsr_update_policy policy;
 	char machine_id[128];
+	bool reinstall;
 	struct rsr_updater *u;
 };
 
@@ -130,7 +131,8 @@ static int client_open(struct cmd_env *env, struct client *c)
 					    .policy = &c->policy,
 					    .machine_id = c->machine_id[0] ? c->machine_id : NULL,
 					    .now = (int64_t)time(NULL),
-					    .ca_file = ca && *ca ? ca : NULL};
+					    .ca_file = ca && *ca ? ca : NULL,
+					    .reinstall = c->reinstall};
 		if (rsr_update_open(env->ctx, &o, &c->u) < 0)
 			return cmd_fail(env, -1);
 	}
@@ -146,8 +148,20 @@ static void client_close(struct client *c)
 static json_t *offer_json(const struct rsr_update_offer *o)
 {
 	static const char *actions[] = {"none", "install", "remove"};
-	json_t *avail = json_null(), *doc;
+	json_t *avail = json_null(), *blocked = json_array(), *removed = json_null(), *doc;
 	bool ok = true;
+
+	for (size_t i = 0; i < o->n_blocked; i++)
+		cmd_json_push(&ok, blocked,
+			      json_pack("{s:s, s:I, s:s}", "letter", o->blocked[i].letter, "sequence",
+					(json_int_t)o->blocked[i].sequence, "reason", o->blocked[i].reason));
+	if (o->removed_letter) {
+		char when[32];
+		cmd_time_iso(o->removed_at, when);
+		removed = json_pack("{s:s, s:I, s:s, s:b}", "letter", o->removed_letter, "sequence",
+				    (json_int_t)o->removed_sequence, "at", when, "reinstall_available",
+				    o->reinstall_available);
+	}
 
 	if (o->action == RSR_UPDATE_INSTALL) {
 		json_t *advs = json_array();
@@ -160,15 +174,17 @@ static json_t *offer_json(const struct rsr_update_offer *o)
 						o->advisories[i].title, "severity", o->advisories[i].severity, "cves",
 						cves));
 		}
-		avail = json_pack("{s:s, s:o, s:I, s:s?, s:i, s:o, s:I, s:I}", "letter", o->letter, "version_suffix",
-				  json_sprintf("(%s)", o->letter), "sequence", (json_int_t)o->sequence, "restart",
-				  o->restart, "rollout", (int)o->rollout, "advisories", advs, "download_bytes",
-				  (json_int_t)o->download_bytes, "files", (json_int_t)o->n_files);
+		avail = json_pack("{s:s, s:o, s:I, s:s?, s:i, s:o, s:I, s:I, s:I, s:I, s:b}", "letter", o->letter,
+				  "version_suffix", json_sprintf("(%s)", o->letter), "sequence",
+				  (json_int_t)o->sequence, "restart", o->restart, "rollout", (int)o->rollout,
+				  "advisories", advs, "download_bytes", (json_int_t)o->download_bytes, "files",
+				  (json_int_t)o->n_files, "reused_bytes", (json_int_t)o->reused_bytes, "reused_files",
+				  (json_int_t)o->n_reused, "reinstall", o->reinstall);
 	}
-	doc = json_pack("{s:s, s:o, s:b, s:s, s:o, s:I}", "base_build", o->base_build, "installed",
+	doc = json_pack("{s:s, s:o, s:b, s:s, s:o, s:I, s:o, s:o}", "base_build", o->base_build, "installed",
 			o->installed_letter ? json_string(o->installed_letter) : json_null(), "installed_withdrawn",
 			o->installed_withdrawn, "action", actions[o->action], "available", avail, "held_back",
-			(json_int_t)o->n_held_back);
+			(json_int_t)o->n_held_back, "blocked", blocked, "removed", removed);
 	if (!ok) {
 		json_decref(doc);
 		return NULL;
@@ -178,14 +194,21 @@ static json_t *offer_json(const struct rsr_update_offer *o)
 
 static void offer_print(const struct rsr_update_offer *o)
 {
-	char b[32];
+	char b[32], c[32], when[32];
 
+	if (o->removed_letter)
+		rsr_device_format_time(o->removed_at, when);
+	for (size_t i = 0; i < o->n_blocked; i++)
+		printf("Cannot install response (%s), sequence %llu: %s.\n", o->blocked[i].letter,
+		       (unsigned long long)o->blocked[i].sequence, o->blocked[i].reason);
 	if (o->installed_withdrawn)
 		printf("Response (%s), installed, was withdrawn by the vendor.\n", o->installed_letter);
 	if (o->action == RSR_UPDATE_INSTALL) {
 		printf("Available: response (%s) for %s, sequence %llu%s%s%s\n", o->letter, o->base_build,
 		       (unsigned long long)o->sequence, o->installed_letter ? " (installed: (" : "",
 		       o->installed_letter ? o->installed_letter : "", o->installed_letter ? "))" : "");
+		if (o->reinstall)
+			printf("Reinstall: it was removed from this device on %s\n", when);
 		printf("Fixes:\n");
 		for (size_t i = 0; i < o->n_advisories; i++) {
 			printf("  %s %-8s %s", o->advisories[i].id, o->advisories[i].severity, o->advisories[i].title);
@@ -193,14 +216,28 @@ static void offer_print(const struct rsr_update_offer *o)
 				printf("%s%s", k ? ", " : " (", o->advisories[i].cves[k]);
 			printf("%s\n", o->advisories[i].n_cves ? ")" : "");
 		}
-		printf("Download:  %s in %zu file%s\n", cmd_bytes(o->download_bytes, b), o->n_files,
+		printf("Download:  %s in %zu file%s", cmd_bytes(o->download_bytes, b), o->n_files,
 		       o->n_files == 1 ? "" : "s");
+		if (o->n_reused)
+			printf(" (%s in %zu file%s already on this device)", cmd_bytes(o->reused_bytes, c), o->n_reused,
+			       o->n_reused == 1 ? "" : "s");
+		printf("\n");
 		printf("Restart:   %s\n", o->restart ? o->restart : "unknown");
 	} else if (o->action == RSR_UPDATE_REMOVE) {
 		printf("No newer response: the withdrawn one will be removed (back to the base).\n");
+	} else if (o->reinstall_available) {
+		/* Not "up to date": the device runs without the fixes a person removed. */
+		printf("Response (%s) was removed on %s; 'rsr update --reinstall' installs it again.\n",
+		       o->removed_letter, when);
+	} else if (o->n_blocked) {
+		printf("Not up to date: %s%s%s%s, and no newer response can install on this device.\n", o->base_build,
+		       o->installed_letter ? " (" : "", o->installed_letter ? o->installed_letter : "",
+		       o->installed_letter ? ")" : "");
 	} else {
 		printf("Up to date: %s%s%s%s\n", o->base_build, o->installed_letter ? " (" : "",
 		       o->installed_letter ? o->installed_letter : "", o->installed_letter ? ")" : "");
+		if (o->removed_letter && !o->installed_letter)
+			printf("Response (%s), removed on %s, is no longer offered.\n", o->removed_letter, when);
 	}
 	if (o->n_held_back)
 		printf("%zu newer response%s not rolled out to this device yet.\n", o->n_held_back,
@@ -247,10 +284,15 @@ static void apply_restart(struct cmd_env *env, struct client *c, const char *res
 static int update_verb(struct cmd_env *env, int argc, char **argv, bool install)
 {
 	static const struct option opts[] = {
-	    {"root", required_argument, NULL, 'r'}, {"config", required_argument, NULL, 'c'},
-	    {"json", no_argument, NULL, 'J'},	    {"auto", no_argument, NULL, 'a'},
-	    {"no-graft", no_argument, NULL, 'n'},   {"wait", no_argument, NULL, 'w'},
-	    {"help", no_argument, NULL, 'h'},	    {NULL, 0, NULL, 0},
+	    {"root", required_argument, NULL, 'r'},
+	    {"config", required_argument, NULL, 'c'},
+	    {"json", no_argument, NULL, 'J'},
+	    {"auto", no_argument, NULL, 'a'},
+	    {"no-graft", no_argument, NULL, 'n'},
+	    {"wait", no_argument, NULL, 'w'},
+	    {"reinstall", no_argument, NULL, 'R'},
+	    {"help", no_argument, NULL, 'h'},
+	    {NULL, 0, NULL, 0},
 	};
 	struct client c = {.root = "/"};
 	const struct rsr_update_offer *o;
@@ -271,6 +313,10 @@ static int update_verb(struct cmd_env *env, int argc, char **argv, bool install)
 				return cmd_usage_error("--json is an option of rsr check");
 			json = true;
 			break;
+		case 'R':
+			/* check --reinstall shows what update --reinstall would do. */
+			c.reinstall = true;
+			break;
 		case 'a':
 		case 'n':
 		case 'w':
@@ -283,18 +329,21 @@ static int update_verb(struct cmd_env *env, int argc, char **argv, bool install)
 			break;
 		case 'h':
 			if (install)
-				printf(
-				    "Usage: rsr update [--root DIR] [--config FILE] [--auto] [--no-graft] [--wait]\n\n"
-				    "Checks the repository (as rsr check), downloads the files this device needs\n"
-				    "(resuming earlier partial downloads) and installs the newest response for\n"
-				    "its base build; removes a withdrawn response when the policy says so. With\n"
-				    "--auto (the timer), installs only when the policy's auto_install is on.\n");
+				printf("Usage: rsr update [--root DIR] [--config FILE] [--auto] [--no-graft] [--wait]\n"
+				       "                  [--reinstall]\n\n"
+				       "Checks the repository (as rsr check), downloads the files this device needs\n"
+				       "and does not hold (resuming earlier partial downloads) and installs the\n"
+				       "newest response for its base build that it can install; removes a withdrawn\n"
+				       "response when the policy says so. With --auto (the timer), installs only\n"
+				       "when the policy's auto_install is on. --reinstall installs the response\n"
+				       "removed last again (nothing else ever does).\n");
 			else
-				printf("Usage: rsr check [--root DIR] [--config FILE] [--json]\n\n"
+				printf("Usage: rsr check [--root DIR] [--config FILE] [--json] [--reinstall]\n\n"
 				       "Updates the trusted TUF metadata from the repository mirrors in\n"
 				       "etc/rsr/rsr.conf and shows the newest response for this base build that is\n"
-				       "newer than the installed one: letter, advisories, download size for this\n"
-				       "device's images.\n");
+				       "newer than the installed one and can install here: letter, advisories, the\n"
+				       "bytes it will fetch; newer ones that cannot install, and why; a removed\n"
+				       "response that 'rsr update --reinstall' installs again.\n");
 			return EXIT_OK;
 		default:
 			return EXIT_USAGE;
@@ -338,7 +387,7 @@ static int update_verb(struct cmd_env *env, int argc, char **argv, bool install)
 	if (!env->quiet) {
 		char b[32];
 		if (o->action == RSR_UPDATE_INSTALL)
-			printf("Installed response (%s); downloaded %s.\n", o->letter,
+			printf("Installed response (%s)%s; downloaded %s.\n", o->letter, o->reinstall ? " again" : "",
 			       cmd_bytes(rsr_update_bytes_fetched(c.u), b));
 		else
 			printf("Removed the withdrawn response (%s): back to the base.\n", o->installed_letter);

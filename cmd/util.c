@@ -173,6 +173,16 @@ bool cmd_parse_uint(const char *s, unsigned long long max, unsigned long long *r
 	return true;
 }
 
+const char *cmd_time_iso(int64_t t, char buf[32])
+{
+	struct tm tm;
+	time_t tt = (time_t)t;
+
+	if (!gmtime_r(&tt, &tm) || !strftime(buf, 32, "%Y-%m-%dT%H:%M:%SZ", &tm))
+		snprintf(buf, 32, "%lld", (long long)t);
+	return buf;
+}
+
 const char *cmd_bytes(unsigned long long n, char buf[32])
 {
 	static const char *units[] = {"B", "KiB", "MiB", "GiB", "TiB"};

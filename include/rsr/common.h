@@ -14,6 +14,31 @@ extern "C" {
 #endif
 
 /*
+ * Marks the functions librsr exports. The library is built with hidden
+ * visibility and a version script (lib/librsr.map); only what carries this
+ * mark, and is listed there, leaves librsr.so (docs/abi.md).
+ */
+#if defined(__GNUC__) || defined(__clang__)
+#define RSR_EXPORT __attribute__((visibility("default")))
+#else
+#define RSR_EXPORT
+#endif
+
+/*
+ * Threads: nothing in librsr is locked for the caller. A context holds the
+ * callbacks and the message of the last failure, so it belongs to one thread
+ * at a time, and so does every object passed to a call together with it:
+ * use one context (and its objects) per thread. Separate contexts may be used
+ * on separate threads at once; one-time initialisation (OpenSSL, libcurl) is
+ * thread-safe. Calls that take no context (rsr_strerror(), rsr_version(),
+ * rsr_key_verify(), the getters on const objects) may run on several threads
+ * at once, as long as no thread changes or frees the object. Inside a call
+ * the library runs worker threads of its own (rsr_ctx_set_threads()), which
+ * may call the progress callback, never two at once. Two callers changing one
+ * device root are serialised by its state lock, not by the context.
+ */
+
+/*
  * Errors: functions return >= 0 on success, a negative errno value for a
  * system error, or one of these domain codes.
  */
@@ -32,7 +57,7 @@ enum {
 };
 
 /* Static text for an error code (domain code or negative errno). */
-const char *rsr_strerror(int err);
+RSR_EXPORT const char *rsr_strerror(int err);
 
 enum rsr_log_level {
 	RSR_LOG_ERROR = 3,
@@ -56,29 +81,29 @@ typedef int (*rsr_progress_fn)(void *userdata, const char *what, uint64_t done, 
 struct rsr_ctx;
 
 /* A new context; the caller owns it. Returns 0 or -ENOMEM. */
-int rsr_ctx_new(struct rsr_ctx **ret_ctx);
+RSR_EXPORT int rsr_ctx_new(struct rsr_ctx **ret_ctx);
 /* Frees a context; NULL is allowed. */
-void rsr_ctx_free(struct rsr_ctx *ctx);
+RSR_EXPORT void rsr_ctx_free(struct rsr_ctx *ctx);
 
-void rsr_ctx_set_log(struct rsr_ctx *ctx, rsr_log_fn fn, void *userdata);
+RSR_EXPORT void rsr_ctx_set_log(struct rsr_ctx *ctx, rsr_log_fn fn, void *userdata);
 /* Only messages at `level` or more severe reach the log callback. */
-void rsr_ctx_set_log_level(struct rsr_ctx *ctx, enum rsr_log_level level);
-void rsr_ctx_set_progress(struct rsr_ctx *ctx, rsr_progress_fn fn, void *userdata);
+RSR_EXPORT void rsr_ctx_set_log_level(struct rsr_ctx *ctx, enum rsr_log_level level);
+RSR_EXPORT void rsr_ctx_set_progress(struct rsr_ctx *ctx, rsr_progress_fn fn, void *userdata);
 /* Worker threads for parallel work; 0 means one per online CPU (the default). */
-void rsr_ctx_set_threads(struct rsr_ctx *ctx, unsigned threads);
-unsigned rsr_ctx_get_threads(const struct rsr_ctx *ctx);
+RSR_EXPORT void rsr_ctx_set_threads(struct rsr_ctx *ctx, unsigned threads);
+RSR_EXPORT unsigned rsr_ctx_get_threads(const struct rsr_ctx *ctx);
 
 /*
  * The message describing the most recent failure on this context: what
  * failed, on what, and why. Borrowed from the context; valid until the next
  * call that fails. Falls back to rsr_strerror() text when none was recorded.
  */
-const char *rsr_ctx_error(const struct rsr_ctx *ctx);
+RSR_EXPORT const char *rsr_ctx_error(const struct rsr_ctx *ctx);
 /* Forgets the recorded failure. */
-void rsr_ctx_clear_error(struct rsr_ctx *ctx);
+RSR_EXPORT void rsr_ctx_clear_error(struct rsr_ctx *ctx);
 
 /* The library version, "MAJOR.MINOR.PATCH". */
-const char *rsr_version(void);
+RSR_EXPORT const char *rsr_version(void);
 
 #ifdef __cplusplus
 }

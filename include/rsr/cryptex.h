@@ -21,6 +21,11 @@ extern "C" {
 #define RSR_CRYPTEX_BLOCK_SIZE 4096
 #define RSR_CRYPTEX_HEADER_SIZE 4096
 #define RSR_CRYPTEX_MANIFEST_MAX (1024 * 1024)
+/* Bounds of a cryptex's tree, at build and when it is checked before a graft. */
+#define RSR_CRYPTEX_TREE_MAX_DEPTH 256
+#define RSR_CRYPTEX_TREE_MAX_ENTRIES (4 * 1024 * 1024)
+/* At most this many setuid, setgid and file-capability files in one cryptex. */
+#define RSR_CRYPTEX_PRIVILEGED_MAX 256
 /* Name of the release file at the root of every cryptex's filesystem. */
 #define RSR_CRYPTEX_RELEASE_FILE "cryptex-release"
 
@@ -55,40 +60,41 @@ struct rsr_cryptex_build_opts {
  * entry of the tree must be a directory; they become the paths the cryptex
  * covers.
  */
-int rsr_cryptex_build(struct rsr_ctx *ctx, const char *src_dir, const char *out_path,
-		      const struct rsr_cryptex_build_opts *opts);
+RSR_EXPORT int rsr_cryptex_build(struct rsr_ctx *ctx, const char *src_dir, const char *out_path,
+				 const struct rsr_cryptex_build_opts *opts);
 
 /*
  * Opens a cryptex file and parses its header and manifest, checking every
  * length and offset; verifies nothing cryptographic. The caller owns the
  * result. Fails with RSR_E_FORMAT and a message naming the fault.
  */
-int rsr_cryptex_open(struct rsr_ctx *ctx, const char *path, struct rsr_cryptex **ret_cx);
+RSR_EXPORT int rsr_cryptex_open(struct rsr_ctx *ctx, const char *path, struct rsr_cryptex **ret_cx);
 /*
  * Like rsr_cryptex_open(), but checks the manifest's signature against the
  * trusted keys before parsing it, so untrusted JSON is never parsed and a
  * damaged manifest is reported as a bad signature.
  */
-int rsr_cryptex_open_trusted(struct rsr_ctx *ctx, const char *path, const struct rsr_keyring *trusted,
-			     struct rsr_cryptex **ret_cx);
+RSR_EXPORT int rsr_cryptex_open_trusted(struct rsr_ctx *ctx, const char *path, const struct rsr_keyring *trusted,
+					struct rsr_cryptex **ret_cx);
 /* The same from a whole file in memory (used by the fuzzers); the image is not kept. */
-int rsr_cryptex_parse(struct rsr_ctx *ctx, const void *buf, size_t len, struct rsr_cryptex **ret_cx);
-void rsr_cryptex_free(struct rsr_cryptex *cx);
+RSR_EXPORT int rsr_cryptex_parse(struct rsr_ctx *ctx, const void *buf, size_t len, struct rsr_cryptex **ret_cx);
+RSR_EXPORT void rsr_cryptex_free(struct rsr_cryptex *cx);
 
 /*
  * Checks the manifest's signature against the trusted keys: RSR_E_SIGNATURE
  * names the key id when it is not trusted or the signature does not verify.
  */
-int rsr_cryptex_verify_signature(struct rsr_ctx *ctx, struct rsr_cryptex *cx, const struct rsr_keyring *trusted);
+RSR_EXPORT int rsr_cryptex_verify_signature(struct rsr_ctx *ctx, struct rsr_cryptex *cx,
+					    const struct rsr_keyring *trusted);
 /*
  * Checks the hash tree against the signed root hash, then every data block
  * against the tree, on several threads. RSR_E_DIGEST names the first bad
  * block (data block index, or hash-tree level and block). Progress is
  * reported in bytes. Only for a cryptex opened from a file.
  */
-int rsr_cryptex_verify_blocks(struct rsr_ctx *ctx, struct rsr_cryptex *cx);
+RSR_EXPORT int rsr_cryptex_verify_blocks(struct rsr_ctx *ctx, struct rsr_cryptex *cx);
 /* Signature, then blocks. */
-int rsr_cryptex_verify(struct rsr_ctx *ctx, struct rsr_cryptex *cx, const struct rsr_keyring *trusted);
+RSR_EXPORT int rsr_cryptex_verify(struct rsr_ctx *ctx, struct rsr_cryptex *cx, const struct rsr_keyring *trusted);
 
 /*
  * Writes OUT, a Discoverable Disk Image (docs/formats/ddi.md) of the
@@ -101,42 +107,64 @@ int rsr_cryptex_verify(struct rsr_ctx *ctx, struct rsr_cryptex *cx, const struct
  * dm-verity check it. Every block is verified against the signed root
  * hash first; OUT is written atomically. The root hash is the cryptex's.
  */
-int rsr_cryptex_export_ddi(struct rsr_ctx *ctx, struct rsr_cryptex *cx, const char *out_path, const char *architecture,
-			   const char *key_path, const char *cert_path);
+RSR_EXPORT int rsr_cryptex_export_ddi(struct rsr_ctx *ctx, struct rsr_cryptex *cx, const char *out_path,
+				      const char *architecture, const char *key_path, const char *cert_path);
+
+/*
+ * Checks the tree of the cryptex's image, mounted and open at dfd, before
+ * it is grafted: walking it without following links (bounded by the
+ * manifest's counts and RSR_CRYPTEX_TREE_MAX_DEPTH), it refuses a device
+ * node other than an overlay whiteout (character device 0:0), a FIFO or a
+ * socket, and a setuid, setgid or file-capability file that the signed
+ * manifest does not list with the same mode and capabilities, or that is
+ * not owned by root; so does a listed file the image does not have so.
+ * RSR_E_FORMAT, RSR_E_MISMATCH or RSR_E_LIMIT with a message naming
+ * `what` (NULL: the cryptex's path) and the path in the image.
+ */
+RSR_EXPORT int rsr_cryptex_check_tree(struct rsr_ctx *ctx, const struct rsr_cryptex *cx, int dfd, const char *what);
 
 /* Getters: strings are borrowed from cx. */
-const char *rsr_cryptex_path(const struct rsr_cryptex *cx);
-const char *rsr_cryptex_name(const struct rsr_cryptex *cx);
-const char *rsr_cryptex_version(const struct rsr_cryptex *cx);
-size_t rsr_cryptex_base_build_count(const struct rsr_cryptex *cx);
-const char *rsr_cryptex_base_build(const struct rsr_cryptex *cx, size_t i);
+RSR_EXPORT const char *rsr_cryptex_path(const struct rsr_cryptex *cx);
+RSR_EXPORT const char *rsr_cryptex_name(const struct rsr_cryptex *cx);
+RSR_EXPORT const char *rsr_cryptex_version(const struct rsr_cryptex *cx);
+RSR_EXPORT size_t rsr_cryptex_base_build_count(const struct rsr_cryptex *cx);
+RSR_EXPORT const char *rsr_cryptex_base_build(const struct rsr_cryptex *cx, size_t i);
 /* True if `build` is one of the base builds the cryptex may be grafted on. */
-bool rsr_cryptex_allows_base(const struct rsr_cryptex *cx, const char *build);
+RSR_EXPORT bool rsr_cryptex_allows_base(const struct rsr_cryptex *cx, const char *build);
 /* Top-level directories the cryptex covers, e.g. "usr". */
-size_t rsr_cryptex_path_count(const struct rsr_cryptex *cx);
-const char *rsr_cryptex_covered_path(const struct rsr_cryptex *cx, size_t i);
+RSR_EXPORT size_t rsr_cryptex_path_count(const struct rsr_cryptex *cx);
+RSR_EXPORT const char *rsr_cryptex_covered_path(const struct rsr_cryptex *cx, size_t i);
 /* The Debian packages the image was built from (none for a plain tree), in the order given. */
-size_t rsr_cryptex_package_count(const struct rsr_cryptex *cx);
-const char *rsr_cryptex_package_name(const struct rsr_cryptex *cx, size_t i);
-const char *rsr_cryptex_package_version(const struct rsr_cryptex *cx, size_t i);
-const char *rsr_cryptex_package_architecture(const struct rsr_cryptex *cx, size_t i);
-const char *rsr_cryptex_root_hash_hex(const struct rsr_cryptex *cx);
-void rsr_cryptex_root_hash(const struct rsr_cryptex *cx, uint8_t ret[32]);
-const char *rsr_cryptex_salt_hex(const struct rsr_cryptex *cx);
-const char *rsr_cryptex_key_id_hex(const struct rsr_cryptex *cx);
-uint64_t rsr_cryptex_timestamp(const struct rsr_cryptex *cx);
-uint64_t rsr_cryptex_file_count(const struct rsr_cryptex *cx);	    /* non-directories */
-uint64_t rsr_cryptex_directory_count(const struct rsr_cryptex *cx); /* directories, root excluded */
-uint64_t rsr_cryptex_file_size(const struct rsr_cryptex *cx);
+RSR_EXPORT size_t rsr_cryptex_package_count(const struct rsr_cryptex *cx);
+RSR_EXPORT const char *rsr_cryptex_package_name(const struct rsr_cryptex *cx, size_t i);
+RSR_EXPORT const char *rsr_cryptex_package_version(const struct rsr_cryptex *cx, size_t i);
+RSR_EXPORT const char *rsr_cryptex_package_architecture(const struct rsr_cryptex *cx, size_t i);
+/*
+ * The setuid, setgid and file-capability files of the image, as its signed
+ * manifest lists them, sorted by path ("/usr/bin/sudo"): the permission
+ * bits (07777) and whether the file has file capabilities.
+ */
+RSR_EXPORT size_t rsr_cryptex_privileged_count(const struct rsr_cryptex *cx);
+RSR_EXPORT const char *rsr_cryptex_privileged_path(const struct rsr_cryptex *cx, size_t i);
+RSR_EXPORT unsigned rsr_cryptex_privileged_mode(const struct rsr_cryptex *cx, size_t i);
+RSR_EXPORT bool rsr_cryptex_privileged_caps(const struct rsr_cryptex *cx, size_t i);
+RSR_EXPORT const char *rsr_cryptex_root_hash_hex(const struct rsr_cryptex *cx);
+RSR_EXPORT void rsr_cryptex_root_hash(const struct rsr_cryptex *cx, uint8_t ret[32]);
+RSR_EXPORT const char *rsr_cryptex_salt_hex(const struct rsr_cryptex *cx);
+RSR_EXPORT const char *rsr_cryptex_key_id_hex(const struct rsr_cryptex *cx);
+RSR_EXPORT uint64_t rsr_cryptex_timestamp(const struct rsr_cryptex *cx);
+RSR_EXPORT uint64_t rsr_cryptex_file_count(const struct rsr_cryptex *cx);      /* non-directories */
+RSR_EXPORT uint64_t rsr_cryptex_directory_count(const struct rsr_cryptex *cx); /* directories, root excluded */
+RSR_EXPORT uint64_t rsr_cryptex_file_size(const struct rsr_cryptex *cx);
 /* The EROFS image: where it starts in the file and its size (a multiple of 4096). */
-uint64_t rsr_cryptex_image_offset(const struct rsr_cryptex *cx);
-uint64_t rsr_cryptex_image_size(const struct rsr_cryptex *cx);
+RSR_EXPORT uint64_t rsr_cryptex_image_offset(const struct rsr_cryptex *cx);
+RSR_EXPORT uint64_t rsr_cryptex_image_size(const struct rsr_cryptex *cx);
 /* The hash tree (dm-verity format without superblock, version 1). */
-uint64_t rsr_cryptex_tree_offset(const struct rsr_cryptex *cx);
-uint64_t rsr_cryptex_tree_size(const struct rsr_cryptex *cx);
-uint64_t rsr_cryptex_data_blocks(const struct rsr_cryptex *cx);
+RSR_EXPORT uint64_t rsr_cryptex_tree_offset(const struct rsr_cryptex *cx);
+RSR_EXPORT uint64_t rsr_cryptex_tree_size(const struct rsr_cryptex *cx);
+RSR_EXPORT uint64_t rsr_cryptex_data_blocks(const struct rsr_cryptex *cx);
 /* The signed manifest bytes (JSON); borrowed. */
-const char *rsr_cryptex_manifest(const struct rsr_cryptex *cx, size_t *ret_len);
+RSR_EXPORT const char *rsr_cryptex_manifest(const struct rsr_cryptex *cx, size_t *ret_len);
 
 #ifdef __cplusplus
 }

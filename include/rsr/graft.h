@@ -32,10 +32,10 @@ struct rsr_graft;
  * and loads the trusted keys of its keys.d. Nothing is mounted or written.
  * The caller owns the result.
  */
-int rsr_graft_open(struct rsr_ctx *ctx, const char *root, struct rsr_graft **ret_g);
-void rsr_graft_free(struct rsr_graft *g);
+RSR_EXPORT int rsr_graft_open(struct rsr_ctx *ctx, const char *root, struct rsr_graft **ret_g);
+RSR_EXPORT void rsr_graft_free(struct rsr_graft *g);
 /* The absolute root; borrowed from g. */
-const char *rsr_graft_root(const struct rsr_graft *g);
+RSR_EXPORT const char *rsr_graft_root(const struct rsr_graft *g);
 
 /*
  * Installs the cryptex file `path` as the current image of its slot (the
@@ -47,13 +47,13 @@ const char *rsr_graft_root(const struct rsr_graft *g);
  * uncommitted changes replaced are removed. Mounts nothing.
  * On success *ret_slot (if not NULL) gets the slot name, owned by the caller.
  */
-int rsr_graft_install(struct rsr_ctx *ctx, struct rsr_graft *g, const char *path, char **ret_slot);
+RSR_EXPORT int rsr_graft_install(struct rsr_ctx *ctx, struct rsr_graft *g, const char *path, char **ret_slot);
 
 /*
  * Makes the slot's current image go away (removes the `current` symlink);
  * the next rsr_graft_activate() ungrafts the slot. Missing slot: -ENOENT.
  */
-int rsr_graft_uninstall(struct rsr_ctx *ctx, struct rsr_graft *g, const char *slot);
+RSR_EXPORT int rsr_graft_uninstall(struct rsr_ctx *ctx, struct rsr_graft *g, const char *slot);
 
 /*
  * rsr_graft_install() and rsr_graft_uninstall() are durable at once, and
@@ -65,8 +65,8 @@ int rsr_graft_uninstall(struct rsr_ctx *ctx, struct rsr_graft *g, const char *sl
  * as it was; then the images no slot needs go. Both return 0 when there is
  * nothing to do.
  */
-int rsr_graft_commit(struct rsr_ctx *ctx, struct rsr_graft *g);
-int rsr_graft_revert(struct rsr_ctx *ctx, struct rsr_graft *g);
+RSR_EXPORT int rsr_graft_commit(struct rsr_ctx *ctx, struct rsr_graft *g);
+RSR_EXPORT int rsr_graft_revert(struct rsr_ctx *ctx, struct rsr_graft *g);
 
 /*
  * Grafts the current image of every slot. Each new image is verified
@@ -80,14 +80,14 @@ int rsr_graft_revert(struct rsr_ctx *ctx, struct rsr_graft *g);
  * A refusal leaves nothing mounted or changed. Returns the number of
  * directories whose stack changed.
  */
-int rsr_graft_activate(struct rsr_ctx *ctx, struct rsr_graft *g);
+RSR_EXPORT int rsr_graft_activate(struct rsr_ctx *ctx, struct rsr_graft *g);
 
 /*
  * Back to the bare base: detaches every overlay, image mount and base bind
  * (lazily: processes holding files keep them; loop devices go with their
  * last user). Returns the number of directories ungrafted.
  */
-int rsr_graft_deactivate(struct rsr_ctx *ctx, struct rsr_graft *g);
+RSR_EXPORT int rsr_graft_deactivate(struct rsr_ctx *ctx, struct rsr_graft *g);
 
 struct rsr_graft_slot_info {
 	char *slot;
@@ -180,8 +180,8 @@ struct rsr_graft_report {
  * the processes that keep them open. Changes nothing. The caller owns the
  * report.
  */
-int rsr_graft_status(struct rsr_ctx *ctx, struct rsr_graft *g, struct rsr_graft_report **ret_report);
-void rsr_graft_report_free(struct rsr_graft_report *rep);
+RSR_EXPORT int rsr_graft_status(struct rsr_ctx *ctx, struct rsr_graft *g, struct rsr_graft_report **ret_report);
+RSR_EXPORT void rsr_graft_report_free(struct rsr_graft_report *rep);
 
 /*
  * Restarts the systemd units of the stale processes of `rep` with
@@ -191,13 +191,14 @@ void rsr_graft_report_free(struct rsr_graft_report *rep);
  * and a message saying so. Processes outside any service unit are not
  * restarted. Returns the number of units restarted.
  */
-int rsr_graft_restart_services(struct rsr_ctx *ctx, const struct rsr_graft_report *rep);
+RSR_EXPORT int rsr_graft_restart_services(struct rsr_ctx *ctx, const struct rsr_graft_report *rep);
 
 /*
  * Reads the base identity from an os-release buffer: BUILD_ID, else
  * IMAGE_VERSION, else VERSION_ID is the build. Strings are owned by the caller.
  */
-int rsr_graft_parse_os_release(const char *buf, size_t len, char **ret_name, char **ret_version, char **ret_build);
+RSR_EXPORT int rsr_graft_parse_os_release(const char *buf, size_t len, char **ret_name, char **ret_version,
+					  char **ret_build);
 
 #ifdef __cplusplus
 }

@@ -37,8 +37,9 @@ struct rsr_patch_create_opts {
  * `new_path` back to olds[0] there. `opts` may be NULL. Returns 0 or a
  * negative error with the message recorded on ctx.
  */
-int rsr_patch_create(struct rsr_ctx *ctx, const char *const *olds, size_t n_olds, const char *new_path,
-		     const char *patch_path, const char *reverse_path, const struct rsr_patch_create_opts *opts);
+RSR_EXPORT int rsr_patch_create(struct rsr_ctx *ctx, const char *const *olds, size_t n_olds, const char *new_path,
+				const char *patch_path, const char *reverse_path,
+				const struct rsr_patch_create_opts *opts);
 
 enum {
 	RSR_PATCH_APPLIED = 0,	  /* the output was written */
@@ -58,34 +59,34 @@ enum {
  * RSR_E_DIGEST for a wrong output, RSR_E_CANCELED); on error no output file
  * is left behind.
  */
-int rsr_patch_apply(struct rsr_ctx *ctx, const char *old_path, const char *patch_path, const char *out_path);
+RSR_EXPORT int rsr_patch_apply(struct rsr_ctx *ctx, const char *old_path, const char *patch_path, const char *out_path);
 
 /*
  * The piece digest by which patches name their inputs and output: SHA-256
  * over the SHA-256 of every 1 MiB piece of the file (docs/formats/patch.md),
  * computed on the context's threads.
  */
-int rsr_patch_digest_file(struct rsr_ctx *ctx, const char *path, uint8_t out[32]);
+RSR_EXPORT int rsr_patch_digest_file(struct rsr_ctx *ctx, const char *path, uint8_t out[32]);
 
 /* A parsed patch, for inspection. */
 struct rsr_patch;
 
 /* Maps and validates a patch file; the caller owns the result. */
-int rsr_patch_open(struct rsr_ctx *ctx, const char *path, struct rsr_patch **ret_patch);
+RSR_EXPORT int rsr_patch_open(struct rsr_ctx *ctx, const char *path, struct rsr_patch **ret_patch);
 /* Validates a patch in memory; `buf` is borrowed and must outlive the result. */
-int rsr_patch_load(struct rsr_ctx *ctx, const void *buf, size_t len, struct rsr_patch **ret_patch);
-void rsr_patch_free(struct rsr_patch *patch);
+RSR_EXPORT int rsr_patch_load(struct rsr_ctx *ctx, const void *buf, size_t len, struct rsr_patch **ret_patch);
+RSR_EXPORT void rsr_patch_free(struct rsr_patch *patch);
 
-uint32_t rsr_patch_version(const struct rsr_patch *patch);
-uint64_t rsr_patch_output_size(const struct rsr_patch *patch);
+RSR_EXPORT uint32_t rsr_patch_version(const struct rsr_patch *patch);
+RSR_EXPORT uint64_t rsr_patch_output_size(const struct rsr_patch *patch);
 /* The output's piece digest (see rsr_patch_digest_file); borrowed from the patch. */
-const uint8_t *rsr_patch_output_digest(const struct rsr_patch *patch);
-size_t rsr_patch_input_count(const struct rsr_patch *patch);
+RSR_EXPORT const uint8_t *rsr_patch_output_digest(const struct rsr_patch *patch);
+RSR_EXPORT size_t rsr_patch_input_count(const struct rsr_patch *patch);
 /* Digest (borrowed) and size of accepted input `i`. */
-const uint8_t *rsr_patch_input_digest(const struct rsr_patch *patch, size_t i);
-uint64_t rsr_patch_input_size(const struct rsr_patch *patch, size_t i);
-size_t rsr_patch_chunk_count(const struct rsr_patch *patch);
-uint32_t rsr_patch_chunk_size(const struct rsr_patch *patch);
+RSR_EXPORT const uint8_t *rsr_patch_input_digest(const struct rsr_patch *patch, size_t i);
+RSR_EXPORT uint64_t rsr_patch_input_size(const struct rsr_patch *patch, size_t i);
+RSR_EXPORT size_t rsr_patch_chunk_count(const struct rsr_patch *patch);
+RSR_EXPORT uint32_t rsr_patch_chunk_size(const struct rsr_patch *patch);
 
 /* Operation counts for one input; the byte counts add up to the output size. */
 struct rsr_patch_stats {
@@ -102,7 +103,8 @@ struct rsr_patch_stats {
  * Decodes every chunk of the operations for input `i` (0 for a full
  * replacement) without applying them and counts them into *ret_stats.
  */
-int rsr_patch_stats(struct rsr_ctx *ctx, const struct rsr_patch *patch, size_t i, struct rsr_patch_stats *ret_stats);
+RSR_EXPORT int rsr_patch_stats(struct rsr_ctx *ctx, const struct rsr_patch *patch, size_t i,
+			       struct rsr_patch_stats *ret_stats);
 
 #ifdef __cplusplus
 }

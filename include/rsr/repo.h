@@ -27,9 +27,9 @@ enum rsr_repo_role {
 	RSR_REPO_TIMESTAMP = 3,
 };
 /* "root", "targets", "snapshot", "timestamp"; NULL for anything else. */
-const char *rsr_repo_role_name(enum rsr_repo_role role);
+RSR_EXPORT const char *rsr_repo_role_name(enum rsr_repo_role role);
 /* The role named `name`, or -EINVAL. */
-int rsr_repo_role_from_name(const char *name);
+RSR_EXPORT int rsr_repo_role_from_name(const char *name);
 
 /* Default lifetimes of each role's metadata, in seconds. */
 #define RSR_REPO_EXPIRES_ROOT (365 * 86400)
@@ -63,8 +63,8 @@ struct rsr_repo_init_opts {
  * version 1 of all four roles with consistent snapshots, signed with the
  * private keys in `init` and `sign`.
  */
-int rsr_repo_init(struct rsr_ctx *ctx, const char *dir, const struct rsr_repo_init_opts *init,
-		  const struct rsr_repo_sign_opts *sign);
+RSR_EXPORT int rsr_repo_init(struct rsr_ctx *ctx, const char *dir, const struct rsr_repo_init_opts *init,
+			     const struct rsr_repo_sign_opts *sign);
 
 /*
  * Publishes the response in `response_dir`: its manifest and patches become
@@ -73,8 +73,8 @@ int rsr_repo_init(struct rsr_ctx *ctx, const char *dir, const struct rsr_repo_in
  * `rollout` percentage 1..100), then new targets, snapshot and timestamp
  * versions. Refuses a letter or sequence already published for that base.
  */
-int rsr_repo_add(struct rsr_ctx *ctx, const char *dir, const char *response_dir, unsigned rollout,
-		 const struct rsr_repo_sign_opts *sign);
+RSR_EXPORT int rsr_repo_add(struct rsr_ctx *ctx, const char *dir, const char *response_dir, unsigned rollout,
+			    const struct rsr_repo_sign_opts *sign);
 
 /* Default renewal margins of rsr_repo_refresh(), in seconds. */
 #define RSR_REPO_MARGIN_ROOT (60 * 86400)
@@ -94,7 +94,7 @@ struct rsr_repo_refresh_opts {
 	uint64_t margin_root, margin_targets, margin_snapshot, margin_timestamp;
 };
 /* Sets the version and the default margins. */
-void rsr_repo_refresh_opts_init(struct rsr_repo_refresh_opts *opts);
+RSR_EXPORT void rsr_repo_refresh_opts_init(struct rsr_repo_refresh_opts *opts);
 
 /* Bits of rsr_repo_refresh()'s results: 1 << role. */
 #define RSR_REPO_ROLE_BIT(role) (1u << (unsigned)(role))
@@ -113,8 +113,8 @@ void rsr_repo_refresh_opts_init(struct rsr_repo_refresh_opts *opts);
  * *ret_renewed and *ret_missed (either may be NULL) to the roles renewed and
  * the due roles left as they were; returns the number of the latter.
  */
-int rsr_repo_refresh(struct rsr_ctx *ctx, const char *dir, const struct rsr_repo_sign_opts *sign,
-		     const struct rsr_repo_refresh_opts *opts, unsigned *ret_renewed, unsigned *ret_missed);
+RSR_EXPORT int rsr_repo_refresh(struct rsr_ctx *ctx, const char *dir, const struct rsr_repo_sign_opts *sign,
+				const struct rsr_repo_refresh_opts *opts, unsigned *ret_renewed, unsigned *ret_missed);
 
 /* A response published in a repository, as its targets metadata lists it. */
 struct rsr_repo_published {
@@ -136,24 +136,24 @@ struct rsr_repo_status;
  * repository in `dir` (as written; signatures are not checked) and the
  * responses the targets list. The caller frees *ret_status.
  */
-int rsr_repo_status_open(struct rsr_ctx *ctx, const char *dir, struct rsr_repo_status **ret_status);
-void rsr_repo_status_free(struct rsr_repo_status *st);
+RSR_EXPORT int rsr_repo_status_open(struct rsr_ctx *ctx, const char *dir, struct rsr_repo_status **ret_status);
+RSR_EXPORT void rsr_repo_status_free(struct rsr_repo_status *st);
 /* The version and expiry (seconds since 1970) of a role's current metadata. */
-uint64_t rsr_repo_status_version(const struct rsr_repo_status *st, enum rsr_repo_role role);
-int64_t rsr_repo_status_expires(const struct rsr_repo_status *st, enum rsr_repo_role role);
+RSR_EXPORT uint64_t rsr_repo_status_version(const struct rsr_repo_status *st, enum rsr_repo_role role);
+RSR_EXPORT int64_t rsr_repo_status_expires(const struct rsr_repo_status *st, enum rsr_repo_role role);
 /* Published responses, ordered by base build and sequence; borrowed from st. */
-size_t rsr_repo_status_response_count(const struct rsr_repo_status *st);
-const struct rsr_repo_published *rsr_repo_status_response(const struct rsr_repo_status *st, size_t i);
+RSR_EXPORT size_t rsr_repo_status_response_count(const struct rsr_repo_status *st);
+RSR_EXPORT const struct rsr_repo_published *rsr_repo_status_response(const struct rsr_repo_status *st, size_t i);
 
 /*
  * Marks the response BASE_BUILD/LETTER withdrawn (devices stop installing it
  * and those on it move on, as their policy says), or sets its rollout
  * percentage when `rollout` is 1..100 and `withdraw` is false.
  */
-int rsr_repo_withdraw(struct rsr_ctx *ctx, const char *dir, const char *base_build, const char *letter,
-		      const struct rsr_repo_sign_opts *sign);
-int rsr_repo_set_rollout(struct rsr_ctx *ctx, const char *dir, const char *base_build, const char *letter,
-			 unsigned rollout, const struct rsr_repo_sign_opts *sign);
+RSR_EXPORT int rsr_repo_withdraw(struct rsr_ctx *ctx, const char *dir, const char *base_build, const char *letter,
+				 const struct rsr_repo_sign_opts *sign);
+RSR_EXPORT int rsr_repo_set_rollout(struct rsr_ctx *ctx, const char *dir, const char *base_build, const char *letter,
+				    unsigned rollout, const struct rsr_repo_sign_opts *sign);
 
 /*
  * Replaces the keys of `role` by `new_keys` (public keys suffice, except for
@@ -162,9 +162,9 @@ int rsr_repo_set_rollout(struct rsr_ctx *ctx, const char *dir, const char *base_
  * the root role, by the new keys too; then re-signs the role's metadata
  * (and those below it) with the new keys, which `sign` must hold.
  */
-int rsr_repo_rotate_key(struct rsr_ctx *ctx, const char *dir, enum rsr_repo_role role,
-			const struct rsr_key *const *new_keys, size_t n_new_keys, unsigned threshold,
-			const struct rsr_repo_sign_opts *sign);
+RSR_EXPORT int rsr_repo_rotate_key(struct rsr_ctx *ctx, const char *dir, enum rsr_repo_role role,
+				   const struct rsr_key *const *new_keys, size_t n_new_keys, unsigned threshold,
+				   const struct rsr_repo_sign_opts *sign);
 
 #define RSR_REPO_ENROLL_OPTS_VERSION 1
 /* What rsr_repo_enroll() writes; paths and strings borrowed. */
@@ -178,7 +178,7 @@ struct rsr_repo_enroll_opts {
 	size_t n_keys;
 };
 /* Sets the version and the root "/". */
-void rsr_repo_enroll_opts_init(struct rsr_repo_enroll_opts *opts);
+RSR_EXPORT void rsr_repo_enroll_opts_init(struct rsr_repo_enroll_opts *opts);
 
 /*
  * Enrols the device under `opts->root` in a repository: each key as
@@ -191,7 +191,7 @@ void rsr_repo_enroll_opts_init(struct rsr_repo_enroll_opts *opts);
  * with other content is refused (-EEXIST), one with the same content is left
  * alone. Returns the number of files written (0: all were in place).
  */
-int rsr_repo_enroll(struct rsr_ctx *ctx, const struct rsr_repo_enroll_opts *opts);
+RSR_EXPORT int rsr_repo_enroll(struct rsr_ctx *ctx, const struct rsr_repo_enroll_opts *opts);
 
 #ifdef __cplusplus
 }

@@ -61,7 +61,8 @@ struct rsr_response_create_opts {
  * manifest. Each new and base image must be a valid cryptex signed by
  * `key`; every slot of the previous response must be carried on.
  */
-int rsr_response_create(struct rsr_ctx *ctx, const char *out_dir, const struct rsr_response_create_opts *opts);
+RSR_EXPORT int rsr_response_create(struct rsr_ctx *ctx, const char *out_dir,
+				   const struct rsr_response_create_opts *opts);
 
 struct rsr_response;
 
@@ -70,20 +71,26 @@ struct rsr_response;
  * a trusted key (RSR_E_SIGNATURE otherwise); with NULL the signatures are
  * not checked (for `rsr response info`). Every field is bounds-checked.
  */
-int rsr_response_open(struct rsr_ctx *ctx, const char *dir, const struct rsr_keyring *trusted,
-		      struct rsr_response **ret_resp);
+RSR_EXPORT int rsr_response_open(struct rsr_ctx *ctx, const char *dir, const struct rsr_keyring *trusted,
+				 struct rsr_response **ret_resp);
 /* The same from manifest bytes in memory (the fuzz target uses this). */
-int rsr_response_parse(struct rsr_ctx *ctx, const void *buf, size_t len, const struct rsr_keyring *trusted,
-		       struct rsr_response **ret_resp);
-void rsr_response_free(struct rsr_response *resp);
+RSR_EXPORT int rsr_response_parse(struct rsr_ctx *ctx, const void *buf, size_t len, const struct rsr_keyring *trusted,
+				  struct rsr_response **ret_resp);
+RSR_EXPORT void rsr_response_free(struct rsr_response *resp);
 
-const char *rsr_response_dir(const struct rsr_response *resp);
-const char *rsr_response_letter(const struct rsr_response *resp);
-uint64_t rsr_response_sequence(const struct rsr_response *resp);
-const char *rsr_response_base_build(const struct rsr_response *resp);
-enum rsr_restart rsr_response_restart(const struct rsr_response *resp);
-const char *rsr_restart_name(enum rsr_restart r);
-uint64_t rsr_response_timestamp(const struct rsr_response *resp);
+RSR_EXPORT const char *rsr_response_dir(const struct rsr_response *resp);
+RSR_EXPORT const char *rsr_response_letter(const struct rsr_response *resp);
+RSR_EXPORT uint64_t rsr_response_sequence(const struct rsr_response *resp);
+RSR_EXPORT const char *rsr_response_base_build(const struct rsr_response *resp);
+RSR_EXPORT enum rsr_restart rsr_response_restart(const struct rsr_response *resp);
+RSR_EXPORT const char *rsr_restart_name(enum rsr_restart r);
+RSR_EXPORT uint64_t rsr_response_timestamp(const struct rsr_response *resp);
+/*
+ * The key id (64 hex digits) of the manifest's i-th signature, borrowed from
+ * resp; NULL past the last one or for one whose key id is not such hex.
+ * Whether it verifies is rsr_response_open()'s business (with `trusted`).
+ */
+RSR_EXPORT const char *rsr_response_signer(const struct rsr_response *resp, size_t i);
 
 struct rsr_advisory {
 	const char *id;	      /* e.g. "DSA-5912-1" */
@@ -95,9 +102,9 @@ struct rsr_advisory {
 	const char *const *files; /* affected files, absolute paths */
 	size_t n_files;
 };
-size_t rsr_response_advisory_count(const struct rsr_response *resp);
+RSR_EXPORT size_t rsr_response_advisory_count(const struct rsr_response *resp);
 /* Borrowed from resp. */
-const struct rsr_advisory *rsr_response_advisory(const struct rsr_response *resp, size_t i);
+RSR_EXPORT const struct rsr_advisory *rsr_response_advisory(const struct rsr_response *resp, size_t i);
 
 struct rsr_response_image {
 	const char *slot, *arch;
@@ -115,17 +122,18 @@ struct rsr_response_image {
 	const char *reverse, *reverse_sha256;
 	uint64_t reverse_size;
 };
-size_t rsr_response_image_count(const struct rsr_response *resp);
-const struct rsr_response_image *rsr_response_image(const struct rsr_response *resp, size_t i);
+RSR_EXPORT size_t rsr_response_image_count(const struct rsr_response *resp);
+RSR_EXPORT const struct rsr_response_image *rsr_response_image(const struct rsr_response *resp, size_t i);
 /* The image of `slot` for `arch`, or NULL. */
-const struct rsr_response_image *rsr_response_find_image(const struct rsr_response *resp, const char *slot,
-							 const char *arch);
+RSR_EXPORT const struct rsr_response_image *rsr_response_find_image(const struct rsr_response *resp, const char *slot,
+								    const char *arch);
 
 /* The security notes as Markdown, from the signed advisories; the caller frees the string. */
-int rsr_response_notes(struct rsr_ctx *ctx, const struct rsr_response *resp, const char *os_name, char **ret_md);
+RSR_EXPORT int rsr_response_notes(struct rsr_ctx *ctx, const struct rsr_response *resp, const char *os_name,
+				  char **ret_md);
 
 /* The machine's architecture as responses name it (uname -m, e.g. "x86_64"). */
-int rsr_machine_arch(char ret_arch[65]);
+RSR_EXPORT int rsr_machine_arch(char ret_arch[65]);
 
 /* ---- the device ---- */
 
@@ -135,6 +143,8 @@ enum {
 	RSR_DEVICE_NO_GRAFT = 1 << 0,  /* stage and switch the images, do not graft them */
 	RSR_DEVICE_WAIT = 1 << 1,      /* wait for another rsr operation instead of failing */
 	RSR_DEVICE_KEEP_BASE = 1 << 2, /* keep a copy of the base images (costs their size in disk) */
+	RSR_DEVICE_REINSTALL = 1 << 3, /* install: the response a person removed last may go back on */
+	RSR_DEVICE_WITHDRAWN = 1 << 4, /* remove: of a withdrawn response, not a person's: nothing to reinstall */
 };
 
 /*
@@ -142,34 +152,42 @@ enum {
  * keys from etc/rsr/keys.d, base identity from etc/os-release, response
  * state under var/lib/rsr. The caller owns the result. Changes nothing.
  */
-int rsr_device_open(struct rsr_ctx *ctx, const char *root, struct rsr_device **ret_dev);
-void rsr_device_free(struct rsr_device *dev);
+RSR_EXPORT int rsr_device_open(struct rsr_ctx *ctx, const char *root, struct rsr_device **ret_dev);
+RSR_EXPORT void rsr_device_free(struct rsr_device *dev);
+/* The trusted keys of etc/rsr/keys.d; borrowed from dev. */
+RSR_EXPORT const struct rsr_keyring *rsr_device_keyring(const struct rsr_device *dev);
+/* Formats seconds since 1970 as "YYYY-MM-DD HH:MM UTC", the way rsr shows a removal's date. */
+RSR_EXPORT void rsr_device_format_time(int64_t t, char ret[32]);
 
 /*
  * Finishes (when its journal was written) or rolls back (otherwise) an
  * install or remove that was interrupted, under the device lock. Returns 1
  * if it did something, 0 if there was nothing to do.
  */
-int rsr_device_recover(struct rsr_ctx *ctx, struct rsr_device *dev, unsigned flags);
+RSR_EXPORT int rsr_device_recover(struct rsr_ctx *ctx, struct rsr_device *dev, unsigned flags);
 
 /*
  * Installs the response in `dir`: checks its signature against the trusted
  * keys, that it is for this base build and newer than anything installed
- * before (the high-water mark survives removal), checks each patch against
- * its signed digest, applies the patch for the image each slot has now into
- * the incoming area, verifies each result against the signed root hash, then
- * switches every slot and the response state with a journal, and grafts.
- * Returns 0, or 1 when the response was already installed.
+ * before (the high-water mark survives removal; only the response a person
+ * removed last may go back, and only with RSR_DEVICE_REINSTALL: RSR_E_STATE
+ * otherwise), checks each patch against its signed digest, applies the patch
+ * for the image each slot has now into the incoming area, verifies each
+ * result against the signed root hash, then switches every slot and the
+ * response state with a journal, and grafts. Returns 0, or 1 when the
+ * response was already installed.
  */
-int rsr_device_install(struct rsr_ctx *ctx, struct rsr_device *dev, const char *dir, unsigned flags);
+RSR_EXPORT int rsr_device_install(struct rsr_ctx *ctx, struct rsr_device *dev, const char *dir, unsigned flags);
 
 /*
  * Goes back to the base images with the installed response's reverse
  * patches (or the kept base copies), verifying each rebuilt image against
- * its signed root hash before the switch, and grafts them. Returns 0, or 1
- * when no response was installed.
+ * its signed root hash before the switch, and grafts them. Records the
+ * removal (letter, sequence, time) in the state, unless RSR_DEVICE_WITHDRAWN
+ * says that the updater removes a withdrawn response. Returns 0, or 1 when
+ * no response was installed.
  */
-int rsr_device_remove(struct rsr_ctx *ctx, struct rsr_device *dev, unsigned flags);
+RSR_EXPORT int rsr_device_remove(struct rsr_ctx *ctx, struct rsr_device *dev, unsigned flags);
 
 struct rsr_device_state {
 	char *base_build;	       /* of the device; NULL if unknown */
@@ -182,10 +200,13 @@ struct rsr_device_state {
 	uint64_t images_bytes;	       /* disk used by the slot images */
 	uint64_t base_copy_bytes;      /* disk used by kept base copies */
 	uint64_t reverse_bytes;	       /* disk used by the reverse patches */
+	char *removed_letter;	       /* of the response a person removed last, NULL if none (or reinstalled) */
+	uint64_t removed_sequence;     /* its sequence, 0 if none */
+	int64_t removed_at;	       /* when, seconds since 1970 */
 };
 /* The response state; the caller frees it with rsr_device_state_free(). */
-int rsr_device_get_state(struct rsr_ctx *ctx, struct rsr_device *dev, struct rsr_device_state **ret_state);
-void rsr_device_state_free(struct rsr_device_state *st);
+RSR_EXPORT int rsr_device_get_state(struct rsr_ctx *ctx, struct rsr_device *dev, struct rsr_device_state **ret_state);
+RSR_EXPORT void rsr_device_state_free(struct rsr_device_state *st);
 
 #ifdef __cplusplus
 }

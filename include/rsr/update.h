@@ -66,22 +66,22 @@ struct rsr_update_policy {
  * The defaults: no mirror, auto install on, remove allowed, restart
  * services, rollout on, withdrawn base, 30 s, 1024 bytes/s, 6 hours.
  */
-void rsr_update_policy_init(struct rsr_update_policy *p);
+RSR_EXPORT void rsr_update_policy_init(struct rsr_update_policy *p);
 /*
  * Parses the key = value policy file in buf (`what` names it in messages)
  * into *p, which holds the defaults or earlier values; free with
  * rsr_update_policy_clear(). Unknown keys and bad values are errors.
  */
-int rsr_update_policy_parse(struct rsr_ctx *ctx, const void *buf, size_t len, const char *what,
-			    struct rsr_update_policy *p);
-void rsr_update_policy_clear(struct rsr_update_policy *p);
+RSR_EXPORT int rsr_update_policy_parse(struct rsr_ctx *ctx, const void *buf, size_t len, const char *what,
+				       struct rsr_update_policy *p);
+RSR_EXPORT void rsr_update_policy_clear(struct rsr_update_policy *p);
 
 /*
  * The rollout bucket (0..99) of a device for a response: from SHA-256 of
  * "machine_id/base_build/letter"; the device takes a response with rollout
  * percentage P when its bucket is below P.
  */
-unsigned rsr_update_rollout_bucket(const char *machine_id, const char *base_build, const char *letter);
+RSR_EXPORT unsigned rsr_update_rollout_bucket(const char *machine_id, const char *base_build, const char *letter);
 
 struct rsr_update_opts {
 	const char *root;			/* device root, "/" for the running system */
@@ -89,20 +89,21 @@ struct rsr_update_opts {
 	const char *machine_id;			/* for staged rollout; NULL: every rollout applies */
 	int64_t now;				/* seconds since 1970, for expiry */
 	const char *ca_file;			/* extra CA bundle for HTTPS; NULL: the system store */
+	bool reinstall; /* offer the response a person removed last again (rsr update --reinstall) */
 };
 
 struct rsr_updater;
 
 /* Opens the client: device state and the trusted root. The caller owns it. */
-int rsr_update_open(struct rsr_ctx *ctx, const struct rsr_update_opts *opts, struct rsr_updater **ret_u);
-void rsr_update_free(struct rsr_updater *u);
+RSR_EXPORT int rsr_update_open(struct rsr_ctx *ctx, const struct rsr_update_opts *opts, struct rsr_updater **ret_u);
+RSR_EXPORT void rsr_update_free(struct rsr_updater *u);
 
 /*
  * The TUF workflow: follows each new root version, then fetches timestamp,
  * snapshot and targets, verifies and persists each. Fails (keeping the
  * trusted metadata as it was) on any check.
  */
-int rsr_update_refresh(struct rsr_ctx *ctx, struct rsr_updater *u);
+RSR_EXPORT int rsr_update_refresh(struct rsr_ctx *ctx, struct rsr_updater *u);
 
 enum rsr_update_action {
 	RSR_UPDATE_NONE = 0,	/* up to date */
@@ -114,6 +115,14 @@ struct rsr_update_advisory {
 	const char *id, *title, *severity;
 	const char *const *cves;
 	size_t n_cves;
+};
+
+/* A response newer than the one offered (if any) that this device cannot install. */
+struct rsr_update_blocked {
+	const char *letter;
+	uint64_t sequence;
+	/* why, e.g. "slot 'libssl3': this device's image (3f2a…) is none of the 2 images response (b) patches from" */
+	const char *reason;
 };
 
 /* What rsr_update_check() found; borrowed from the updater. */
@@ -129,12 +138,31 @@ struct rsr_update_offer {
 	size_t n_held_back; /* newer responses not for this device yet (rollout) */
 	const struct rsr_update_advisory *advisories;
 	size_t n_advisories;
-	uint64_t download_bytes; /* manifest, patches for this device's images, reverse patches */
+	uint64_t download_bytes; /* what will be fetched: manifest, patches for this device's images, reverse patches */
 	size_t n_files;
+	uint64_t reused_bytes; /* files of the offer this device holds already (same signed digest): not fetched */
+	size_t n_reused;
+	bool reinstall; /* the offer (INSTALL) is the response a person removed, asked for with opts.reinstall */
+	/* Newer responses for this base build this device cannot install, newest first, each with the reason. */
+	const struct rsr_update_blocked *blocked;
+	size_t n_blocked;
+	/* The response a person removed last (NULL if none): the timer never installs it again. */
+	const char *removed_letter;
+	uint64_t removed_sequence;
+	int64_t removed_at;	  /* seconds since 1970 */
+	bool reinstall_available; /* the repository still offers it and this device can install it */
 };
 
-/* Chooses after a refresh. */
-int rsr_update_check(struct rsr_ctx *ctx, struct rsr_updater *u, const struct rsr_update_offer **ret_offer);
+/*
+ * Chooses after a refresh: the newest response for this base build above
+ * the high-water mark (or the one a person removed, with opts.reinstall)
+ * that this device can install, told from the signed metadata alone: a
+ * trusted key among the manifest's signers, a current image of every slot
+ * that is the new image or one the forward patch accepts. Newer ones that
+ * cannot install are listed in `blocked` with the reason; nothing is fetched
+ * for them.
+ */
+RSR_EXPORT int rsr_update_check(struct rsr_ctx *ctx, struct rsr_updater *u, const struct rsr_update_offer **ret_offer);
 
 /*
  * Carries the offer out: downloads what it needs (resuming earlier partial
@@ -142,10 +170,10 @@ int rsr_update_check(struct rsr_ctx *ctx, struct rsr_updater *u, const struct rs
  * hashes; progress "download") and installs it with rsr_device_install(),
  * or removes the withdrawn response. `flags` are RSR_DEVICE_* flags.
  */
-int rsr_update_apply(struct rsr_ctx *ctx, struct rsr_updater *u, unsigned flags);
+RSR_EXPORT int rsr_update_apply(struct rsr_ctx *ctx, struct rsr_updater *u, unsigned flags);
 
 /* Bytes fetched over the network by this updater (for tests and reports). */
-uint64_t rsr_update_bytes_fetched(const struct rsr_updater *u);
+RSR_EXPORT uint64_t rsr_update_bytes_fetched(const struct rsr_updater *u);
 
 #ifdef __cplusplus
 }

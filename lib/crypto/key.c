@@ -348,7 +348,8 @@ int rsr_keyring_add_dir(struct rsr_ctx *ctx, struct rsr_keyring *ring, const cha
 		n++;
 	}
 	/* Sorted, so that errors and logs do not depend on directory order. */
-	qsort(names, n, sizeof(*names), cmp_str);
+	if (n > 0)
+		qsort(names, n, sizeof(*names), cmp_str);
 	for (size_t i = 0; i < n && r >= 0; i++)
 		r = rsr_keyring_add_file(ctx, ring, names[i]);
 out:

@@ -9,6 +9,7 @@
 #include <dlfcn.h>
 #include <pthread.h>
 #include <stdio.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <time.h>
 
@@ -38,19 +39,24 @@ static struct {
 	void (*easy_reset)(CURL *curl);
 	void (*easy_cleanup)(CURL *curl);
 	const char *(*easy_strerror)(CURLcode code);
+	struct curl_slist *(*slist_append)(struct curl_slist *list, const char *string);
+	void (*slist_free_all)(struct curl_slist *list);
+	time_t (*getdate)(const char *datestring, const time_t *now);
 } curl_api;
 static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
 static char curl_load_error[256]; /* empty once libcurl is loaded and initialised */
 
 static void curl_init_once(void)
 {
-	static const char *const names[] = {"curl_global_init",	 "curl_easy_init",    "curl_easy_setopt",
-					    "curl_easy_perform", "curl_easy_getinfo", "curl_easy_reset",
-					    "curl_easy_cleanup", "curl_easy_strerror"};
-	void **slots[] = {(void **)&curl_api.global_init,  (void **)&curl_api.easy_init,
-			  (void **)&curl_api.easy_setopt,  (void **)&curl_api.easy_perform,
-			  (void **)&curl_api.easy_getinfo, (void **)&curl_api.easy_reset,
-			  (void **)&curl_api.easy_cleanup, (void **)&curl_api.easy_strerror};
+	static const char *const names[] = {"curl_global_init",	   "curl_easy_init",	 "curl_easy_setopt",
+					    "curl_easy_perform",   "curl_easy_getinfo",	 "curl_easy_reset",
+					    "curl_easy_cleanup",   "curl_easy_strerror", "curl_slist_append",
+					    "curl_slist_free_all", "curl_getdate"};
+	void **slots[] = {
+	    (void **)&curl_api.global_init,    (void **)&curl_api.easy_init,	 (void **)&curl_api.easy_setopt,
+	    (void **)&curl_api.easy_perform,   (void **)&curl_api.easy_getinfo,	 (void **)&curl_api.easy_reset,
+	    (void **)&curl_api.easy_cleanup,   (void **)&curl_api.easy_strerror, (void **)&curl_api.slist_append,
+	    (void **)&curl_api.slist_free_all, (void **)&curl_api.getdate};
 	void *lib = dlopen(RSR_LIBCURL_SONAME, RTLD_NOW | RTLD_LOCAL);
 	CURLcode c;
 
@@ -121,6 +127,10 @@ struct sink {
 	bool over;
 	int err;
 	const char *what;
+	/* conditional GET: the entity tag sent, and the one the answer carries */
+	const char *if_none_match;
+	char etag[HTTP_ETAG_MAX];
+	char date[64]; /* the answer's Date header, as sent */
 };
 
 /* Seconds a file of `length` bytes may take on one mirror: the stall timeout plus length at the minimum rate. */
@@ -190,6 +200,55 @@ static size_t on_data(char *data, size_t size, size_t nmemb, void *userdata)
 	return n;
 }
 
+/*
+ * Copies the value of header NAME (with its colon) from one header line into
+ * out, or empties out: a value longer than the bound, or with bytes outside
+ * printable ASCII and blanks, is not kept.
+ */
+static void header_value(const char *data, size_t n, const char *name, char *out, size_t size)
+{
+	size_t nl = strlen(name), len;
+	const char *v;
+
+	if (n < nl || strncasecmp(data, name, nl))
+		return;
+	v = data + nl;
+	len = n - nl;
+	while (len && (*v == ' ' || *v == '\t'))
+		v++, len--;
+	while (len && (v[len - 1] == '\r' || v[len - 1] == '\n' || v[len - 1] == ' ' || v[len - 1] == '\t'))
+		len--;
+	out[0] = '\0';
+	if (len == 0 || len >= size)
+		return;
+	for (size_t i = 0; i < len; i++)
+		if ((v[i] < 0x20 || v[i] > 0x7e) && v[i] != '\t')
+			return;
+	memcpy(out, v, len);
+	out[len] = '\0';
+}
+
+/*
+ * Keeps the ETag and the Date of the last response (each redirect's
+ * response starts with its status line, which forgets the one before). A
+ * tag that is not kept makes the next request unconditional.
+ */
+static size_t on_header(char *data, size_t size, size_t nitems, void *userdata)
+{
+	struct sink *s = userdata;
+	size_t n = size * nitems;
+
+	if (n >= 5 && !memcmp(data, "HTTP/", 5)) {
+		s->etag[0] = s->date[0] = '\0';
+		return n;
+	}
+	header_value(data, n, "etag:", s->etag, sizeof(s->etag));
+	if (strchr(s->etag, ' ') || strchr(s->etag, '\t'))
+		s->etag[0] = '\0'; /* an entity tag has no blanks */
+	header_value(data, n, "date:", s->date, sizeof(s->date));
+	return n;
+}
+
 static int on_progress(void *userdata, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal, curl_off_t ulnow)
 {
 	struct sink *s = userdata;
@@ -228,11 +287,16 @@ static int deadline_error(struct rsr_ctx *ctx, struct http *h, const struct sink
 			 (unsigned long long)h->min_rate, h->timeout);
 }
 
-/* One GET of base/rel into the sink. Returns 0, -ENOENT for 404/403/410, or an error with a message. */
+/*
+ * One GET of base/rel into the sink. Returns 0, HTTP_NOT_MODIFIED when the
+ * sink asked with If-None-Match and the server answered 304, -ENOENT for
+ * 404/403/410, or an error with a message.
+ */
 static int transfer(struct rsr_ctx *ctx, struct http *h, const char *base, const char *rel, struct sink *s)
 {
 	CURL *c = h->curl;
-	_cleanup_free_ char *url = NULL;
+	_cleanup_free_ char *url = NULL, *cond = NULL;
+	struct curl_slist *headers = NULL;
 	char errbuf[CURL_ERROR_SIZE] = "";
 	char range[48];
 	CURLcode cc;
@@ -277,8 +341,24 @@ static int transfer(struct rsr_ctx *ctx, struct http *h, const char *base, const
 		snprintf(range, sizeof(range), "%llu-", (unsigned long long)s->start);
 		curl_api.easy_setopt(c, CURLOPT_RANGE, range);
 	}
+	s->etag[0] = s->date[0] = '\0';
+	curl_api.easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
+	curl_api.easy_setopt(c, CURLOPT_HEADERDATA, s);
+	if (s->if_none_match) {
+		if (asprintf(&cond, "If-None-Match: %s", s->if_none_match) < 0 ||
+		    !(headers = curl_api.slist_append(NULL, cond)))
+			return rsr_error(ctx, -ENOMEM, "out of memory");
+		curl_api.easy_setopt(c, CURLOPT_HTTPHEADER, headers);
+	}
 	cc = curl_api.easy_perform(c);
+	curl_api.easy_setopt(c, CURLOPT_HTTPHEADER, NULL);
+	curl_api.slist_free_all(headers);
 	curl_api.easy_getinfo(c, CURLINFO_RESPONSE_CODE, &code);
+	if (s->date[0]) {
+		time_t d = curl_api.getdate(s->date, NULL);
+		if (d > 0)
+			h->server_time = (int64_t)d;
+	}
 	if (s->over)
 		return rsr_error(ctx, RSR_E_LIMIT, "%s: the server sent more than the %llu bytes the metadata allows",
 				 url, (unsigned long long)s->max);
@@ -298,12 +378,25 @@ static int transfer(struct rsr_ctx *ctx, struct http *h, const char *base, const
 	}
 	if (cc != CURLE_OK)
 		return rsr_error(ctx, -EIO, "%s: %s", url, errbuf[0] ? errbuf : curl_api.easy_strerror(cc));
+	if (code == 304 && s->if_none_match && s->off == 0)
+		return HTTP_NOT_MODIFIED;
+	if (code != 200 && code != 206)
+		return rsr_error(ctx, -EIO, "%s: unexpected HTTP status %ld", url, code);
 	return 0;
 }
 
-int http_get_mem(struct rsr_ctx *ctx, struct http *h, const char *rel, uint64_t max, char **ret_buf, size_t *ret_len)
+void http_validator_clear(struct http_validator *v)
+{
+	free(v->mirror);
+	free(v->etag);
+	v->mirror = v->etag = NULL;
+}
+
+int http_get_mem_cond(struct rsr_ctx *ctx, struct http *h, const char *rel, uint64_t max,
+		      const struct http_validator *have, char **ret_buf, size_t *ret_len, struct http_validator *got)
 {
 	_cleanup_free_ char *buf = NULL;
+	char missing[512] = "";
 	size_t n_missing = 0, cap = 0;
 	int r = -EIO;
 
@@ -312,6 +405,11 @@ int http_get_mem(struct rsr_ctx *ctx, struct http *h, const char *rel, uint64_t 
 	if (max > SIZE_MAX - 1)
 		return rsr_error(ctx, RSR_E_LIMIT, "%s: a bound of %llu bytes does not fit in memory", rel,
 				 (unsigned long long)max);
+	/* The mirror that gave the tag is asked first: a tag means nothing to another server. */
+	if (have && have->mirror && have->etag)
+		for (size_t i = 0; i < h->n_mirrors; i++)
+			if (!strcmp(h->mirrors[i], have->mirror))
+				h->preferred = i;
 	for (size_t i = 0; i < h->n_mirrors; i++) {
 		size_t m = (h->preferred + i) % h->n_mirrors;
 		struct sink s = {.ctx = ctx,
@@ -321,13 +419,27 @@ int http_get_mem(struct rsr_ctx *ctx, struct http *h, const char *rel, uint64_t 
 				 .fd = -1,
 				 .max = max,
 				 .deadline_ms = now_ms() + file_seconds(h, max) * 1000};
+		if (have && have->mirror && have->etag && !strcmp(h->mirrors[m], have->mirror))
+			s.if_none_match = have->etag;
 		r = transfer(ctx, h, h->mirrors[m], rel, &s);
 		buf = s.buf;
 		cap = s.cap;
+		if (r == HTTP_NOT_MODIFIED) {
+			h->preferred = m;
+			return r;
+		}
 		/* The terminating NUL; an empty body has no buffer yet. */
 		if (r == 0 && grow(&s, 0) < 0)
 			return rsr_error(ctx, -ENOMEM, "out of memory");
 		if (r == 0) {
+			if (got) {
+				http_validator_clear(got);
+				if (!(got->mirror = strdup(h->mirrors[m])) ||
+				    (s.etag[0] && !(got->etag = strdup(s.etag)))) {
+					http_validator_clear(got);
+					return rsr_error(ctx, -ENOMEM, "out of memory");
+				}
+			}
 			h->preferred = m;
 			buf = s.buf;
 			buf[s.off] = '\0';
@@ -335,15 +447,30 @@ int http_get_mem(struct rsr_ctx *ctx, struct http *h, const char *rel, uint64_t 
 			*ret_buf = TAKE_PTR(buf);
 			return 0;
 		}
-		if (r == -ENOENT)
-			n_missing++;
-		else if (r == RSR_E_LIMIT || r == RSR_E_CANCELED || r == -ENOMEM ||
-			 (r == -ETIMEDOUT && run_bound(h, &s)))
+		if (r == -ENOENT) {
+			if (n_missing++ == 0)
+				snprintf(missing, sizeof(missing), "%s", rsr_ctx_error(ctx));
+		} else if (r == RSR_E_LIMIT || r == RSR_E_CANCELED || r == -ENOMEM ||
+			   (r == -ETIMEDOUT && run_bound(h, &s))) {
 			return r;
+		}
 		if (i + 1 < h->n_mirrors)
 			rsr_warn(ctx, "%s; trying the next mirror", rsr_ctx_error(ctx));
 	}
-	return n_missing == h->n_mirrors ? -ENOENT : r;
+	/*
+	 * A mirror that answered 404 answered; one that could not be reached
+	 * did not. So "not there" is the answer whenever any mirror gave it and
+	 * none served the file, whatever order the mirrors were tried in (the
+	 * lookup of a next root version depends on this).
+	 */
+	if (n_missing > 0)
+		return rsr_error(ctx, -ENOENT, "%s", missing);
+	return r;
+}
+
+int http_get_mem(struct rsr_ctx *ctx, struct http *h, const char *rel, uint64_t max, char **ret_buf, size_t *ret_len)
+{
+	return http_get_mem_cond(ctx, h, rel, max, NULL, ret_buf, ret_len, NULL);
 }
 
 int http_get_file(struct rsr_ctx *ctx, struct http *h, const char *rel, int fd, uint64_t length, const char *what)

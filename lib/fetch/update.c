@@ -2,10 +2,12 @@
 /*
  * The update client: TUF's client workflow (specification 1.0, section 5)
  * over lib/fetch/http.c, the choice of a response from the targets' custom
- * metadata, and resumable downloads into a response directory that
- * rsr_device_install() then installs.
+ * metadata (and whether this device can install it), and resumable
+ * downloads, of only the files the device does not hold, into a response
+ * directory that rsr_device_install() then installs.
  *
  *   var/lib/rsr/tuf/{root,timestamp,snapshot,targets}.json   trusted metadata
+ *   var/lib/rsr/tuf/timestamp.etag.json                      the mirror's ETag for it
  *   var/lib/rsr/tuf/downloads/BASE-LETTER/                   a response being fetched
  */
 #include <dirent.h>
@@ -24,6 +26,8 @@
 #define SNAPSHOT_MAX (4 * 1024 * 1024)
 #define TARGETS_MAX (16 * 1024 * 1024)
 #define MAX_ROOT_STEPS 1024
+#define VALIDATOR_FILE "timestamp.etag.json"
+#define VALIDATOR_MAX 4096
 
 struct candidate {
 	const char *path; /* target path of the manifest */
@@ -64,6 +68,15 @@ struct rsr_updater {
 	int lockfd;
 	struct slot_digest *digests; /* of the slots' current images, hashed once per open */
 	size_t n_digests;
+	bool reinstall;
+	struct rsr_update_blocked *blocked; /* each reason allocated */
+	size_t n_blocked;
+};
+
+/* One image of a response's custom metadata, borrowed from it. */
+struct meta_image {
+	const char *slot, *arch, *sha, *fwd, *rev;
+	json_t *inputs; /* array of hex digests, or NULL (metadata of older repositories) */
 };
 
 static char *path_join(const char *a, const char *b)
@@ -148,6 +161,15 @@ static void drop_trusted(struct rsr_updater *u)
 	u->timestamp = u->snapshot = u->targets = NULL;
 }
 
+static void clear_blocked(struct rsr_updater *u)
+{
+	for (size_t i = 0; i < u->n_blocked; i++)
+		free((char *)u->blocked[i].reason);
+	free(u->blocked);
+	u->blocked = NULL;
+	u->n_blocked = 0;
+}
+
 void rsr_update_free(struct rsr_updater *u)
 {
 	if (!u)
@@ -162,6 +184,7 @@ void rsr_update_free(struct rsr_updater *u)
 	free(u->advs);
 	free(u->cves);
 	free(u->digests);
+	clear_blocked(u);
 	free(u->root);
 	free(u->state);
 	free(u->machine_id);
@@ -178,6 +201,7 @@ int rsr_update_open(struct rsr_ctx *ctx, const struct rsr_update_opts *opts, str
 	if (!u)
 		return rsr_error(ctx, -ENOMEM, "out of memory");
 	u->lockfd = -1;
+	u->reinstall = opts->reinstall;
 	u->policy = opts->policy;
 	u->now = opts->now;
 	u->root = strdup(opts->root ? opts->root : "/");
@@ -252,20 +276,48 @@ uint64_t rsr_update_bytes_fetched(const struct rsr_updater *u)
 	return u->http.fetched;
 }
 
+/* A device clock this far from the server's is called wrong when metadata expires. */
+#define CLOCK_SKEW_MAX 300
+
+/* "3 days", "5 hours", "12 minutes": the rough size of a clock's error. */
+static void format_span(int64_t secs, char *buf, size_t size)
+{
+	if (secs >= 2 * 86400)
+		snprintf(buf, size, "%lld days", (long long)(secs / 86400));
+	else if (secs >= 2 * 3600)
+		snprintf(buf, size, "%lld hours", (long long)(secs / 3600));
+	else
+		snprintf(buf, size, "%lld minutes", (long long)(secs / 60));
+}
+
+/*
+ * Expired metadata is a freeze attack or a repository nobody refreshes,
+ * unless the device's clock is wrong: when the metadata has not expired by
+ * the server's Date header and the device's clock is ahead of it, the
+ * message says so, with both times.
+ */
 static int check_expiry(struct rsr_ctx *ctx, struct rsr_updater *u, json_t *env, const char *what)
 {
-	int64_t t = 0;
-	char when[32];
+	int64_t t = 0, server = u->http.server_time;
+	char when[32], dev[32], srv[32], span[32];
 
 	tuf_time_parse(json_string_value(json_object_get(json_object_get(env, "signed"), "expires")), &t);
-	if (t <= u->now) {
-		tuf_time_format(t, when);
+	if (t > u->now)
+		return 0;
+	tuf_time_format(t, when);
+	if (server > 0 && t > server && u->now - server > CLOCK_SKEW_MAX) {
+		tuf_time_format(u->now, dev);
+		tuf_time_format(server, srv);
+		format_span(u->now - server, span, sizeof(span));
 		return rsr_error(ctx, RSR_E_EXPIRED,
-				 "%s expired at %s: the repository is not being refreshed, or someone replays old "
-				 "metadata (freeze attack)",
-				 what, when);
+				 "%s expired at %s by this device's clock, which reads %s, %s ahead of the server's "
+				 "(%s): set the clock (for example with timedatectl set-ntp true), then check again",
+				 what, when, dev, span, srv);
 	}
-	return 0;
+	return rsr_error(ctx, RSR_E_EXPIRED,
+			 "%s expired at %s: the repository is not being refreshed, or someone replays old "
+			 "metadata (freeze attack)",
+			 what, when);
 }
 
 static uint64_t version_of(json_t *env)
@@ -346,30 +398,37 @@ static int update_root(struct rsr_ctx *ctx, struct rsr_updater *u)
 }
 
 /* Fetches a role's file bounded by its meta entry, checks hash, signatures, version. */
-static int fetch_role(struct rsr_ctx *ctx, struct rsr_updater *u, enum tuf_role role, const struct tuf_meta *m,
-		      uint64_t max, json_t **ret_env, char **ret_buf, size_t *ret_len)
+/* The name of a role's file on the mirrors, and where it is under them. */
+static void role_file(const struct rsr_updater *u, enum tuf_role role, const struct tuf_meta *m, char what[64],
+		      char rel[96])
 {
-	_cleanup_free_ char *buf = NULL;
-	char rel[96], what[64];
+	if (role == TUF_TIMESTAMP || !u->troot->consistent)
+		snprintf(what, 64, "%s.json", tuf_role_names[role]);
+	else
+		snprintf(what, 64, "%llu.%s.json", (unsigned long long)m->version, tuf_role_names[role]);
+	snprintf(rel, 96, "metadata/%s", what);
+}
+
+/* Turns "every mirror said 404" into a message that names what was tried and what a mirror must be. */
+static int not_on_any_mirror(struct rsr_ctx *ctx, const char *what)
+{
+	char last[512];
+
+	snprintf(last, sizeof(last), "%s", rsr_ctx_error(ctx));
+	return rsr_error(ctx, -ENOENT,
+			 "%s: not on any mirror (%s); a mirror URL is the repository's top directory, the one that "
+			 "holds metadata/ and targets/",
+			 what, last);
+}
+
+/* Checks the bytes of a role fetched as `what`: digest and version the referring role names, signatures. */
+static int check_role(struct rsr_ctx *ctx, struct rsr_updater *u, enum tuf_role role, const struct tuf_meta *m,
+		      const char *what, const char *buf, size_t len, json_t **ret_env)
+{
 	uint64_t v;
 	json_t *env;
-	size_t len;
 	int r;
 
-	if (role == TUF_TIMESTAMP || !u->troot->consistent)
-		snprintf(what, sizeof(what), "%s.json", tuf_role_names[role]);
-	else
-		snprintf(what, sizeof(what), "%llu.%s.json", (unsigned long long)m->version, tuf_role_names[role]);
-	snprintf(rel, sizeof(rel), "metadata/%s", what);
-	/*
-	 * A signed length can only lower the client's own bound: the online
-	 * timestamp key must not be able to make a device take (or set aside
-	 * memory for) more than any snapshot may be.
-	 */
-	if (m && m->length)
-		max = RSR_MIN(max, m->length);
-	if ((r = http_get_mem(ctx, &u->http, rel, max, &buf, &len)) < 0)
-		return r == -ENOENT ? rsr_error(ctx, -ENOENT, "%s: not on any mirror", what) : r;
 	if (m && m->has_sha256) {
 		uint8_t d[32];
 		rsr_sha256(buf, len, d);
@@ -391,15 +450,139 @@ static int fetch_role(struct rsr_ctx *ctx, struct rsr_updater *u, enum tuf_role 
 				 (unsigned long long)m->version);
 	}
 	*ret_env = env;
+	return 0;
+}
+
+static int fetch_role(struct rsr_ctx *ctx, struct rsr_updater *u, enum tuf_role role, const struct tuf_meta *m,
+		      uint64_t max, json_t **ret_env, char **ret_buf, size_t *ret_len)
+{
+	_cleanup_free_ char *buf = NULL;
+	char rel[96], what[64];
+	size_t len;
+	int r;
+
+	role_file(u, role, m, what, rel);
+	/*
+	 * A signed length can only lower the client's own bound: the online
+	 * timestamp key must not be able to make a device take (or set aside
+	 * memory for) more than any snapshot may be.
+	 */
+	if (m && m->length)
+		max = RSR_MIN(max, m->length);
+	if ((r = http_get_mem(ctx, &u->http, rel, max, &buf, &len)) < 0)
+		return r == -ENOENT ? not_on_any_mirror(ctx, what) : r;
+	if ((r = check_role(ctx, u, role, m, what, buf, len, ret_env)) < 0)
+		return r;
 	*ret_buf = TAKE_PTR(buf);
 	*ret_len = len;
 	return 0;
+}
+
+/* ---- conditional checks ---- */
+
+static bool fresh(const struct rsr_updater *u, json_t *env)
+{
+	const char *e = json_string_value(json_object_get(json_object_get(env, "signed"), "expires"));
+	int64_t t = 0;
+
+	return e && tuf_time_parse(e, &t) == 0 && t > u->now;
+}
+
+/*
+ * Whether the trusted metadata is one whole, unexpired chain: root, the
+ * timestamp, the snapshot it names and the targets that names. Only then
+ * may "timestamp.json has not changed" end a check.
+ */
+static bool chain_fresh(struct rsr_ctx *ctx, const struct rsr_updater *u)
+{
+	struct tuf_meta m;
+	bool whole;
+
+	if (!u->timestamp || !u->snapshot || !u->targets || !fresh(u, u->troot->env) || !fresh(u, u->timestamp) ||
+	    !fresh(u, u->snapshot) || !fresh(u, u->targets))
+		return false;
+	whole = tuf_meta_get(ctx, u->timestamp, "snapshot.json", "trusted timestamp", &m) == 0 &&
+		m.version == version_of(u->snapshot) &&
+		tuf_meta_get(ctx, u->snapshot, "targets.json", "trusted snapshot", &m) == 0 &&
+		m.version == version_of(u->targets);
+	rsr_ctx_clear_error(ctx);
+	return whole;
+}
+
+/* The hex SHA-256 of the trusted timestamp.json as stored; false when it cannot be read. */
+static bool trusted_timestamp_digest(struct rsr_ctx *ctx, const struct rsr_updater *u, char hex[65])
+{
+	_cleanup_free_ char *p = path_join(u->state, "timestamp.json"), *buf = NULL;
+	uint8_t d[32];
+	size_t len;
+
+	if (!p || rsr_read_file(ctx, p, TIMESTAMP_MAX, &buf, &len) < 0)
+		return false;
+	rsr_sha256(buf, len, d);
+	rsr_hex_encode(d, sizeof(d), hex);
+	return true;
+}
+
+/*
+ * Loads the entity tag of the trusted timestamp.json. The file binds it to
+ * those bytes by their SHA-256, so a tag left from another timestamp (a cut
+ * between the two writes, a file put there by hand) is not used: the GET
+ * is then unconditional, which is always safe.
+ */
+static void validator_load(struct rsr_ctx *ctx, struct rsr_updater *u, struct http_validator *v)
+{
+	_cleanup_free_ char *p = path_join(u->state, VALIDATOR_FILE), *buf = NULL;
+	const char *mirror, *etag, *sha;
+	char hex[65];
+	json_t *j = NULL;
+	size_t len;
+
+	if (!p || access(p, F_OK) < 0 || rsr_read_file(ctx, p, VALIDATOR_MAX, &buf, &len) < 0 ||
+	    !(j = json_loadb(buf, len, JSON_REJECT_DUPLICATES, NULL)))
+		goto out;
+	mirror = json_string_value(json_object_get(j, "mirror"));
+	etag = json_string_value(json_object_get(j, "etag"));
+	sha = json_string_value(json_object_get(j, "sha256"));
+	if (!mirror || !etag || !sha || strlen(etag) >= HTTP_ETAG_MAX || !trusted_timestamp_digest(ctx, u, hex) ||
+	    strcmp(hex, sha))
+		goto out;
+	v->mirror = strdup(mirror);
+	v->etag = strdup(etag);
+	if (!v->mirror || !v->etag)
+		http_validator_clear(v);
+out:
+	json_decref(j);
+	rsr_ctx_clear_error(ctx);
+}
+
+/* Records the tag the mirror gave for the timestamp.json just trusted (or forgets the old one). */
+static int validator_save(struct rsr_ctx *ctx, struct rsr_updater *u, const struct http_validator *v, const char *buf,
+			  size_t len)
+{
+	_cleanup_free_ char *text = NULL;
+	uint8_t d[32];
+	char hex[65];
+	json_t *j;
+
+	if (!v->mirror || !v->etag) {
+		forget(u, VALIDATOR_FILE);
+		return 0;
+	}
+	rsr_sha256(buf, len, d);
+	rsr_hex_encode(d, sizeof(d), hex);
+	j = json_pack("{s:s, s:s, s:s}", "mirror", v->mirror, "etag", v->etag, "sha256", hex);
+	text = j ? rsr_json_dumps(j, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
+	json_decref(j);
+	if (!text)
+		return rsr_error(ctx, -ENOMEM, "out of memory");
+	return persist(ctx, u, VALIDATOR_FILE, text, strlen(text));
 }
 
 int rsr_update_refresh(struct rsr_ctx *ctx, struct rsr_updater *u)
 {
 	_cleanup_free_ char *tsbuf = NULL, *snbuf = NULL, *tgbuf = NULL;
 	struct tuf_meta tsm, snm, old;
+	struct http_validator have = {0}, got = {0};
 	json_t *ts = NULL, *sn = NULL, *tg = NULL;
 	size_t len;
 	int r;
@@ -407,15 +590,38 @@ int rsr_update_refresh(struct rsr_ctx *ctx, struct rsr_updater *u)
 	u->checked = false;
 	if ((r = rsr_mkdir_p_at(ctx, AT_FDCWD, u->state, NULL)) < 0)
 		return r;
+	/*
+	 * Timestamp first, conditionally: when the device holds a whole,
+	 * unexpired chain and the mirror that served its timestamp.json says
+	 * 304 Not Modified, nothing has changed and the check ends at one small
+	 * request. That skips looking for a new root: a repository publishes a
+	 * new timestamp with every new root (rsr repo does), and a mirror that
+	 * lies with 304 can only hold the device at what it has until that
+	 * timestamp expires, which a mirror withholding files can do anyway
+	 * (TUF's freeze attack, bounded by the timestamp's expiry).
+	 */
+	if (chain_fresh(ctx, u))
+		validator_load(ctx, u, &have);
+	r = http_get_mem_cond(ctx, &u->http, "metadata/timestamp.json", TIMESTAMP_MAX, have.etag ? &have : NULL, &tsbuf,
+			      &len, &got);
+	if (r == HTTP_NOT_MODIFIED) {
+		rsr_debug(ctx, "timestamp.json: not modified since version %llu",
+			  (unsigned long long)version_of(u->timestamp));
+		r = 0;
+		goto out;
+	}
+	if (r < 0) {
+		if (r == -ENOENT)
+			not_on_any_mirror(ctx, "timestamp.json");
+		goto out;
+	}
 	/* Root: follow rotations, then the newest root must not have expired. */
-	if ((r = update_root(ctx, u)) < 0)
-		return r;
-	if ((r = check_expiry(ctx, u, u->troot->env, "root.json")) < 0)
-		return r;
+	if ((r = update_root(ctx, u)) < 0 || (r = check_expiry(ctx, u, u->troot->env, "root.json")) < 0)
+		goto out;
 
-	/* Timestamp. */
-	if ((r = fetch_role(ctx, u, TUF_TIMESTAMP, NULL, TIMESTAMP_MAX, &ts, &tsbuf, &len)) < 0)
-		return r;
+	/* Timestamp: verified by the root just updated. */
+	if ((r = check_role(ctx, u, TUF_TIMESTAMP, NULL, "timestamp.json", tsbuf, len, &ts)) < 0)
+		goto out;
 	if ((r = tuf_meta_get(ctx, ts, "snapshot.json", "timestamp.json", &tsm)) < 0)
 		goto out;
 	if (u->timestamp) {
@@ -437,7 +643,8 @@ int rsr_update_refresh(struct rsr_ctx *ctx, struct rsr_updater *u)
 		}
 	}
 	if ((r = check_expiry(ctx, u, ts, "timestamp.json")) < 0 ||
-	    (r = persist(ctx, u, "timestamp.json", tsbuf, len)) < 0)
+	    (r = persist(ctx, u, "timestamp.json", tsbuf, len)) < 0 ||
+	    (r = validator_save(ctx, u, &got, tsbuf, len)) < 0)
 		goto out;
 	json_decref(u->timestamp);
 	u->timestamp = TAKE_PTR(ts);
@@ -506,6 +713,8 @@ int rsr_update_refresh(struct rsr_ctx *ctx, struct rsr_updater *u)
 	json_decref(u->targets);
 	u->targets = TAKE_PTR(tg);
 out:
+	http_validator_clear(&have);
+	http_validator_clear(&got);
 	json_decref(ts);
 	json_decref(sn);
 	json_decref(tg);
@@ -522,7 +731,7 @@ static bool is_letter(const char *s)
 /* Reads the custom "rsr" object of a manifest target; false when it is not one of ours or malformed. */
 static bool candidate_parse(const char *path, json_t *info, const char *base, struct candidate *c)
 {
-	json_t *rsr = json_object_get(json_object_get(info, "custom"), "rsr"), *seq, *ro, *wd;
+	json_t *rsr = json_object_get(json_object_get(info, "custom"), "rsr"), *seq, *ro, *wd, *kid;
 	const char *b, *l;
 	size_t plen = strlen(path), mlen = strlen("/" RSR_RESPONSE_MANIFEST);
 
@@ -533,9 +742,10 @@ static bool candidate_parse(const char *path, json_t *info, const char *base, st
 	seq = json_object_get(rsr, "sequence");
 	ro = json_object_get(rsr, "rollout");
 	wd = json_object_get(rsr, "withdrawn");
+	kid = json_object_get(rsr, "keyids");
 	if (!b || strcmp(b, base) || !is_letter(l) || !json_is_integer(seq) || json_integer_value(seq) < 1 ||
 	    (ro && (!json_is_integer(ro) || json_integer_value(ro) < 0 || json_integer_value(ro) > 100)) ||
-	    (wd && !json_is_boolean(wd)))
+	    (wd && !json_is_boolean(wd)) || (kid && (!json_is_array(kid) || json_array_size(kid) > 16)))
 		return false;
 	*c = (struct candidate){.path = path,
 				.rsr = rsr,
@@ -587,53 +797,184 @@ static void slot_sha(struct rsr_ctx *ctx, struct rsr_updater *u, const char *slo
 	memcpy(sd->sha, out, sizeof(sd->sha));
 }
 
+/* Reads image i of a response's custom metadata; RSR_E_FORMAT when it is malformed. */
+static int meta_image_get(struct rsr_ctx *ctx, const struct candidate *c, json_t *im, size_t i, struct meta_image *ret)
+{
+	json_t *fw = json_object_get(im, "forward"), *in = json_object_get(fw, "inputs");
+
+	*ret = (struct meta_image){
+	    .slot = json_string_value(json_object_get(im, "slot")),
+	    .arch = json_string_value(json_object_get(im, "arch")),
+	    .sha = json_string_value(json_object_get(im, "sha256")),
+	    .fwd = json_string_value(json_object_get(fw, "target")),
+	    .rev = json_string_value(json_object_get(json_object_get(im, "reverse"), "target")),
+	    .inputs = in,
+	};
+	if (!ret->slot || !ret->arch || !ret->sha || !ret->fwd || !ret->rev || strlen(ret->slot) > 64 ||
+	    strchr(ret->slot, '/') || ret->slot[0] == '.' || (in && (!json_is_array(in) || json_array_size(in) > 16)))
+		return rsr_error(ctx, RSR_E_FORMAT, "%s: image %zu of the custom metadata is malformed", c->path, i);
+	return 0;
+}
+
+static json_t *meta_images(struct rsr_ctx *ctx, const struct candidate *c)
+{
+	json_t *images = json_object_get(c->rsr, "images");
+
+	if (!json_is_array(images) || json_array_size(images) > 1024) {
+		rsr_error(ctx, RSR_E_FORMAT, "%s: the custom metadata's images are not a list of at most 1024",
+			  c->path);
+		return NULL;
+	}
+	return images;
+}
+
+/*
+ * Whether this device can install response c, from the signed metadata and
+ * the images it has: 0 if so, 1 with *ret_reason (allocated) if not, or a
+ * negative error. Metadata without "keyids" or "inputs" (older
+ * repositories) settles only what it says.
+ */
+static int installable(struct rsr_ctx *ctx, struct rsr_updater *u, const struct candidate *c, char **ret_reason)
+{
+	const struct rsr_keyring *keys = rsr_device_keyring(u->dev);
+	json_t *kids = json_object_get(c->rsr, "keyids"), *images = meta_images(ctx, c), *im, *v;
+	size_t i, k, n_mine = 0;
+	int r;
+
+	*ret_reason = NULL;
+	if (!images)
+		return RSR_E_FORMAT;
+	if (rsr_keyring_count(keys) == 0)
+		return asprintf(ret_reason, "no trusted keys in %s/%s to verify it",
+				strcmp(u->root, "/") ? u->root : "", RSR_GRAFT_KEYS_DIR) < 0
+			   ? -ENOMEM
+			   : 1;
+	if (kids) {
+		bool found = false;
+		json_array_foreach(kids, k, v)
+		{
+			uint8_t id[RSR_KEY_ID_SIZE];
+			const char *hex = json_string_value(v);
+			if (hex && strlen(hex) == 2 * RSR_KEY_ID_SIZE && rsr_hex_decode(hex, id, sizeof(id)) &&
+			    rsr_keyring_find(keys, id))
+				found = true;
+		}
+		if (!found)
+			return asprintf(ret_reason, "it is signed by %s%.16s%s, not by any of the %zu key%s in %s/%s",
+					json_array_size(kids) ? "key " : "no key",
+					json_array_size(kids) ? json_string_value(json_array_get(kids, 0)) : "",
+					json_array_size(kids) ? "…" : "", rsr_keyring_count(keys),
+					rsr_keyring_count(keys) == 1 ? "" : "s", strcmp(u->root, "/") ? u->root : "",
+					RSR_GRAFT_KEYS_DIR) < 0
+				   ? -ENOMEM
+				   : 1;
+	}
+	json_array_foreach(images, i, im)
+	{
+		struct meta_image m;
+		char cur[65];
+		bool accepted = false;
+
+		if ((r = meta_image_get(ctx, c, im, i, &m)) < 0)
+			return r;
+		if (strcmp(m.arch, u->arch))
+			continue;
+		n_mine++;
+		slot_sha(ctx, u, m.slot, cur);
+		if (!cur[0])
+			return asprintf(ret_reason, "slot '%s' has no image on this device", m.slot) < 0 ? -ENOMEM : 1;
+		if (!strcmp(cur, m.sha) || !m.inputs)
+			continue;
+		json_array_foreach(m.inputs, k, v) if (json_is_string(v) && !strcmp(json_string_value(v), cur))
+		    accepted = true;
+		if (!accepted)
+			return asprintf(
+				   ret_reason,
+				   "slot '%s': this device's image (%.16s…) is none of the %zu image%s response (%s) "
+				   "patches from",
+				   m.slot, cur, json_array_size(m.inputs), json_array_size(m.inputs) == 1 ? "" : "s",
+				   c->letter) < 0
+				   ? -ENOMEM
+				   : 1;
+	}
+	if (n_mine == 0)
+		return asprintf(ret_reason, "it carries no images for this machine's architecture (%s)", u->arch) < 0
+			   ? -ENOMEM
+			   : 1;
+	return 0;
+}
+
 /* The files of the chosen response this device needs: manifest, forward patches it can use, reverse patches. */
 typedef int (*need_fn)(struct rsr_ctx *ctx, struct rsr_updater *u, const char *target, void *arg);
 
 static int each_needed(struct rsr_ctx *ctx, struct rsr_updater *u, need_fn fn, void *arg)
 {
-	json_t *images = json_object_get(u->chosen.rsr, "images"), *im;
+	json_t *images, *im;
 	size_t i;
 	int r;
 
 	if ((r = fn(ctx, u, u->chosen.path, arg)) < 0)
 		return r;
-	if (!json_is_array(images) || json_array_size(images) > 1024)
-		return rsr_error(ctx, RSR_E_FORMAT, "%s: custom metadata has no images list", u->chosen.path);
+	if (!(images = meta_images(ctx, &u->chosen)))
+		return RSR_E_FORMAT;
 	json_array_foreach(images, i, im)
 	{
-		const char *slot = json_string_value(json_object_get(im, "slot"));
-		const char *arch = json_string_value(json_object_get(im, "arch"));
-		const char *sha = json_string_value(json_object_get(im, "sha256"));
-		const char *fwd = json_string_value(json_object_get(json_object_get(im, "forward"), "target"));
-		const char *rev = json_string_value(json_object_get(json_object_get(im, "reverse"), "target"));
+		struct meta_image m;
 		char cur[65];
 
-		if (!slot || !arch || !sha || !fwd || !rev || strlen(slot) > 64 || strchr(slot, '/') || slot[0] == '.')
-			return rsr_error(ctx, RSR_E_FORMAT, "%s: image %zu of the custom metadata is malformed",
-					 u->chosen.path, i);
-		if (strcmp(arch, u->arch))
-			continue;
-		slot_sha(ctx, u, slot, cur);
-		if (strcmp(cur, sha) && (r = fn(ctx, u, fwd, arg)) < 0)
+		if ((r = meta_image_get(ctx, &u->chosen, im, i, &m)) < 0)
 			return r;
-		if ((r = fn(ctx, u, rev, arg)) < 0)
+		if (strcmp(m.arch, u->arch))
+			continue;
+		slot_sha(ctx, u, m.slot, cur);
+		if (strcmp(cur, m.sha) && (r = fn(ctx, u, m.fwd, arg)) < 0)
+			return r;
+		if ((r = fn(ctx, u, m.rev, arg)) < 0)
 			return r;
 	}
 	return 0;
 }
 
+/*
+ * The path of a file this device holds with the target's signed length and
+ * SHA-256, or NULL: the installed response's reverse patches, by the
+ * digests its verified manifest signed (a response that carries a slot's
+ * image on unchanged carries the same reverse patch). The caller frees it.
+ */
+static char *held_file(struct rsr_updater *u, const struct tuf_target *t)
+{
+	const struct rsr_response *resp = u->dst->response;
+	char hex[65], *p;
+
+	if (!resp)
+		return NULL;
+	rsr_hex_encode(t->sha256, 32, hex);
+	for (size_t i = 0; i < rsr_response_image_count(resp); i++) {
+		const struct rsr_response_image *im = rsr_response_image(resp, i);
+		if (im->reverse_size == t->length && !strcmp(im->reverse_sha256, hex))
+			return asprintf(&p, "%s/%s", rsr_response_dir(resp), im->reverse) < 0 ? NULL : p;
+	}
+	return NULL;
+}
+
 static int count_size(struct rsr_ctx *ctx, struct rsr_updater *u, const char *target, void *arg)
 {
+	_cleanup_free_ char *held = NULL;
 	struct tuf_target t;
 	int r = tuf_target_get(ctx, u->targets, target, &t);
 
+	(void)arg;
 	if (r == -ENOENT)
 		return rsr_error(ctx, RSR_E_FORMAT, "%s: the targets metadata lists no %s", u->chosen.path, target);
 	if (r < 0)
 		return r;
-	u->offer.download_bytes += t.length;
-	u->offer.n_files++;
+	if ((held = held_file(u, &t))) {
+		u->offer.reused_bytes += t.length;
+		u->offer.n_reused++;
+	} else {
+		u->offer.download_bytes += t.length;
+		u->offer.n_files++;
+	}
 	return 0;
 }
 
@@ -643,7 +984,8 @@ static int fill_advisories(struct rsr_ctx *ctx, struct rsr_updater *u)
 	size_t i, k, n_cves = 0, at = 0;
 
 	if (!json_is_array(advs) || json_array_size(advs) > 1024)
-		return rsr_error(ctx, RSR_E_FORMAT, "%s: custom metadata has no advisories list", u->chosen.path);
+		return rsr_error(ctx, RSR_E_FORMAT,
+				 "%s: the custom metadata's advisories are not a list of at most 1024", u->chosen.path);
 	json_array_foreach(advs, i, a)
 	{
 		json_t *cves = json_object_get(a, "cves");
@@ -679,12 +1021,26 @@ static int fill_advisories(struct rsr_ctx *ctx, struct rsr_updater *u)
 	return 0;
 }
 
+static int by_sequence_desc(const void *a, const void *b)
+{
+	const struct candidate *x = a, *y = b;
+	return x->sequence < y->sequence ? 1 : x->sequence > y->sequence ? -1 : 0;
+}
+
+/* The response a person removed last, if c is it and nothing newer was installed since. */
+static bool is_removed(const struct rsr_device_state *st, const struct candidate *c)
+{
+	return !st->letter && st->removed_letter && c->sequence == st->removed_sequence &&
+	       c->sequence == st->high_water;
+}
+
 int rsr_update_check(struct rsr_ctx *ctx, struct rsr_updater *u, const struct rsr_update_offer **ret_offer)
 {
 	json_t *targets, *info;
 	const char *k;
 	const struct rsr_device_state *st = u->dst;
-	struct candidate best = {0};
+	_cleanup_free_ struct candidate *cands = NULL;
+	size_t n = 0;
 	int r;
 
 	if (!u->targets)
@@ -692,8 +1048,18 @@ int rsr_update_check(struct rsr_ctx *ctx, struct rsr_updater *u, const struct rs
 	if (!st->base_build)
 		return rsr_error(ctx, RSR_E_STATE, "cannot tell this device's base build from %s/etc/os-release",
 				 u->root);
-	u->offer = (struct rsr_update_offer){.base_build = st->base_build, .installed_letter = st->letter};
+	clear_blocked(u);
+	u->checked = false;
+	u->chosen = (struct candidate){0};
+	u->offer = (struct rsr_update_offer){.base_build = st->base_build,
+					     .installed_letter = st->letter,
+					     .removed_letter = st->removed_letter,
+					     .removed_sequence = st->removed_sequence,
+					     .removed_at = st->removed_at};
 	targets = json_object_get(json_object_get(u->targets, "signed"), "targets");
+	cands = calloc(json_object_size(targets) + 1, sizeof(*cands));
+	if (!cands)
+		return rsr_error(ctx, -ENOMEM, "out of memory");
 	json_object_foreach(targets, k, info)
 	{
 		struct candidate c;
@@ -701,25 +1067,52 @@ int rsr_update_check(struct rsr_ctx *ctx, struct rsr_updater *u, const struct rs
 			continue;
 		if (st->letter && c.sequence == st->sequence && c.withdrawn)
 			u->offer.installed_withdrawn = true;
-		if (c.withdrawn || c.sequence <= st->high_water)
+		if (c.withdrawn || (c.sequence <= st->high_water && !is_removed(st, &c)))
 			continue;
-		if (u->policy->staged_rollout && u->machine_id &&
+		/* The removed response was installed here before: its rollout took this device then. */
+		if (!is_removed(st, &c) && u->policy->staged_rollout && u->machine_id &&
 		    rsr_update_rollout_bucket(u->machine_id, st->base_build, c.letter) >= c.rollout) {
 			rsr_debug(ctx, "response (%s) is rolled out to %u%% of devices, not yet to this one", c.letter,
 				  c.rollout);
 			u->offer.n_held_back++;
 			continue;
 		}
-		if (!best.path || c.sequence > best.sequence)
-			best = c;
+		cands[n++] = c;
 	}
-	if (best.path) {
-		u->chosen = best;
+	qsort(cands, n, sizeof(*cands), by_sequence_desc);
+	/* The newest this device can install; the newer ones it cannot are said, with the reason. */
+	for (size_t i = 0; i < n && !u->chosen.path; i++) {
+		char *reason = NULL;
+		if ((r = installable(ctx, u, &cands[i], &reason)) < 0)
+			return r == -ENOMEM ? rsr_error(ctx, r, "out of memory") : r;
+		if (r > 0) {
+			struct rsr_update_blocked *b = realloc(u->blocked, (u->n_blocked + 1) * sizeof(*b));
+			if (!b) {
+				free(reason);
+				return rsr_error(ctx, -ENOMEM, "out of memory");
+			}
+			u->blocked = b;
+			u->blocked[u->n_blocked++] = (struct rsr_update_blocked){
+			    .letter = cands[i].letter, .sequence = cands[i].sequence, .reason = reason};
+			rsr_debug(ctx, "response (%s) cannot install on this device: %s", cands[i].letter, reason);
+			continue;
+		}
+		if (is_removed(st, &cands[i])) {
+			u->offer.reinstall_available = true;
+			if (!u->reinstall)
+				break; /* a person removed it: only a person installs it again */
+			u->offer.reinstall = true;
+		}
+		u->chosen = cands[i];
+	}
+	u->offer.blocked = u->blocked;
+	u->offer.n_blocked = u->n_blocked;
+	if (u->chosen.path) {
 		u->offer.action = RSR_UPDATE_INSTALL;
-		u->offer.letter = best.letter;
-		u->offer.sequence = best.sequence;
-		u->offer.rollout = best.rollout;
-		u->offer.restart = json_string_value(json_object_get(best.rsr, "restart"));
+		u->offer.letter = u->chosen.letter;
+		u->offer.sequence = u->chosen.sequence;
+		u->offer.rollout = u->chosen.rollout;
+		u->offer.restart = json_string_value(json_object_get(u->chosen.rsr, "restart"));
 		if ((r = fill_advisories(ctx, u)) < 0 || (r = each_needed(ctx, u, count_size, NULL)) < 0)
 			return r;
 	} else if (u->offer.installed_withdrawn && u->policy->withdrawn == RSR_WITHDRAWN_BASE) {
@@ -737,11 +1130,29 @@ struct dl {
 	const char *prefix; /* target path of the response directory, with a slash */
 };
 
+/*
+ * Copies a file the device holds into the partial download fd, and checks
+ * the copy against the signed digest: 0 if it is the target; otherwise fd is
+ * emptied again and the target is fetched instead.
+ */
+static int copy_held(struct rsr_ctx *ctx, const char *held, int fd, const struct tuf_target *t, const char *target)
+{
+	_cleanup_close_ int in = open(held, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	uint8_t d[32];
+
+	if (in >= 0 && ftruncate(fd, 0) == 0 && rsr_copy_range(in, 0, fd, 0, t->length) == 0 &&
+	    rsr_sha256_fd(ctx, fd, 0, t->length, target, d) == 0 && !memcmp(d, t->sha256, 32))
+		return 0;
+	rsr_ctx_clear_error(ctx);
+	rsr_debug(ctx, "%s: the copy this device holds (%s) is not the target: fetching it", target, held);
+	return ftruncate(fd, 0) < 0 ? -errno : -1;
+}
+
 static int download_one(struct rsr_ctx *ctx, struct rsr_updater *u, const char *target, void *arg)
 {
 	struct dl *dl = arg;
 	struct tuf_target t;
-	_cleanup_free_ char *file = NULL, *local = NULL, *part = NULL, *parent = NULL;
+	_cleanup_free_ char *file = NULL, *local = NULL, *part = NULL, *parent = NULL, *held = NULL;
 	_cleanup_close_ int fd = -1;
 	const char *rel;
 	uint8_t d[32];
@@ -774,7 +1185,9 @@ static int download_one(struct rsr_ctx *ctx, struct rsr_updater *u, const char *
 	fd = open(part, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
 	if (fd < 0)
 		return rsr_error_errno(ctx, -errno, "%s", part);
-	{
+	if ((held = held_file(u, &t)) && copy_held(ctx, held, fd, &t, target) == 0) {
+		rsr_info(ctx, "%s: this device holds it already (%s): not fetched", target, held);
+	} else {
 		_cleanup_free_ char *rurl = NULL;
 		if (asprintf(&rurl, "targets/%s", file) < 0)
 			return rsr_error(ctx, -ENOMEM, "out of memory");
@@ -808,7 +1221,7 @@ int rsr_update_apply(struct rsr_ctx *ctx, struct rsr_updater *u, unsigned flags)
 	if (u->offer.action == RSR_UPDATE_REMOVE) {
 		rsr_info(ctx, "response (%s) was withdrawn and nothing replaces it: going back to the base",
 			 u->offer.installed_letter);
-		r = rsr_device_remove(ctx, u->dev, flags);
+		r = rsr_device_remove(ctx, u->dev, flags | RSR_DEVICE_WITHDRAWN);
 		return r < 0 ? r : 0;
 	}
 	prefix = strndup(u->chosen.path, strlen(u->chosen.path) - strlen(RSR_RESPONSE_MANIFEST));
@@ -823,7 +1236,7 @@ int rsr_update_apply(struct rsr_ctx *ctx, struct rsr_updater *u, unsigned flags)
 	/* A failed download keeps its partial files, so the next run resumes them. */
 	if ((r = each_needed(ctx, u, download_one, &dl)) < 0)
 		return r;
-	r = rsr_device_install(ctx, u->dev, dir, flags);
+	r = rsr_device_install(ctx, u->dev, dir, flags | (u->offer.reinstall ? RSR_DEVICE_REINSTALL : 0));
 	rm_rf(dir);
 	return r < 0 ? r : 0;
 }

@@ -1476,6 +1476,14 @@ int rsr_graft_activate(struct rsr_ctx *ctx, struct rsr_graft *g)
 		p[i].mounted = true;
 		rsr_debug(ctx, "slot '%s': %s on %s%s%s", p[i].slot, p[i].im.device, p[i].mount,
 			  p[i].im.verity ? " (dm-verity)" : "", p[i].im.direct_io ? " (direct I/O)" : "");
+		/* Its device nodes and privileged files, on its own mount, before it is grafted anywhere. */
+		_cleanup_close_ int mfd = open(p[i].mount, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+		r = mfd < 0 ? rsr_error_errno(ctx, -errno, "%s", p[i].mount)
+			    : rsr_cryptex_check_tree(ctx, p[i].cx, mfd, p[i].image);
+		if (r < 0) {
+			r = rsr_error_prefix(ctx, r, "slot '%s'", p[i].slot);
+			goto undo;
+		}
 	}
 
 	/* 4. Switch each directory: the new stack beneath the old one, then the old one goes. */

@@ -64,6 +64,8 @@ struct rsr_cryptex {
 	size_t n_base_builds, n_paths;
 	struct rsr_image_package *packages; /* the Debian packages it was built from, if any */
 	size_t n_packages;
+	struct rsr_image_privileged *privileged; /* its setuid, setgid and file-capability files */
+	size_t n_privileged;
 };
 
 /* Both derivations return -ENOMEM when hashing cannot allocate: the image must not change then. */
@@ -97,48 +99,6 @@ static int derive_uuid(const char *name, const char *version, char out[37])
 }
 
 /* ---- building ---- */
-
-struct counts {
-	uint64_t files, dirs;
-};
-
-/* Counts the entries below dfd (which it closes), not following symlinks. */
-static int count_tree(int dfd, struct counts *c, unsigned depth)
-{
-	DIR *d = fdopendir(dfd);
-	struct dirent *de;
-	int r = 0;
-
-	if (!d) {
-		r = -errno;
-		close(dfd);
-		return r;
-	}
-	if (depth > 256) {
-		closedir(d);
-		return -ELOOP;
-	}
-	while (r == 0 && (de = readdir(d))) {
-		struct stat st;
-		int sub;
-
-		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
-			continue;
-		if (fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
-			r = -errno;
-			break;
-		}
-		if (!S_ISDIR(st.st_mode)) {
-			c->files++;
-			continue;
-		}
-		c->dirs++;
-		sub = openat(dirfd(d), de->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-		r = sub < 0 ? -errno : count_tree(sub, c, depth + 1);
-	}
-	closedir(d);
-	return r;
-}
 
 /*
  * Removes everything below dfd. It reads directories with getdents64 into a
@@ -537,6 +497,44 @@ static char *release_text(const struct rsr_cryptex_build_opts *o, char **paths, 
 	return s;
 }
 
+/* The manifest's "privileged": [{"path", "mode", "caps"}...], sorted by path; NULL when out of memory. */
+static json_t *privileged_json(const struct rsr_image_privileged *v, size_t n)
+{
+	json_t *a = json_array();
+	bool ok = a != NULL;
+
+	for (size_t i = 0; ok && i < n; i++) {
+		char mode[8];
+		snprintf(mode, sizeof(mode), "%04o", v[i].mode & 07777);
+		rsr_json_push(&ok, a, json_pack("{s:s, s:s, s:b}", "path", v[i].path, "mode", mode, "caps", v[i].caps));
+	}
+	if (!ok) {
+		json_decref(a);
+		return NULL;
+	}
+	return a;
+}
+
+/*
+ * Checks the tree as given (src_dir) before it is copied, so that a refusal
+ * names the vendor's own path, and counts its file-capability files.
+ */
+static int check_source(struct rsr_ctx *ctx, const char *src_dir, uint64_t *ret_caps)
+{
+	_cleanup_close_ int dfd = open(src_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	struct rsr_image_tree t;
+	int r;
+
+	if (dfd < 0)
+		return rsr_error_errno(ctx, -errno, "%s", src_dir);
+	r = rsr_image_scan_tree(ctx, dfd, src_dir, 0, &t);
+	if (r < 0)
+		return r;
+	*ret_caps = t.caps;
+	rsr_image_tree_free(&t);
+	return 0;
+}
+
 /* The manifest's "packages": [{"name", "version", "architecture"}...]; NULL when out of memory. */
 static json_t *packages_json(const struct rsr_image_package *pkgs, size_t n)
 {
@@ -597,7 +595,8 @@ int rsr_cryptex_build(struct rsr_ctx *ctx, const char *src_dir, const char *out_
 	char **paths = NULL;
 	size_t n_paths = 0, n_pkgs = 0;
 	struct rsr_image_package *pkgs = NULL;
-	struct counts counts = {0};
+	struct rsr_image_tree tree_info = {0};
+	uint64_t src_caps = 0;
 	_cleanup_free_ char *src_real = NULL, *out_dir = NULL, *stage = NULL, *root = NULL, *img = NULL, *log = NULL;
 	_cleanup_free_ char *release = NULL, *manifest = NULL, *signed_msg = NULL;
 	_cleanup_free_ uint8_t *tree = NULL;
@@ -627,6 +626,9 @@ int rsr_cryptex_build(struct rsr_ctx *ctx, const char *src_dir, const char *out_
 		free_strv(paths, n_paths);
 		paths = NULL;
 		n_paths = 0;
+		if (r < 0)
+			return r;
+		r = check_source(ctx, src_real, &src_caps);
 		if (r < 0)
 			return r;
 	}
@@ -680,14 +682,25 @@ int rsr_cryptex_build(struct rsr_ctx *ctx, const char *src_dir, const char *out_
 	r = scan_top(ctx, root, &paths, &n_paths);
 	if (r < 0)
 		goto out;
-	/* Count what goes in; the counts are part of the signed manifest. */
+	/*
+	 * Check and count what goes in (the counts and the privileged files are
+	 * part of the signed manifest), with no extended attribute left but
+	 * file capabilities. The packages' files are checked here too.
+	 */
 	{
-		int dfd = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-		r = dfd < 0 ? -errno : count_tree(dfd, &counts, 0);
-		if (r < 0) {
-			r = rsr_error_errno(ctx, r, "%s: cannot walk the tree", root);
+		_cleanup_close_ int dfd = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		r = dfd < 0 ? rsr_error_errno(ctx, -errno, "%s", root)
+			    : rsr_image_scan_tree(ctx, dfd, src_real ? src_real : "the packages' files",
+						  RSR_IMAGE_TREE_STRIP, &tree_info);
+		if (r < 0)
 			goto out;
-		}
+	}
+	if (tree_info.caps < src_caps) {
+		r = rsr_error(ctx, -EPERM,
+			      "%s: %llu files have file capabilities (security.capability), which the copy of the "
+			      "tree lost: copying them needs CAP_SETFCAP (build as root)",
+			      src_real, (unsigned long long)src_caps);
+		goto out;
 	}
 	release = release_text(opts, paths, n_paths, pkgs, n_pkgs);
 	if (!release) {
@@ -721,7 +734,8 @@ int rsr_cryptex_build(struct rsr_ctx *ctx, const char *src_dir, const char *out_
 		/*
 		 * Uncompressed, file data block-aligned and contiguous (no tail
 		 * packing) so that unchanged files keep identical blocks; no
-		 * xattrs, owners or times from the build host.
+		 * owners or times from the build host, and no extended
+		 * attributes but the file capabilities the scan above kept.
 		 */
 		char *argv[] = {(char *)(opts->mkfs_erofs ? opts->mkfs_erofs : RSR_MKFS_EROFS),
 				"--quiet",
@@ -729,7 +743,6 @@ int rsr_cryptex_build(struct rsr_ctx *ctx, const char *src_dir, const char *out_
 				ubuf,
 				"--all-root",
 				"-Enoinline_data",
-				"-x-1",
 				img,
 				root,
 				NULL};
@@ -790,14 +803,17 @@ int rsr_cryptex_build(struct rsr_ctx *ctx, const char *src_dir, const char *out_
 		      "type", "rsr-cryptex", "format", CPTX_VERSION, "name", opts->name, "version", opts->version,
 		      "base_builds", strv_json(opts->base_builds, opts->n_base_builds), "paths",
 		      strv_json((const char *const *)paths, n_paths), "timestamp", (json_int_t)opts->timestamp, "files",
-		      (json_int_t)counts.files, "directories", (json_int_t)counts.dirs, "image", "type", "erofs",
+		      (json_int_t)tree_info.files, "directories", (json_int_t)tree_info.dirs, "image", "type", "erofs",
 		      "offset", (json_int_t)RSR_CRYPTEX_HEADER_SIZE, "size", (json_int_t)image_size, "uuid", uuid,
 		      "verity", "hash", "sha256", "version", 1, "data_block_size", RSR_CRYPTEX_BLOCK_SIZE,
 		      "hash_block_size", RSR_CRYPTEX_BLOCK_SIZE, "data_blocks",
 		      (json_int_t)(image_size / RSR_CRYPTEX_BLOCK_SIZE), "offset",
 		      (json_int_t)(RSR_CRYPTEX_HEADER_SIZE + image_size), "size", (json_int_t)tree_size, "salt",
 		      salt_hex, "root_hash", root_hex);
-	if (m && n_pkgs && json_object_set_new(m, "packages", packages_json(pkgs, n_pkgs)) < 0) {
+	/* Each only where there is something to list, so other manifests stay as they were. */
+	if (m && ((n_pkgs && json_object_set_new(m, "packages", packages_json(pkgs, n_pkgs)) < 0) ||
+		  (tree_info.n_priv &&
+		   json_object_set_new(m, "privileged", privileged_json(tree_info.priv, tree_info.n_priv)) < 0))) {
 		json_decref(m);
 		m = NULL;
 	}
@@ -858,6 +874,7 @@ out:
 	json_decref(m);
 	free_strv(paths, n_paths);
 	rsr_image_packages_free(pkgs, n_pkgs);
+	rsr_image_tree_free(&tree_info);
 	if (stage)
 		remove_tree(stage);
 	return r;
@@ -878,6 +895,7 @@ void rsr_cryptex_free(struct rsr_cryptex *cx)
 	free_strv(cx->base_builds, cx->n_base_builds);
 	free_strv(cx->paths, cx->n_paths);
 	rsr_image_packages_free(cx->packages, cx->n_packages);
+	rsr_image_privileged_free(cx->privileged, cx->n_privileged);
 	free(cx);
 }
 
@@ -1005,6 +1023,54 @@ static int get_packages(struct rsr_ctx *ctx, const char *w, json_t *m, struct rs
 	return 0;
 }
 
+/*
+ * The optional "privileged" list: objects with an absolute path, a mode of
+ * four octal digits and "caps", strictly sorted by path; each setuid, setgid
+ * or with file capabilities.
+ */
+static int get_privileged(struct rsr_ctx *ctx, const char *w, json_t *m, struct rsr_cryptex *cx)
+{
+	json_t *a = json_object_get(m, "privileged"), *v;
+	size_t n, i;
+
+	if (!a)
+		return 0;
+	if (!json_is_array(a) || (n = json_array_size(a)) == 0 || n > RSR_CRYPTEX_PRIVILEGED_MAX)
+		return rsr_error(ctx, RSR_E_FORMAT, "%s: manifest 'privileged' must be a list of 1 to %d files", w,
+				 RSR_CRYPTEX_PRIVILEGED_MAX);
+	cx->privileged = calloc(n, sizeof(*cx->privileged));
+	if (!cx->privileged)
+		return rsr_error(ctx, -ENOMEM, "out of memory");
+	cx->n_privileged = n;
+	json_array_foreach(a, i, v)
+	{
+		json_t *jp = json_object_get(v, "path"), *caps = json_object_get(v, "caps");
+		const char *path = json_string_value(jp), *mode = json_string_value(json_object_get(v, "mode"));
+		struct rsr_image_privileged *p = &cx->privileged[i];
+		unsigned bits = 0;
+		bool ok = path && strlen(path) == json_string_length(jp) && rsr_image_privileged_path_valid(path) &&
+			  json_is_boolean(caps) && mode && strlen(mode) == 4;
+
+		for (size_t k = 0; ok && k < 4; k++) {
+			ok = mode[k] >= '0' && mode[k] <= '7';
+			bits = bits << 3 | (unsigned)(mode[k] - '0');
+		}
+		ok = ok && ((bits & 06000) || json_is_true(caps)) &&
+		     (i == 0 || strcmp(cx->privileged[i - 1].path, path) < 0);
+		if (!ok)
+			return rsr_error(ctx, RSR_E_FORMAT,
+					 "%s: manifest 'privileged' entry %zu is not valid (an absolute path, sorted "
+					 "after the one before, a mode of 4 octal digits with setuid or setgid unless "
+					 "'caps' is true, and 'caps' true or false)",
+					 w, i);
+		if (!(p->path = strdup(path)))
+			return rsr_error(ctx, -ENOMEM, "out of memory");
+		p->mode = bits;
+		p->caps = json_is_true(caps);
+	}
+	return 0;
+}
+
 static int parse_manifest(struct rsr_ctx *ctx, struct rsr_cryptex *cx)
 {
 	const char *w = cx->path;
@@ -1045,7 +1111,7 @@ static int parse_manifest(struct rsr_ctx *ctx, struct rsr_cryptex *cx)
 	}
 	if ((r = get_strv(ctx, w, m, "base_builds", false, &cx->base_builds, &cx->n_base_builds)) < 0 ||
 	    (r = get_strv(ctx, w, m, "paths", true, &cx->paths, &cx->n_paths)) < 0 ||
-	    (r = get_packages(ctx, w, m, cx)) < 0)
+	    (r = get_packages(ctx, w, m, cx)) < 0 || (r = get_privileged(ctx, w, m, cx)) < 0)
 		goto out;
 	r = RSR_E_FORMAT;
 	if (!get_u64(m, "timestamp", &cx->timestamp) || !get_u64(m, "files", &cx->files) ||
@@ -1298,6 +1364,22 @@ const char *rsr_cryptex_package_version(const struct rsr_cryptex *cx, size_t i)
 const char *rsr_cryptex_package_architecture(const struct rsr_cryptex *cx, size_t i)
 {
 	return i < cx->n_packages ? cx->packages[i].architecture : NULL;
+}
+size_t rsr_cryptex_privileged_count(const struct rsr_cryptex *cx)
+{
+	return cx->n_privileged;
+}
+const char *rsr_cryptex_privileged_path(const struct rsr_cryptex *cx, size_t i)
+{
+	return i < cx->n_privileged ? cx->privileged[i].path : NULL;
+}
+unsigned rsr_cryptex_privileged_mode(const struct rsr_cryptex *cx, size_t i)
+{
+	return i < cx->n_privileged ? cx->privileged[i].mode : 0;
+}
+bool rsr_cryptex_privileged_caps(const struct rsr_cryptex *cx, size_t i)
+{
+	return i < cx->n_privileged && cx->privileged[i].caps;
 }
 const char *rsr_cryptex_root_hash_hex(const struct rsr_cryptex *cx)
 {

@@ -7,6 +7,7 @@
 #ifndef RSR_IMAGE_INTERNAL_H
 #define RSR_IMAGE_INTERNAL_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "internal.h"
@@ -42,5 +43,37 @@ void rsr_image_packages_free(struct rsr_image_package *v, size_t n);
 int rsr_image_stage(struct rsr_ctx *ctx, const char *src_dir, const struct rsr_cryptex_build_opts *opts,
 		    const char *stage, const char *root, const char *log, struct rsr_image_package **ret_pkgs,
 		    size_t *ret_n);
+
+/* A setuid, setgid or file-capability file of a tree, as the manifest's "privileged" lists it. */
+struct rsr_image_privileged {
+	char *path;    /* "/usr/bin/sudo" */
+	unsigned mode; /* the permission bits, 07777 */
+	bool caps;     /* it has a security.capability extended attribute */
+};
+void rsr_image_privileged_free(struct rsr_image_privileged *v, size_t n);
+/* True if s can be a "privileged" path: absolute, normalised, UTF-8 without control characters. */
+bool rsr_image_privileged_path_valid(const char *s);
+
+/* What rsr_image_scan_tree() found below a tree's root. */
+struct rsr_image_tree {
+	uint64_t files, dirs;		   /* non-directories and directories */
+	uint64_t caps;			   /* files with file capabilities */
+	struct rsr_image_privileged *priv; /* sorted by path */
+	size_t n_priv;
+};
+void rsr_image_tree_free(struct rsr_image_tree *t);
+
+/* Also drop every extended attribute but security.capability (in a build's own staging copy). */
+#define RSR_IMAGE_TREE_STRIP 1u
+
+/*
+ * Walks the tree open at dfd without following links, at most
+ * RSR_CRYPTEX_TREE_MAX_DEPTH deep and RSR_CRYPTEX_TREE_MAX_ENTRIES entries,
+ * refusing device nodes other than overlay whiteouts (character 0:0), FIFOs
+ * and sockets, and collecting its setuid, setgid and file-capability files.
+ * `what` names the tree in messages. The caller frees *ret with
+ * rsr_image_tree_free().
+ */
+int rsr_image_scan_tree(struct rsr_ctx *ctx, int dfd, const char *what, unsigned flags, struct rsr_image_tree *ret);
 
 #endif

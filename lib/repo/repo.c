@@ -8,6 +8,7 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <sys/stat.h>
+#include <time.h>
 
 #include "rsr/repo.h"
 #include "rsr/response.h"
@@ -154,6 +155,39 @@ static uint64_t version_of(json_t *env)
 	return (uint64_t)json_integer_value(json_object_get(json_object_get(env, "signed"), "version"));
 }
 
+/*
+ * Writes timestamp.json with a modification time at least a second past the
+ * one it replaces. Web servers derive the validators devices send back
+ * (nginx's ETag, Last-Modified) from the time in whole seconds and the
+ * size, and two timestamps written within one second have the same size:
+ * a device that fetched the first would be told "304 Not Modified" about
+ * the second until the next change.
+ */
+static int write_timestamp(struct rsr_ctx *ctx, const char *path, const char *s, size_t len)
+{
+	struct rsr_atomic_file *af;
+	struct timespec now, t[2];
+	struct stat old;
+	int r;
+
+	if ((r = rsr_atomic_open(ctx, path, 0644, &af)) < 0)
+		return r;
+	if ((r = rsr_write_all(af->fd, s, len)) < 0) {
+		rsr_atomic_abort(af);
+		return rsr_error_errno(ctx, r, "%s: write", path);
+	}
+	clock_gettime(CLOCK_REALTIME, &now);
+	if (stat(path, &old) == 0 && now.tv_sec <= old.st_mtim.tv_sec) {
+		t[0] = t[1] = (struct timespec){.tv_sec = old.st_mtim.tv_sec + 1};
+		if (futimens(af->fd, t) < 0) {
+			r = -errno;
+			rsr_atomic_abort(af);
+			return rsr_error_errno(ctx, r, "%s: cannot set its modification time", path);
+		}
+	}
+	return rsr_atomic_commit(ctx, af);
+}
+
 /* Serialises env (indented, keys sorted), writes metadata/NAME atomically, returns length and digest. */
 static int write_env(struct rsr_ctx *ctx, const char *dir, const char *name, json_t *env, uint64_t *ret_len,
 		     uint8_t ret_sha[32])
@@ -166,7 +200,8 @@ static int write_env(struct rsr_ctx *ctx, const char *dir, const char *name, jso
 		return rsr_error(ctx, -ENOMEM, "out of memory");
 	len = strlen(s);
 	s[len] = '\0';
-	if ((r = rsr_write_file_atomic(ctx, path, s, len, 0644)) < 0)
+	if ((r = !strcmp(name, "timestamp.json") ? write_timestamp(ctx, path, s, len)
+						 : rsr_write_file_atomic(ctx, path, s, len, 0644)) < 0)
 		return r;
 	if (ret_len)
 		*ret_len = len;
@@ -492,8 +527,13 @@ static int add_file(struct rsr_ctx *ctx, struct repo *rp, const char *rdir, cons
 
 static json_t *response_custom(const struct rsr_response *resp, const char *prefix, unsigned rollout)
 {
-	json_t *advs = json_array(), *images = json_array(), *c;
+	json_t *advs = json_array(), *images = json_array(), *keyids = json_array(), *c;
 	bool ok = true;
+	const char *kid;
+
+	/* Who signed the manifest: a device tells from this whether its keys.d can verify it. */
+	for (size_t i = 0; (kid = rsr_response_signer(resp, i)); i++)
+		rsr_json_push(&ok, keyids, json_string(kid));
 
 	for (size_t i = 0; i < rsr_response_advisory_count(resp); i++) {
 		const struct rsr_advisory *a = rsr_response_advisory(resp, i);
@@ -516,11 +556,11 @@ static json_t *response_custom(const struct rsr_response *resp, const char *pref
 					"inputs", inputs, "reverse", "target", prefix, "/", im->reverse, "length",
 					(json_int_t)im->reverse_size));
 	}
-	c = json_pack("{s:{s:s, s:s, s:I, s:s, s:I, s:i, s:b, s:o, s:o}}", "rsr", "base_build",
+	c = json_pack("{s:{s:s, s:s, s:I, s:s, s:I, s:i, s:b, s:o, s:o, s:o}}", "rsr", "base_build",
 		      rsr_response_base_build(resp), "letter", rsr_response_letter(resp), "sequence",
 		      (json_int_t)rsr_response_sequence(resp), "restart", rsr_restart_name(rsr_response_restart(resp)),
 		      "timestamp", (json_int_t)rsr_response_timestamp(resp), "rollout", (int)rollout, "withdrawn", 0,
-		      "advisories", advs, "images", images);
+		      "advisories", advs, "images", images, "keyids", keyids);
 	if (!ok) {
 		json_decref(c);
 		return NULL;

@@ -54,6 +54,8 @@ int tuf_canonical(struct rsr_ctx *ctx, json_t *v, char **ret, size_t *ret_len)
 {
 	char *s;
 
+	*ret = NULL;
+	*ret_len = 0;
 	if (!json_canonical_ok(v, 0))
 		return rsr_error(
 		    ctx, RSR_E_FORMAT,

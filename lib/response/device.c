@@ -6,7 +6,7 @@
  * protocol are in docs/architecture.md.
  *
  *   var/lib/rsr/cryptexes/<slot>/<root hash>.cptx, current -> <root hash>.cptx
- *   var/lib/rsr/response/state.json     high-water mark, installed response
+ *   var/lib/rsr/response/state.json     high-water mark, installed response, the one a person removed
  *   var/lib/rsr/response/current/       its manifest and reverse patches
  *   var/lib/rsr/response/base/          kept base images (optional)
  *   var/lib/rsr/response/incoming/      staging of one operation
@@ -20,6 +20,7 @@
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <time.h>
 
 #include "response-internal.h"
 #include "rsr/cryptex.h"
@@ -42,6 +43,11 @@ struct state {
 	uint64_t high_water, sequence;
 	char letter[2];
 	bool installed;
+	/* The response a person removed last (cleared by the next install): it may be installed again. */
+	bool removed;
+	char removed_letter[2];
+	uint64_t removed_sequence;
+	int64_t removed_at; /* seconds since 1970 */
 };
 
 /* ---- small file-system helpers, all relative to directory fds ---- */
@@ -213,6 +219,20 @@ fail:
 	return r;
 }
 
+const struct rsr_keyring *rsr_device_keyring(const struct rsr_device *dev)
+{
+	return dev->keys;
+}
+
+void rsr_device_format_time(int64_t t, char ret[32])
+{
+	struct tm tm;
+	time_t tt = (time_t)t;
+
+	if (!gmtime_r(&tt, &tm) || !strftime(ret, 32, "%Y-%m-%d %H:%M UTC", &tm))
+		snprintf(ret, 32, "%lld", (long long)t);
+}
+
 void rsr_device_free(struct rsr_device *dev)
 {
 	if (!dev)
@@ -291,7 +311,7 @@ static int state_load(struct rsr_ctx *ctx, struct rsr_device *dev, struct state 
 {
 	_cleanup_free_ char *buf = NULL;
 	json_error_t jerr;
-	json_t *doc, *inst;
+	json_t *doc, *inst, *rm;
 	size_t len;
 	int r;
 
@@ -310,9 +330,10 @@ static int state_load(struct rsr_ctx *ctx, struct rsr_device *dev, struct state 
 	if (!doc && rsr_json_load_oom(&jerr))
 		return rsr_error(ctx, -ENOMEM, "%s/%s/state.json: out of memory", dev->root, STATE_DIR);
 	inst = json_object_get(doc, "installed");
+	rm = json_object_get(doc, "removed"); /* absent in the state of older versions */
 	if (!json_is_object(doc) || !json_is_integer(json_object_get(doc, "high_water")) ||
 	    json_integer_value(json_object_get(doc, "high_water")) < 0 ||
-	    (!json_is_null(inst) && !json_is_object(inst))) {
+	    (!json_is_null(inst) && !json_is_object(inst)) || (rm && !json_is_null(rm) && !json_is_object(rm))) {
 		json_decref(doc);
 		return rsr_error(ctx, RSR_E_FORMAT, "%s/%s/state.json is damaged", dev->root, STATE_DIR);
 	}
@@ -328,17 +349,35 @@ static int state_load(struct rsr_ctx *ctx, struct rsr_device *dev, struct state 
 		st->letter[0] = l[0];
 		st->sequence = (uint64_t)s;
 	}
+	if (json_is_object(rm)) {
+		const char *l = json_string_value(json_object_get(rm, "letter"));
+		json_t *s = json_object_get(rm, "sequence"), *at = json_object_get(rm, "at");
+		if (!l || strlen(l) != 1 || !json_is_integer(s) || json_integer_value(s) <= 0 ||
+		    (uint64_t)json_integer_value(s) > st->high_water || !json_is_integer(at) ||
+		    json_integer_value(at) < 0) {
+			json_decref(doc);
+			return rsr_error(ctx, RSR_E_FORMAT, "%s/%s/state.json is damaged", dev->root, STATE_DIR);
+		}
+		st->removed = true;
+		st->removed_letter[0] = l[0];
+		st->removed_sequence = (uint64_t)json_integer_value(s);
+		st->removed_at = (int64_t)json_integer_value(at);
+	}
 	json_decref(doc);
 	return 0;
 }
 
 static int state_save(struct rsr_ctx *ctx, struct rsr_device *dev, const struct state *st)
 {
-	json_t *doc = json_pack("{s:I, s:o}", "high_water", (json_int_t)st->high_water, "installed",
-				st->installed ? json_pack("{s:s, s:I, s:s}", "letter", st->letter, "sequence",
-							  (json_int_t)st->sequence, "base_build",
-							  dev->base_build ? dev->base_build : "")
-					      : json_null());
+	json_t *doc = json_pack(
+	    "{s:I, s:o, s:o}", "high_water", (json_int_t)st->high_water, "installed",
+	    st->installed ? json_pack("{s:s, s:I, s:s}", "letter", st->letter, "sequence", (json_int_t)st->sequence,
+				      "base_build", dev->base_build ? dev->base_build : "")
+			  : json_null(),
+	    "removed",
+	    st->removed ? json_pack("{s:s, s:I, s:I}", "letter", st->removed_letter, "sequence",
+				    (json_int_t)st->removed_sequence, "at", (json_int_t)st->removed_at)
+			: json_null());
 	_cleanup_free_ char *text = doc ? rsr_json_dumps(doc, JSON_INDENT(2) | JSON_SORT_KEYS) : NULL;
 
 	json_decref(doc);
@@ -571,9 +610,19 @@ static int roll_forward(struct rsr_ctx *ctx, struct rsr_device *dev, json_t *j)
 		st.letter[1] = '\0';
 		st.sequence = (uint64_t)json_integer_value(json_object_get(j, "sequence"));
 		st.high_water = RSR_MAX(st.high_water, st.sequence);
+		st.removed = false;
 	} else {
+		json_t *rm = json_object_get(j, "removed");
 		if ((r = response_rm_rf(dev->statefd, "current")) < 0 || (r = response_rm_rf(dev->statefd, "base")) < 0)
 			return rsr_error_errno(ctx, r, "cannot clear the response state");
+		/* A person's removal is remembered, so that the response may be installed again. */
+		st.removed = json_is_object(rm);
+		if (st.removed) {
+			st.removed_letter[0] = json_string_value(json_object_get(rm, "letter"))[0];
+			st.removed_letter[1] = '\0';
+			st.removed_sequence = (uint64_t)json_integer_value(json_object_get(rm, "sequence"));
+			st.removed_at = (int64_t)json_integer_value(json_object_get(rm, "at"));
+		}
 		st.installed = false;
 		st.sequence = 0;
 	}
@@ -623,10 +672,18 @@ static int check_journal(json_t *j)
 	json_t *l = json_object_get(j, "letter"), *s = json_object_get(j, "sequence");
 	const char *op = json_string_value(json_object_get(j, "op"));
 
+	json_t *rm = json_object_get(j, "removed");
+
 	if (!op || !json_is_object(json_object_get(j, "slots")))
 		return -1;
 	if (!strcmp(op, "install") && (!json_string_value(l) || strlen(json_string_value(l)) != 1 ||
 				       !json_is_integer(s) || json_integer_value(s) <= 0))
+		return -1;
+	if (rm && (!json_is_object(rm) || !json_string_value(json_object_get(rm, "letter")) ||
+		   strlen(json_string_value(json_object_get(rm, "letter"))) != 1 ||
+		   !json_is_integer(json_object_get(rm, "sequence")) ||
+		   json_integer_value(json_object_get(rm, "sequence")) <= 0 ||
+		   !json_is_integer(json_object_get(rm, "at")) || json_integer_value(json_object_get(rm, "at")) < 0))
 		return -1;
 	return 0;
 }
@@ -854,12 +911,24 @@ int rsr_device_install(struct rsr_ctx *ctx, struct rsr_device *dev, const char *
 		r = 1;
 		goto out;
 	}
-	if (rsr_response_sequence(resp) <= st.high_water) {
+	if (!st.installed && st.removed && rsr_response_sequence(resp) == st.removed_sequence &&
+	    st.removed_sequence == st.high_water) {
+		/* What a person removed goes back only when a person asks: the timer never reinstalls it. */
+		if (!(flags & RSR_DEVICE_REINSTALL)) {
+			char when[32];
+			rsr_device_format_time(st.removed_at, when);
+			r = rsr_error(ctx, RSR_E_STATE,
+				      "response (%s) was removed from this device on %s; --reinstall installs it again",
+				      rsr_response_letter(resp), when);
+			goto out;
+		}
+	} else if (rsr_response_sequence(resp) <= st.high_water) {
 		r = rsr_error(
 		    ctx, RSR_E_ROLLBACK,
-		    "response (%s) has sequence %llu, not newer than the highest this device has installed (%llu)",
+		    "response (%s) has sequence %llu, not newer than the highest this device has installed (%llu)%s",
 		    rsr_response_letter(resp), (unsigned long long)rsr_response_sequence(resp),
-		    (unsigned long long)st.high_water);
+		    (unsigned long long)st.high_water,
+		    st.removed && !st.installed ? "; only the response removed last may be installed again" : "");
 		goto out;
 	}
 	if ((r = start_incoming(ctx, dev, &infd)) < 0)
@@ -1090,7 +1159,12 @@ int rsr_device_remove(struct rsr_ctx *ctx, struct rsr_device *dev, unsigned flag
 			goto out;
 		rsr_json_set(&slots_ok, slots, im->slot, json_string(image));
 	}
-	j = slots && slots_ok ? json_pack("{s:s, s:O}", "op", "remove", "slots", slots) : NULL;
+	/* Recorded in the journal, so that recovery writes the same record. */
+	if (slots && slots_ok)
+		j = (flags & RSR_DEVICE_WITHDRAWN) ? json_pack("{s:s, s:O}", "op", "remove", "slots", slots)
+						   : json_pack("{s:s, s:O, s:{s:s, s:I, s:I}}", "op", "remove", "slots",
+							       slots, "removed", "letter", st.letter, "sequence",
+							       (json_int_t)st.sequence, "at", (json_int_t)time(NULL));
 	if (!j) {
 		r = rsr_error(ctx, -ENOMEM, "out of memory");
 		goto out;
@@ -1153,6 +1227,11 @@ int rsr_device_get_state(struct rsr_ctx *ctx, struct rsr_device *dev, struct rsr
 	s->base_name = dev->base_name ? strdup(dev->base_name) : NULL;
 	s->high_water = st.high_water;
 	s->interrupted = exists_at(dev->statefd, "journal.json") || exists_at(dev->statefd, "incoming");
+	if (st.removed) {
+		s->removed_letter = strdup(st.removed_letter);
+		s->removed_sequence = st.removed_sequence;
+		s->removed_at = st.removed_at;
+	}
 	if (st.installed) {
 		_cleanup_free_ char *cdir = abs_path(dev, STATE_DIR "/current");
 		s->letter = strdup(st.letter);
@@ -1187,6 +1266,7 @@ void rsr_device_state_free(struct rsr_device_state *st)
 	free(st->base_build);
 	free(st->base_name);
 	free(st->letter);
+	free(st->removed_letter);
 	rsr_response_free(st->response);
 	free(st);
 }

@@ -526,6 +526,13 @@ uint64_t rsr_response_timestamp(const struct rsr_response *resp)
 {
 	return resp->timestamp;
 }
+const char *rsr_response_signer(const struct rsr_response *resp, size_t i)
+{
+	json_t *sigs = json_object_get(resp->doc, "signatures");
+	const char *kid = get_str(json_array_get(sigs, i), "keyid");
+
+	return i < MAX_SIGS && kid && valid_hex64(kid) ? kid : NULL;
+}
 size_t rsr_response_advisory_count(const struct rsr_response *resp)
 {
 	return resp->n_advisories;

@@ -12,6 +12,9 @@ With TRICKLE (a file holding a path pattern, read at each request; empty for
 none) and DELAY, a GET of a path containing that pattern gets its headers for
 the whole body, then the body one byte every DELAY seconds: fast enough for
 a stall timeout never to fire, far too slow to finish (slow retrieval).
+
+With SERVER_CLOCK_OFFSET in the environment (seconds, may be negative), the
+Date header of every answer is that far from this machine's clock.
 """
 import http.server
 import os
@@ -22,6 +25,7 @@ import time
 docroot, pattern, control, log = sys.argv[1:5]
 trickle = sys.argv[5] if len(sys.argv) > 5 else None
 delay = float(sys.argv[6]) if len(sys.argv) > 6 else 0.3
+clock_offset = float(os.environ.get("SERVER_CLOCK_OFFSET", "0"))
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -29,6 +33,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, *args):
         pass
+
+    def date_time_string(self, timestamp=None):
+        return super().date_time_string((time.time() if timestamp is None else timestamp) + clock_offset)
 
     def do_GET(self):
         path = os.path.normpath(self.path.split("?")[0]).lstrip("/")

@@ -132,6 +132,49 @@ assert_grep "must be a directory" "$T/err"
 ls -A "$T" | grep -q rsr-build && fail "a failed build left its staging area"
 ok "usage errors exit 2; bad names, keys and trees exit 1 and leave nothing"
 
+# What a tree may hold: device nodes other than overlay whiteouts (0:0),
+# FIFOs and sockets are refused, naming the path; setuid, setgid and
+# file-capability files go into the signed manifest, and info shows them.
+expect 0 cryptex info "$T/new.cptx"
+assert_grep "Privileged: *none" "$T/out"
+expect 0 cryptex info --json "$T/new.cptx"
+assert_grep '"privileged": \[\]' "$T/out"
+grep -q '"privileged"' "$T/new.cptx" && fail "a manifest without privileged files names the field"
+if [ "$(id -u)" = 0 ]; then
+	mkdir -p "$T/special/usr/bin" "$T/special/usr/share"
+	echo x >"$T/special/usr/bin/x"
+	for kind in "c 1 5:a character device 1:5" "b 7 0:a block device 7:0" "p:a FIFO" "s:a socket"; do
+		rm -f "$T/special/usr/share/node"
+		case ${kind%%:*} in
+		p) mkfifo "$T/special/usr/share/node" ;;
+		s) python3 -c 'import socket,sys; socket.socket(socket.AF_UNIX).bind(sys.argv[1])' "$T/special/usr/share/node" ;;
+		*) mknod "$T/special/usr/share/node" ${kind%%:*} ;;
+		esac
+		expect 1 cryptex build "$T/special" -o "$T/x.cptx" --name x --version 1 --base b --key "$T/key"
+		assert_grep "$T/special: refused: /usr/share/node is ${kind#*:}" "$T/err"
+		[ ! -e "$T/x.cptx" ] || fail "a refused tree left an output"
+	done
+	rm -f "$T/special/usr/share/node"
+	mknod "$T/special/usr/share/node" c 0 0
+	cp /usr/bin/id "$T/special/usr/bin/sudo" && chmod 4755 "$T/special/usr/bin/sudo"
+	cp /usr/bin/id "$T/special/usr/bin/ping" && setcap cap_net_raw+ep "$T/special/usr/bin/ping"
+	cp /usr/bin/id "$T/special/usr/bin/wall" && chmod 2755 "$T/special/usr/bin/wall"
+	expect 0 cryptex build "$T/special" -o "$T/special.cptx" --name x --version 1 --base b --key "$T/key"
+	expect 0 cryptex info "$T/special.cptx"
+	assert_grep "Privileged: */usr/bin/ping 0755 capabilities" "$T/out"
+	assert_grep "^ */usr/bin/sudo 4755 setuid$" "$T/out"
+	assert_grep "^ */usr/bin/wall 2755 setgid$" "$T/out"
+	expect 0 cryptex info --json "$T/special.cptx"
+	python3 - "$T/out" <<'PY'
+import json, sys
+i = json.load(open(sys.argv[1]))
+assert i["privileged"] == [{"path": "/usr/bin/ping", "mode": "0755", "caps": True},
+	{"path": "/usr/bin/sudo", "mode": "4755", "caps": False},
+	{"path": "/usr/bin/wall", "mode": "2755", "caps": False}], i["privileged"]
+PY
+	ok "build refuses device nodes, FIFOs and sockets naming the path, keeps whiteouts, lists privileged files"
+fi
+
 # The kernel mounts the image in place (loop device with offset and size limit).
 if [ "$(id -u)" = 0 ] && grep -qw erofs /proc/filesystems; then
 	mkdir -p "$T/mnt"

@@ -22,7 +22,12 @@ assert_grep "Available: response (b)" "$T/out"
 
 reset_served() { rm -rf "$S" && cp -a "$R" "$S"; }
 # refused PATTERN: rsr update fails with PATTERN in its message; the device is still on (a).
+# The device forgets the ETag of its trusted timestamp.json first: the files here are
+# put in place by hand (cp -a keeps times), and nginx's ETag is the modification
+# time in seconds and the size, so a served file could carry the tag of the one the
+# device holds and be answered 304, unseen (test-repo-conditional covers 304s).
 refused() { # PATTERN
+	rm -f "$D/var/lib/rsr/tuf/timestamp.etag.json"
 	expect 1 update --root "$D" --no-graft
 	assert_grep "$1" "$T/err"
 	device_is "$D" a
@@ -64,7 +69,21 @@ SOURCE_DATE_EPOCH=$(( $(date +%s) - 3 * 86400 )) "$RSR" -q repo refresh "$S" --k
 	--expires timestamp=1d
 # Its version is newer, so only the expiry stops it.
 refused "timestamp.json expired at .*freeze attack"
-ok "freeze: an expired timestamp is refused"
+# The same metadata from a server whose clock reads four days ago, when it had not expired:
+# then the device's clock is what is wrong, and the message says so.
+SOURCE_DATE_EPOCH=$(( $(date +%s) - 3 * 86400 )) "$RSR" -q repo refresh "$S" --key "$K/snapshot" --key "$K/timestamp" \
+	--expires timestamp=1d
+echo 0 >"$T/drops"
+SERVER_CLOCK_OFFSET=$((-4 * 86400)) python3 "$RSR_SRCDIR/tests/integration/drop-server.py" "$S" "-" "$T/drops" \
+	"$T/drop-log" >"$T/drop-port" &
+cleanup_hooks+=("kill $!")
+for _ in $(seq 50); do [ -s "$T/drop-port" ] && break; sleep 0.1; done
+[ -s "$T/drop-port" ] || fail "the server did not start"
+cp "$D/etc/rsr/rsr.conf" "$T/rsr.conf"
+sed -i "s|^mirror = .*|mirror = http://127.0.0.1:$(cat "$T/drop-port")|" "$D/etc/rsr/rsr.conf"
+refused "timestamp.json expired at .* by this device's clock, which reads .*, 4 days ahead of the server's .*set the clock"
+cp "$T/rsr.conf" "$D/etc/rsr/rsr.conf"
+ok "freeze: an expired timestamp is refused; a device clock far ahead of the server's is named"
 
 # Mix-and-match: the vendor publishes new metadata; the snapshot the new timestamp names is
 # replaced by an older snapshot.

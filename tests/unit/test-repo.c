@@ -103,6 +103,67 @@ static void test_parse_refusals(void **state)
 	rsr_ctx_free(ctx);
 }
 
+/*
+ * Counts a role's key holder could inflate are refused with RSR_E_LIMIT
+ * before anything is allocated from them: signatures, a root's keys and a
+ * role's key ids, targets.
+ */
+static void test_counts(void **state)
+{
+	struct rsr_ctx *ctx;
+	struct tuf_root *root = NULL;
+	json_t *env, *sigs, *keys, *ids, *roles, *targets;
+	char name[32];
+
+	(void)state;
+	assert_int_equal(rsr_ctx_new(&ctx), 0);
+
+	sigs = json_array();
+	for (int i = 0; i <= TUF_MAX_SIGNATURES; i++)
+		json_array_append_new(sigs, json_pack("{s:s, s:s}", "keyid", "00", "sig", "00"));
+	env = json_pack("{s:o, s:{s:s, s:s, s:i, s:s}}", "signatures", sigs, "signed", "_type", "timestamp",
+			"spec_version", "1.0.31", "version", 1, "expires", "2030-01-01T00:00:00Z");
+	char *text = json_dumps(env, JSON_COMPACT);
+	assert_non_null(text);
+	assert_int_equal(parse_str(ctx, text, TUF_TIMESTAMP), RSR_E_LIMIT);
+	assert_string_equal(rsr_ctx_error(ctx), "test: more than 256 signatures");
+	free(text);
+	json_decref(env);
+
+	/* A root with one key too many, then one whose role lists one key id too many. */
+	keys = json_object();
+	for (int i = 0; i <= TUF_MAX_KEYS; i++) {
+		snprintf(name, sizeof(name), "k%d", i);
+		json_object_set_new(keys, name, json_object());
+	}
+	roles = json_object();
+	for (int i = 0; i < TUF_N_ROLES; i++)
+		json_object_set_new(roles, tuf_role_names[i], json_pack("{s:[], s:i}", "keyids", "threshold", 1));
+	env = json_pack("{s:[], s:{s:s, s:s, s:i, s:s, s:o, s:o}}", "signatures", "signed", "_type", "root",
+			"spec_version", "1.0.31", "version", 1, "expires", "2030-01-01T00:00:00Z", "keys", keys,
+			"roles", roles);
+	assert_int_equal(tuf_root_from_env(ctx, env, "root", &root), RSR_E_LIMIT);
+	assert_string_equal(rsr_ctx_error(ctx), "root: more than 256 keys");
+	json_object_clear(keys);
+	ids = json_object_get(json_object_get(roles, "targets"), "keyids");
+	for (int i = 0; i <= TUF_MAX_KEYS; i++)
+		json_array_append_new(ids, json_string("00"));
+	assert_int_equal(tuf_root_from_env(ctx, env, "root", &root), RSR_E_LIMIT);
+	assert_string_equal(rsr_ctx_error(ctx), "root: role targets lists more than 256 keys");
+	json_decref(env);
+
+	targets = json_object();
+	for (int i = 0; i <= TUF_MAX_TARGETS; i++) {
+		snprintf(name, sizeof(name), "t/%d", i);
+		json_object_set_new(targets, name, json_object());
+	}
+	env = json_pack("{s:{s:o}}", "signed", "targets", targets);
+	assert_int_equal(tuf_targets_check(ctx, env, "targets.json"), RSR_E_LIMIT);
+	assert_string_equal(rsr_ctx_error(ctx), "targets.json: more than 65536 targets");
+	json_decref(env);
+	rsr_ctx_free(ctx);
+}
+
 static void test_targets(void **state)
 {
 	struct rsr_ctx *ctx;
@@ -591,11 +652,11 @@ static void test_rollout_bucket(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_canonical),	    cmocka_unit_test(test_time),
-	    cmocka_unit_test(test_parse_refusals),  cmocka_unit_test(test_targets),
-	    cmocka_unit_test(test_threshold),	    cmocka_unit_test(test_repo_lifecycle),
-	    cmocka_unit_test(test_refresh_margins), cmocka_unit_test(test_policy),
-	    cmocka_unit_test(test_rollout_bucket),
+	    cmocka_unit_test(test_canonical),	   cmocka_unit_test(test_time),
+	    cmocka_unit_test(test_parse_refusals), cmocka_unit_test(test_counts),
+	    cmocka_unit_test(test_targets),	   cmocka_unit_test(test_threshold),
+	    cmocka_unit_test(test_repo_lifecycle), cmocka_unit_test(test_refresh_margins),
+	    cmocka_unit_test(test_policy),	   cmocka_unit_test(test_rollout_bucket),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
