@@ -63,6 +63,11 @@ void cmd_progress_enable(struct cmd_env *env);
 void cmd_progress_done(struct cmd_env *env);
 
 /* Parses a non-negative integer option; false if malformed. */
+/*
+ * --wait[=SECS]: how long to wait for another rsr operation holding the
+ * device lock (rsr_ctx_set_lock_wait()); NULL waits without end.
+ */
+int cmd_wait_option(struct cmd_env *env, const char *arg);
 bool cmd_parse_uint(const char *s, unsigned long long max, unsigned long long *ret);
 
 /* Formats a byte count as "123.4 MiB" into buf. */

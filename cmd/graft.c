@@ -36,9 +36,13 @@ static int open_root(struct cmd_env *env, const char *root, struct rsr_graft **r
 int cmd_graft(struct cmd_env *env, int argc, char **argv)
 {
 	static const struct option opts[] = {
-	    {"root", required_argument, NULL, 'r'},   {"add", required_argument, NULL, 'a'},
-	    {"remove", required_argument, NULL, 'R'}, {"no-mount", no_argument, NULL, 'n'},
-	    {"help", no_argument, NULL, 'h'},	      {NULL, 0, NULL, 0},
+	    {"root", required_argument, NULL, 'r'},
+	    {"add", required_argument, NULL, 'a'},
+	    {"remove", required_argument, NULL, 'R'},
+	    {"no-mount", no_argument, NULL, 'n'},
+	    {"wait", optional_argument, NULL, 'w'},
+	    {"help", no_argument, NULL, 'h'},
+	    {NULL, 0, NULL, 0},
 	};
 	const char *root = NULL, *add[64], *remove[64];
 	size_t n_add = 0, n_remove = 0;
@@ -65,8 +69,13 @@ int cmd_graft(struct cmd_env *env, int argc, char **argv)
 		case 'n':
 			no_mount = true;
 			break;
+		case 'w':
+			if ((r = cmd_wait_option(env, optarg)) != EXIT_OK)
+				return r;
+			break;
 		case 'h':
-			printf("Usage: rsr graft [--root DIR] [--add FILE.cptx]... [--remove SLOT]... [--no-mount]\n\n"
+			printf("Usage: rsr graft [--root DIR] [--add FILE.cptx]... [--remove SLOT]... [--no-mount]\n"
+			       "                 [--wait[=SECS]]\n\n"
 			       "Grafts the current cryptex of every slot over the base directories of DIR\n"
 			       "(default /): verifies each new image (signature against DIR/etc/rsr/keys.d,\n"
 			       "every block, base build from DIR's os-release), mounts it read-only and\n"
@@ -75,14 +84,17 @@ int cmd_graft(struct cmd_env *env, int argc, char **argv)
 			       "  -r, --root DIR     the device root (default /)\n"
 			       "  -a, --add FILE     install FILE as the current image of its slot first\n"
 			       "      --remove SLOT  drop the slot's current image first (it is ungrafted)\n"
-			       "      --no-mount     only install or remove; graft nothing\n");
+			       "      --no-mount     only install or remove; graft nothing\n"
+			       "      --wait[=SECS]  wait (at most SECS seconds) for another rsr operation\n"
+			       "                     changing DIR, instead of failing at once\n");
 			return EXIT_OK;
 		default:
 			return EXIT_USAGE;
 		}
 	}
 	if (optind != argc)
-		return cmd_usage_error("usage: rsr graft [--root DIR] [--add FILE]... [--remove SLOT]... [--no-mount]");
+		return cmd_usage_error(
+		    "usage: rsr graft [--root DIR] [--add FILE]... [--remove SLOT]... [--no-mount] [--wait[=SECS]]");
 	if ((r = open_root(env, root, &g)) != EXIT_OK)
 		return r;
 	cmd_progress_enable(env);
@@ -137,6 +149,7 @@ int cmd_ungraft(struct cmd_env *env, int argc, char **argv)
 {
 	static const struct option opts[] = {
 	    {"root", required_argument, NULL, 'r'},
+	    {"wait", optional_argument, NULL, 'w'},
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
 	};
@@ -150,18 +163,23 @@ int cmd_ungraft(struct cmd_env *env, int argc, char **argv)
 		case 'r':
 			root = optarg;
 			break;
+		case 'w':
+			if ((r = cmd_wait_option(env, optarg)) != EXIT_OK)
+				return r;
+			break;
 		case 'h':
-			printf("Usage: rsr ungraft [--root DIR]\n\n"
+			printf("Usage: rsr ungraft [--root DIR] [--wait[=SECS]]\n\n"
 			       "Back to the bare base: detaches every graft of DIR (default /). Processes\n"
 			       "that hold files of an image keep them; its loop device goes with the last.\n"
-			       "The installed images stay; 'rsr graft' grafts them again.\n");
+			       "The installed images stay; 'rsr graft' grafts them again. --wait waits (at\n"
+			       "most SECS seconds) for another rsr operation changing DIR.\n");
 			return EXIT_OK;
 		default:
 			return EXIT_USAGE;
 		}
 	}
 	if (optind != argc)
-		return cmd_usage_error("usage: rsr ungraft [--root DIR]");
+		return cmd_usage_error("usage: rsr ungraft [--root DIR] [--wait[=SECS]]");
 	if ((r = open_root(env, root, &g)) != EXIT_OK)
 		return r;
 	r = rsr_graft_deactivate(env->ctx, g);
@@ -455,6 +473,8 @@ static int get_report(struct cmd_env *env, int argc, char **argv, const char *us
 	}
 	if (optind != argc)
 		return cmd_usage_error("%s", usage);
+	/* A report reads the state an operation in progress leaves: wait for it. */
+	rsr_ctx_set_lock_wait(env->ctx, -1);
 	if ((r = open_root(env, root, &g)) != EXIT_OK)
 		return r;
 	r = rsr_graft_status(env->ctx, g, ret);

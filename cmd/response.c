@@ -366,7 +366,7 @@ int cmd_recover_first(struct cmd_env *env, const char *root)
 
 	if (device_open(env, root, &dev) != EXIT_OK)
 		return EXIT_FAIL;
-	r = rsr_device_recover(env->ctx, dev, RSR_DEVICE_WAIT);
+	r = rsr_device_recover(env->ctx, dev, 0);
 	rsr_device_free(dev);
 	return r < 0 ? cmd_fail(env, r) : EXIT_OK;
 }
@@ -405,7 +405,7 @@ static int device_verb(struct cmd_env *env, int argc, char **argv, bool install)
 {
 	static const struct option opts[] = {
 	    {"root", required_argument, NULL, 'r'}, {"no-graft", no_argument, NULL, 'n'},
-	    {"wait", no_argument, NULL, 'w'},	    {"keep-base", no_argument, NULL, 'K'},
+	    {"wait", optional_argument, NULL, 'w'}, {"keep-base", no_argument, NULL, 'K'},
 	    {"force", no_argument, NULL, 'f'},	    {"reinstall", no_argument, NULL, 'R'},
 	    {"help", no_argument, NULL, 'h'},	    {NULL, 0, NULL, 0},
 	};
@@ -424,7 +424,8 @@ static int device_verb(struct cmd_env *env, int argc, char **argv, bool install)
 			flags |= RSR_DEVICE_NO_GRAFT;
 			break;
 		case 'w':
-			flags |= RSR_DEVICE_WAIT;
+			if ((r = cmd_wait_option(env, optarg)) != EXIT_OK)
+				return r;
 			break;
 		case 'f':
 			if (install)
@@ -443,24 +444,29 @@ static int device_verb(struct cmd_env *env, int argc, char **argv, bool install)
 			break;
 		case 'h':
 			if (install)
-				printf("Usage: rsr install DIR [--root DIR] [--no-graft] [--wait] [--keep-base]\n"
-				       "                   [--reinstall]\n\n"
-				       "Installs the response in DIR: checks its signature against the root's\n"
-				       "etc/rsr/keys.d, that it is for this base build and newer than any response\n"
-				       "installed before (or, with --reinstall, the one removed last), applies the\n"
-				       "patch for each slot's current image into an\n"
-				       "incoming area, verifies every result against the signed root hash, then\n"
-				       "switches all slots at once (journaled: safe across power loss) and grafts.\n"
-				       "--keep-base keeps the base images (costs their size on disk; remove is then\n"
-				       "a copy instead of a patch).\n");
+				printf(
+				    "Usage: rsr install DIR [--root DIR] [--no-graft] [--wait[=SECS]] [--keep-base]\n"
+				    "                   [--reinstall]\n\n"
+				    "Installs the response in DIR: checks its signature against the root's\n"
+				    "etc/rsr/keys.d, that it is for this base build and newer than any response\n"
+				    "installed before (or, with --reinstall, the one removed last), applies the\n"
+				    "patch for each slot's current image into an\n"
+				    "incoming area, verifies every result against the signed root hash, then\n"
+				    "switches all slots at once (journaled: safe across power loss) and grafts.\n"
+				    "--keep-base keeps the base images (costs their size on disk; remove is then\n"
+				    "a copy instead of a patch).\n"
+				    "Another rsr operation changing the root (pid and command named) fails this at\n"
+				    "once; --wait waits for it to end, --wait=SECS at most SECS seconds.\n");
 			else
-				printf("Usage: rsr remove [--root DIR] [--no-graft] [--wait] [--force]\n\n"
+				printf("Usage: rsr remove [--root DIR] [--no-graft] [--wait[=SECS]] [--force]\n\n"
 				       "Goes back to the base images with the installed response's reverse patches\n"
 				       "(or the kept base copies), verifies each against its signed root hash,\n"
 				       "switches all slots at once and grafts the base images. The high-water mark\n"
 				       "stays: an older response cannot be installed afterwards, this one again\n"
 				       "only with --reinstall (the timer never does). When the policy\n"
-				       "(etc/rsr/rsr.conf) says allow_remove = no, only --force removes.\n");
+				       "(etc/rsr/rsr.conf) says allow_remove = no, only --force removes.\n"
+				       "Another rsr operation changing the root (pid and command named) fails this at\n"
+				       "once; --wait waits for it to end, --wait=SECS at most SECS seconds.\n");
 			return EXIT_OK;
 		default:
 			return EXIT_USAGE;

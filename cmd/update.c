@@ -289,7 +289,7 @@ static int update_verb(struct cmd_env *env, int argc, char **argv, bool install)
 	    {"json", no_argument, NULL, 'J'},
 	    {"auto", no_argument, NULL, 'a'},
 	    {"no-graft", no_argument, NULL, 'n'},
-	    {"wait", no_argument, NULL, 'w'},
+	    {"wait", optional_argument, NULL, 'w'},
 	    {"reinstall", no_argument, NULL, 'R'},
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
@@ -324,19 +324,24 @@ static int update_verb(struct cmd_env *env, int argc, char **argv, bool install)
 				return cmd_usage_error("--auto, --no-graft and --wait are options of rsr update");
 			if (ch == 'a')
 				autom = true;
-			else
-				flags |= ch == 'n' ? RSR_DEVICE_NO_GRAFT : RSR_DEVICE_WAIT;
+			else if (ch == 'n')
+				flags |= RSR_DEVICE_NO_GRAFT;
+			else if ((r = cmd_wait_option(env, optarg)) != EXIT_OK)
+				return r;
 			break;
 		case 'h':
 			if (install)
-				printf("Usage: rsr update [--root DIR] [--config FILE] [--auto] [--no-graft] [--wait]\n"
+				printf("Usage: rsr update [--root DIR] [--config FILE] [--auto] [--no-graft] "
+				       "[--wait[=SECS]]\n"
 				       "                  [--reinstall]\n\n"
 				       "Checks the repository (as rsr check), downloads the files this device needs\n"
 				       "and does not hold (resuming earlier partial downloads) and installs the\n"
 				       "newest response for its base build that it can install; removes a withdrawn\n"
 				       "response when the policy says so. With --auto (the timer), installs only\n"
 				       "when the policy's auto_install is on. --reinstall installs the response\n"
-				       "removed last again (nothing else ever does).\n");
+				       "removed last again (nothing else ever does).\n"
+				       "Another rsr operation changing the root (pid and command named) fails this at\n"
+				       "once; --wait waits for it to end, --wait=SECS at most SECS seconds.\n");
 			else
 				printf("Usage: rsr check [--root DIR] [--config FILE] [--json] [--reinstall]\n\n"
 				       "Updates the trusted TUF metadata from the repository mirrors in\n"
@@ -352,6 +357,9 @@ static int update_verb(struct cmd_env *env, int argc, char **argv, bool install)
 	if (optind != argc)
 		return cmd_usage_error(install ? "usage: rsr update [--root DIR] [--auto]"
 					       : "usage: rsr check [--root DIR] [--json]");
+	/* check changes nothing: it waits for an operation in progress to end. */
+	if (!install)
+		rsr_ctx_set_lock_wait(env->ctx, -1);
 	if ((r = cmd_recover_first(env, c.root)) != EXIT_OK)
 		return r;
 	if ((r = client_open(env, &c)) != EXIT_OK) {

@@ -158,6 +158,22 @@ void cmd_progress_done(struct cmd_env *env)
 	env->progress = NULL;
 }
 
+int cmd_wait_option(struct cmd_env *env, const char *arg)
+{
+	unsigned long long secs;
+
+	if (!arg) {
+		rsr_ctx_set_lock_wait(env->ctx, -1);
+		return EXIT_OK;
+	}
+	if (!cmd_parse_uint(arg, 7 * 24 * 3600, &secs))
+		return cmd_usage_error("--wait=%s: a number of seconds (at most a week), or --wait alone to wait "
+				       "without end",
+				       arg);
+	rsr_ctx_set_lock_wait(env->ctx, (int)secs);
+	return EXIT_OK;
+}
+
 bool cmd_parse_uint(const char *s, unsigned long long max, unsigned long long *ret)
 {
 	char *end;

@@ -54,6 +54,7 @@ enum {
 	RSR_E_MISMATCH = -1008,	 /* input is not the one expected (base, slot, ...) */
 	RSR_E_STATE = -1009,	 /* device state does not allow the operation */
 	RSR_E_LIMIT = -1010,	 /* input exceeds a documented limit */
+	RSR_E_BUSY = -1011,	 /* another rsr operation holds the device lock */
 };
 
 /* Static text for an error code (domain code or negative errno). */
@@ -92,6 +93,18 @@ RSR_EXPORT void rsr_ctx_set_progress(struct rsr_ctx *ctx, rsr_progress_fn fn, vo
 /* Worker threads for parallel work; 0 means one per online CPU (the default). */
 RSR_EXPORT void rsr_ctx_set_threads(struct rsr_ctx *ctx, unsigned threads);
 RSR_EXPORT unsigned rsr_ctx_get_threads(const struct rsr_ctx *ctx);
+/*
+ * How long an operation that changes a device root (graft, ungraft,
+ * install, remove, recover) waits for another one holding the root's device
+ * lock (ROOT/var/lib/rsr/lock): 0, the default, fails at once with
+ * RSR_E_BUSY and a message naming the holder; a positive number waits up to
+ * that many seconds; a negative one waits until the lock is free. Handles
+ * that hold the lock (a graft handle that changed the root, a device that
+ * installed) keep it until they are freed, and must be freed before the
+ * context.
+ */
+RSR_EXPORT void rsr_ctx_set_lock_wait(struct rsr_ctx *ctx, int seconds);
+RSR_EXPORT int rsr_ctx_get_lock_wait(const struct rsr_ctx *ctx);
 
 /*
  * The message describing the most recent failure on this context: what

@@ -25,6 +25,9 @@ int rsr_ctx_new(struct rsr_ctx **ret_ctx)
 
 void rsr_ctx_free(struct rsr_ctx *ctx)
 {
+	if (!ctx)
+		return;
+	rsr_lock_release_all(ctx);
 	free(ctx);
 }
 
@@ -114,6 +117,8 @@ const char *rsr_strerror(int err)
 		return "device state does not allow this";
 	case RSR_E_LIMIT:
 		return "input exceeds a limit";
+	case RSR_E_BUSY:
+		return "another rsr operation is changing the device";
 	default:
 		if (err < 0 && err > -4096)
 			return strerror(-err);

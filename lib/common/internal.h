@@ -28,9 +28,24 @@ struct rsr_ctx {
 	rsr_progress_fn progress_fn;
 	void *progress_data;
 	unsigned threads;
+	int lock_wait;		/* seconds; 0 fails at once, -1 waits without end */
+	struct rsr_lock *locks; /* device locks held (lock.c) */
 	int last_err;
 	char errmsg[RSR_ERRMSG_MAX];
 };
+
+/*
+ * The device lock of a root (lock.c): ROOT/var/lib/rsr/lock, an empty 0600
+ * file only its owner can open, reached without following symbolic links. Taken
+ * by every operation that changes the root; waits as rsr_ctx_set_lock_wait()
+ * says and fails with RSR_E_BUSY naming the holder. One context taking the
+ * lock of a root it already holds gets the same lock with one more
+ * reference. Release before freeing the context.
+ */
+struct rsr_lock;
+int rsr_lock_take(struct rsr_ctx *ctx, int rootfd, const char *root, struct rsr_lock **ret_lock);
+void rsr_lock_release(struct rsr_lock *lock);
+void rsr_lock_release_all(struct rsr_ctx *ctx);
 
 #define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 #define RSR_MIN(a, b) ((a) < (b) ? (a) : (b))

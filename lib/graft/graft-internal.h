@@ -26,8 +26,8 @@ struct slot_undo {
 struct rsr_graft {
 	char *root;   /* absolute, no trailing slash except for "/" itself */
 	char *prefix; /* root with a trailing '/', to join relative paths */
-	int rootfd;   /* also the lock: flock() while changing the root */
-	bool locked;
+	int rootfd;
+	struct rsr_lock *lock; /* the device lock, once the handle changes the root */
 	struct rsr_keyring *keys;
 	/* Slots changed since the last commit or revert, in the order changed. */
 	struct slot_undo *undo;

@@ -10,7 +10,6 @@
 #include <linux/openat2.h>
 #include <stdio.h>
 #include <sys/stat.h>
-#include <sys/file.h>
 #include <sys/mount.h>
 #include <sys/statfs.h>
 #include <sys/sysmacros.h>
@@ -94,6 +93,7 @@ void rsr_graft_free(struct rsr_graft *g)
 {
 	if (!g)
 		return;
+	rsr_lock_release(g->lock);
 	if (g->rootfd >= 0)
 		close(g->rootfd);
 	rsr_keyring_free(g->keys);
@@ -109,24 +109,14 @@ const char *rsr_graft_root(const struct rsr_graft *g)
 }
 
 /*
- * Serialises the commands that change a root: an advisory lock on the root
- * directory itself, so that taking it creates nothing. Held until the
- * handle is freed.
+ * Serialises the commands that change a root: the device lock (lock.c),
+ * shared with install and remove. Held until the handle is freed.
  */
 static int graft_lock(struct rsr_ctx *ctx, struct rsr_graft *g)
 {
-	if (g->locked)
+	if (g->lock)
 		return 0;
-	if (flock(g->rootfd, LOCK_EX | LOCK_NB) < 0) {
-		if (errno != EWOULDBLOCK)
-			return rsr_error_errno(ctx, -errno, "%s: cannot lock", g->root);
-		rsr_info(ctx, "waiting for another rsr working on %s", g->root);
-		while (flock(g->rootfd, LOCK_EX) < 0)
-			if (errno != EINTR)
-				return rsr_error_errno(ctx, -errno, "%s: cannot lock", g->root);
-	}
-	g->locked = true;
-	return 0;
+	return rsr_lock_take(ctx, g->rootfd, g->root, &g->lock);
 }
 
 /* mkdir -p of a path relative to the root. */

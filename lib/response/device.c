@@ -11,13 +11,12 @@
  *   var/lib/rsr/response/base/          kept base images (optional)
  *   var/lib/rsr/response/incoming/      staging of one operation
  *   var/lib/rsr/response/journal.json   present from "staged" to "switched"
- *   var/lib/rsr/response/lock
+ *   var/lib/rsr/lock                    the device lock, shared with graft (lib/common/lock.c)
  */
 #include <dirent.h>
 #include <fcntl.h>
 #include <linux/openat2.h>
 #include <stdio.h>
-#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -32,8 +31,8 @@
 struct rsr_device {
 	char *root;
 	int rootfd;
-	int statefd; /* STATE_DIR, once made */
-	int lockfd;
+	int statefd;	       /* STATE_DIR, once made */
+	struct rsr_lock *lock; /* the device lock (lock.c), once taken */
 	struct rsr_keyring *keys;
 	char *base_build, *base_name;
 	char arch[65];
@@ -186,7 +185,7 @@ int rsr_device_open(struct rsr_ctx *ctx, const char *root, struct rsr_device **r
 
 	if (!dev)
 		return rsr_error(ctx, -ENOMEM, "out of memory");
-	dev->rootfd = dev->statefd = dev->lockfd = -1;
+	dev->rootfd = dev->statefd = -1;
 	dev->root = realpath(root, NULL);
 	if (!dev->root) {
 		r = rsr_error_errno(ctx, -errno, "root %s", root);
@@ -237,8 +236,7 @@ void rsr_device_free(struct rsr_device *dev)
 {
 	if (!dev)
 		return;
-	if (dev->lockfd >= 0)
-		close(dev->lockfd);
+	rsr_lock_release(dev->lock);
 	if (dev->statefd >= 0)
 		close(dev->statefd);
 	if (dev->rootfd >= 0)
@@ -266,43 +264,24 @@ static int open_state(struct rsr_ctx *ctx, struct rsr_device *dev, bool create)
 	return 0;
 }
 
-/* Takes the device lock for the rest of the device's life. */
+/*
+ * Takes the device lock (lock.c, shared with graft) for the rest of the
+ * device's life; RSR_DEVICE_WAIT waits for it without end.
+ */
 static int lock_device(struct rsr_ctx *ctx, struct rsr_device *dev, unsigned flags)
 {
-	char buf[32];
+	int wait = rsr_ctx_get_lock_wait(ctx);
 	int r;
 
-	if (dev->lockfd >= 0)
+	if (dev->lock)
 		return 0;
-	r = open_state(ctx, dev, true);
+	if (flags & RSR_DEVICE_WAIT)
+		rsr_ctx_set_lock_wait(ctx, -1);
+	r = rsr_lock_take(ctx, dev->rootfd, dev->root, &dev->lock);
+	rsr_ctx_set_lock_wait(ctx, wait);
 	if (r < 0)
 		return r;
-	dev->lockfd = openat(dev->statefd, "lock", O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
-	if (dev->lockfd < 0)
-		return rsr_error_errno(ctx, -errno, "%s/%s/lock", dev->root, STATE_DIR);
-	if (flock(dev->lockfd, LOCK_EX | LOCK_NB) < 0) {
-		if (errno != EWOULDBLOCK)
-			return rsr_error_errno(ctx, -errno, "%s/%s/lock", dev->root, STATE_DIR);
-		if (!(flags & RSR_DEVICE_WAIT)) {
-			ssize_t n = pread(dev->lockfd, buf, sizeof(buf) - 1, 0);
-			buf[n > 0 ? n : 0] = '\0';
-			buf[strcspn(buf, "\n")] = '\0';
-			close(dev->lockfd);
-			dev->lockfd = -1;
-			return rsr_error(ctx, RSR_E_STATE,
-					 "another rsr operation (pid %s) is installing or removing a response on %s; "
-					 "try again when it ends, or wait for it with --wait",
-					 *buf ? buf : "unknown", dev->root);
-		}
-		rsr_info(ctx, "waiting for another rsr operation to end");
-		while (flock(dev->lockfd, LOCK_EX) < 0)
-			if (errno != EINTR)
-				return rsr_error_errno(ctx, -errno, "%s/%s/lock", dev->root, STATE_DIR);
-	}
-	snprintf(buf, sizeof(buf), "%d\n", (int)getpid());
-	if (ftruncate(dev->lockfd, 0) == 0)
-		(void)!pwrite(dev->lockfd, buf, strlen(buf), 0);
-	return 0;
+	return open_state(ctx, dev, true);
 }
 
 /* ---- state ---- */

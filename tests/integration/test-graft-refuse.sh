@@ -90,12 +90,15 @@ MK_SETUP='chmod 4755 usr/bin/tool' forge othermode 'chmod 4711 usr/bin/tool'
 MK_SETUP='chmod 4755 usr/bin/tool' forge gaincaps 'setcap cap_net_raw+ep usr/bin/tool'
 MK_SETUP='chmod 4755 usr/bin/tool' forge unlisted 'chmod 0755 usr/bin/tool'
 
-# Everything rsr can change: mounts under the root, files and links it keeps.
+# Everything rsr can change: mounts under the root, files and links it keeps. The device
+# lock, var/lib/rsr/lock, and the directories that hold it are left out: the first
+# command that would change the root creates them (the lock is empty and stays so).
 snapshot() {
 	{
 		findmnt -rn -o TARGET,FSTYPE,SOURCE | awk -v r="$R" 'index($1, r) == 1' | sort
-		(cd "$R" && find etc var run -printf '%p %y %l\n' 2>/dev/null || true) | sort
-		(cd "$R" && find var run -type f -exec sha256sum {} + 2>/dev/null || true) | sort
+		(cd "$R" && find etc var run ! -path var/lib/rsr/lock -printf '%p %y %l\n' 2>/dev/null || true) |
+			grep -vxE 'var(/lib(/rsr)?)? d ' | sort
+		(cd "$R" && find var run -type f ! -path var/lib/rsr/lock -exec sha256sum {} + 2>/dev/null || true) | sort
 		cat "$R/usr/share/t/file"
 		(losetup -l -n -O BACK-FILE | grep "$R" || true) | sort
 	} >"$1"

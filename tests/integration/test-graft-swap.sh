@@ -105,10 +105,10 @@ for _ in $(seq 50); do [ "$(losetup -l -n -O BACK-FILE | grep -c "$R")" -le 1 ] 
 [ "$(losetup -l -n -O BACK-FILE | grep -c "$R")" = 1 ] || fail "loop devices of old images remain"
 ok "no mounts or loop devices pile up"
 
-# Two commands at once are serialised by the lock on the root.
-(for i in $(seq 10); do "$RSR" -q graft --root "$R" --add "$W/A.cptx" || exit 1; done) &
+# Two commands at once are serialised by the device lock (each waits for the other).
+(for i in $(seq 10); do "$RSR" -q graft --root "$R" --add "$W/A.cptx" --wait || exit 1; done) &
 c1=$!
-(for i in $(seq 10); do "$RSR" -q graft --root "$R" --add "$W/B.cptx" || exit 1; done) &
+(for i in $(seq 10); do "$RSR" -q graft --root "$R" --add "$W/B.cptx" --wait || exit 1; done) &
 c2=$!
 wait $c1 || fail "concurrent grafts (A) failed"
 wait $c2 || fail "concurrent grafts (B) failed"

@@ -206,17 +206,72 @@ json.dump(m, open(d + "/response.json", "w"), indent=1, sort_keys=True)
 PY
 refuse "a patch whose output does not match the signed root hash" "$T/b-wrong-output" "the patched image has root hash"
 
-# The lock: a second operation fails clearly, or waits with --wait.
-exec 9>>"$D/var/lib/rsr/response/lock"
-flock -x 9
+# The lock: one device lock, var/lib/rsr/lock, for graft and install alike. A second
+# operation fails at once naming the holder, waits a bounded time with --wait=SECS, or
+# until the end with --wait.
+L=$D/var/lib/rsr/lock
+[ "$(stat -c '%a %u %F' "$L")" = "600 0 regular empty file" ] || [ "$(stat -c '%a %u' "$L")" = "600 0" ] ||
+	fail "the device lock is not a 0600 file owned by root: $(stat -c '%a %u %F' "$L")"
+# One process holds it (flock(1) would leave its child holding it when killed).
+python3 -c 'import fcntl, sys, time; f = open(sys.argv[1], "r+"); fcntl.flock(f, fcntl.LOCK_EX); time.sleep(60)' "$L" &
+holder=$!
+for _ in $(seq 50); do flock -n "$L" true || break; sleep 0.1; done
+before=$(snapshot)
 expect 1 remove --root "$D" --no-graft
-assert_grep "another rsr operation .* is installing or removing" "$T/err"
-(sleep 1; flock -u 9) &
-expect 0 remove --root "$D" --no-graft --wait
-exec 9>&-
+assert_grep "another rsr operation (pid $holder: python3 -c import fcntl.*) is changing $D; try again when it ends, or wait for it with --wait" "$T/err"
+expect 1 graft --root "$D" --add "$V/ssl-a.cptx" --no-mount
+assert_grep "another rsr operation (pid $holder: python3" "$T/err"
+expect 1 remove --root "$D" --no-graft --wait=1
+assert_grep "is still changing $D after 1 s of waiting" "$T/err"
+[ "$(snapshot)" = "$before" ] || fail "an operation that did not get the lock changed the device"
+expect 2 remove --root "$D" --no-graft --wait=soon
+assert_grep "a number of seconds" "$T/err"
+(sleep 1; kill $holder) &
+expect 0 --verbose remove --root "$D" --no-graft --wait
+assert_grep "waiting for another rsr operation (pid $holder: python3" "$T/err"
 wait
 device_is "$D" base
-ok "a second operation fails with a clear message while one runs; --wait waits"
+ok "one device lock for graft and install: a second operation names the holder, --wait=SECS bounds the wait, --wait waits"
+
+# Nobody else can hold it: the lock file is root's 0600, and locking the root directory
+# (what blocked rsr before) blocks nothing.
+if id nobody >/dev/null 2>&1 && command -v runuser >/dev/null; then
+	chmod 755 "$T"
+	runuser -u nobody -- flock -n "$L" true 2>"$T/nobody" && fail "an unprivileged user could take the device lock"
+	grep -q "Permission denied" "$T/nobody" || fail "flock as nobody: $(cat "$T/nobody")"
+	runuser -u nobody -- flock -x "$D" sleep 60 2>/dev/null &
+	blocker=$!
+	sleep 0.5
+	timeout 20 "$RSR" -q graft --root "$D" --add "$V/ssl-base.cptx" --no-mount ||
+		fail "rsr graft did not finish while an unprivileged user locked the root"
+	kill $blocker 2>/dev/null || true
+	wait $blocker 2>/dev/null || true
+	ok "an unprivileged user can neither take the device lock nor block rsr by locking the root"
+else
+	fail "no user 'nobody' or no runuser: the unprivileged lock test cannot run"
+fi
+
+# graft --add and install race on one slot: they run one after the other, and the slot ends
+# on the image both put there, with no staging or journal left behind.
+DL=$T/dev-race
+for i in 1 2 3 4 5; do
+	device_root "$DL"
+	"$RSR" -q graft --root "$DL" --add "$V/ssl-a.cptx" --no-mount --wait >"$T/race-g.out" 2>&1 &
+	g=$!
+	"$RSR" -q install "$V/a" --root "$DL" --no-graft --wait >"$T/race-i.out" 2>&1 &
+	n=$!
+	rg=0 ri=0
+	wait $g || rg=$?
+	wait $n || ri=$?
+	[ $rg = 0 ] || fail "race $i: graft --add failed: $(cat "$T/race-g.out")"
+	[ $ri = 0 ] || grep -q "libssl3" "$T/race-i.out" || fail "race $i: install failed unclearly: $(cat "$T/race-i.out")"
+	[ "$(slot_sha "$DL" libssl3)" = "$(sha "$V/ssl-a.cptx")" ] || fail "race $i: libssl3 is not ssl-a"
+	[ "$(slot_sha "$DL" libxml2)" = "$(sha "$V/xml-base.cptx")" ] || fail "race $i: libxml2 changed"
+	[ ! -e "$DL/var/lib/rsr/response/incoming" ] && [ ! -e "$DL/var/lib/rsr/response/journal.json" ] ||
+		fail "race $i: staging or journal left behind"
+	expect 0 status --root "$DL"
+done
+ok "graft --add and install on one slot at once: serialised, the slot ends on the image both chose"
 
 # Disk full: the state directory on a small filesystem.
 need_root

@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <sys/stat.h>
+#include <time.h>
 
 #include "internal.h"
 
@@ -107,6 +108,87 @@ static void test_mkdir_p(void **state)
 	rsr_ctx_free(ctx);
 }
 
+/* The device lock: nested takes share one lock, a second context is refused
+ * or waits as long as it is told, and the lock stays inside the root. */
+static void test_lock(void **state)
+{
+	struct rsr_ctx *a, *b;
+	struct rsr_lock *l1, *l2, *l3;
+	char dir[] = "/tmp/rsr-lock-XXXXXX", path[128], cmd[160];
+	struct stat st;
+	time_t t0;
+	int rootfd;
+
+	assert_int_equal(rsr_ctx_new(&a), 0);
+	assert_int_equal(rsr_ctx_new(&b), 0);
+	assert_non_null(mkdtemp(dir));
+	rootfd = open(dir, O_RDONLY | O_DIRECTORY);
+	assert_true(rootfd >= 0);
+
+	assert_int_equal(rsr_lock_take(a, rootfd, dir, &l1), 0);
+	snprintf(path, sizeof(path), "%s/var/lib/rsr/lock", dir);
+	assert_int_equal(lstat(path, &st), 0);
+	assert_true(S_ISREG(st.st_mode));
+	assert_int_equal(st.st_mode & 07777, 0600);
+	/* The same context again: the same lock, no deadlock. */
+	assert_int_equal(rsr_lock_take(a, rootfd, dir, &l2), 0);
+	assert_ptr_equal(l1, l2);
+	/* Another context: refused at once, naming this process. */
+	assert_int_equal(rsr_ctx_get_lock_wait(b), 0);
+	assert_int_equal(rsr_lock_take(b, rootfd, dir, &l3), RSR_E_BUSY);
+	snprintf(cmd, sizeof(cmd), "(pid %d: ", (int)getpid());
+	assert_non_null(strstr(rsr_ctx_error(b), cmd));
+	assert_non_null(strstr(rsr_ctx_error(b), "try again when it ends"));
+	/* A bounded wait ends with a message that says how long it waited. */
+	rsr_ctx_set_lock_wait(b, 1);
+	t0 = time(NULL);
+	assert_int_equal(rsr_lock_take(b, rootfd, dir, &l3), RSR_E_BUSY);
+	assert_true(time(NULL) - t0 >= 1);
+	assert_non_null(strstr(rsr_ctx_error(b), "after 1 s of waiting"));
+	/* Released once per take: still held after the first release. */
+	rsr_lock_release(l2);
+	assert_int_equal(rsr_lock_take(b, rootfd, dir, &l3), RSR_E_BUSY);
+	rsr_lock_release(l1);
+	assert_int_equal(rsr_lock_take(b, rootfd, dir, &l3), 0);
+	rsr_lock_release(l3);
+	rsr_ctx_set_lock_wait(b, -5);
+	assert_int_equal(rsr_ctx_get_lock_wait(b), -1);
+
+	/* A lock file with a wider mode is narrowed; one that is not a file is refused. */
+	assert_int_equal(chmod(path, 0666), 0);
+	assert_int_equal(rsr_lock_take(a, rootfd, dir, &l1), 0);
+	assert_int_equal(stat(path, &st), 0);
+	assert_int_equal(st.st_mode & 07777, 0600);
+	rsr_lock_release(l1);
+	assert_int_equal(unlink(path), 0);
+	assert_int_equal(mkdir(path, 0700), 0);
+	assert_int_equal(rsr_lock_take(a, rootfd, dir, &l1), -EISDIR);
+	assert_int_equal(rmdir(path), 0);
+	assert_int_equal(symlink("/tmp", path), 0);
+	assert_true(rsr_lock_take(a, rootfd, dir, &l1) < 0);
+	assert_int_equal(unlink(path), 0);
+
+	/* A symbolic link on the way out of the root is not followed. */
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s/var' && ln -s /tmp '%s/var'", dir, dir);
+	assert_int_equal(system(cmd), 0);
+	assert_int_equal(rsr_lock_take(a, rootfd, dir, &l1), RSR_E_STATE);
+	assert_non_null(strstr(rsr_ctx_error(a), "not a directory"));
+
+	/* Freeing a context releases what it still holds. */
+	snprintf(cmd, sizeof(cmd), "rm -f '%s/var'", dir);
+	assert_int_equal(system(cmd), 0);
+	assert_int_equal(rsr_lock_take(a, rootfd, dir, &l1), 0);
+	rsr_ctx_free(a);
+	rsr_ctx_set_lock_wait(b, 0);
+	assert_int_equal(rsr_lock_take(b, rootfd, dir, &l3), 0);
+	rsr_lock_release(l3);
+
+	close(rootfd);
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+	assert_int_equal(system(cmd), 0);
+	rsr_ctx_free(b);
+}
+
 struct sum {
 	uint64_t vals[1000];
 };
@@ -142,6 +224,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_strerror), cmocka_unit_test(test_error_message), cmocka_unit_test(test_hex),
 	    cmocka_unit_test(test_atomic),   cmocka_unit_test(test_parallel),	   cmocka_unit_test(test_mkdir_p),
+	    cmocka_unit_test(test_lock),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
