@@ -357,11 +357,16 @@ static int update_verb(struct cmd_env *env, int argc, char **argv, bool install)
 	if (optind != argc)
 		return cmd_usage_error(install ? "usage: rsr update [--root DIR] [--auto]"
 					       : "usage: rsr check [--root DIR] [--json]");
-	/* check changes nothing: it waits for an operation in progress to end. */
+	/*
+	 * check changes nothing: it waits for an interrupted operation's recovery,
+	 * and fails at once when another check or update is running.
+	 */
 	if (!install)
 		rsr_ctx_set_lock_wait(env->ctx, -1);
 	if ((r = cmd_recover_first(env, c.root)) != EXIT_OK)
 		return r;
+	if (!install)
+		rsr_ctx_set_lock_wait(env->ctx, 0);
 	if ((r = client_open(env, &c)) != EXIT_OK) {
 		client_close(&c);
 		return r;

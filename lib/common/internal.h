@@ -46,6 +46,12 @@ struct rsr_lock;
 int rsr_lock_take(struct rsr_ctx *ctx, int rootfd, const char *root, struct rsr_lock **ret_lock);
 void rsr_lock_release(struct rsr_lock *lock);
 void rsr_lock_release_all(struct rsr_ctx *ctx);
+/*
+ * An exclusive flock() on `fd`, waiting as rsr_ctx_set_lock_wait() says; on
+ * RSR_E_BUSY the message reads "WHO (pid N: command) is DOING TARGET; ...".
+ * rsr_lock_take() uses it; so does the repository client's own lock.
+ */
+int rsr_flock_wait(struct rsr_ctx *ctx, int fd, const char *who, const char *doing, const char *target);
 
 #define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 #define RSR_MIN(a, b) ((a) < (b) ? (a) : (b))

@@ -166,15 +166,49 @@ static int64_t now_ms(void)
 	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+int rsr_flock_wait(struct rsr_ctx *ctx, int fd, const char *who, const char *doing, const char *target)
+{
+	int64_t deadline = 0;
+	bool told = false;
+	char holder[192];
+	struct stat st;
+
+	if (fstat(fd, &st) < 0)
+		return rsr_error_errno(ctx, -errno, "%s: cannot lock", target);
+	if (ctx->lock_wait > 0)
+		deadline = now_ms() + (int64_t)ctx->lock_wait * 1000;
+	while (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+		if (errno == EINTR)
+			continue;
+		if (errno != EWOULDBLOCK)
+			return rsr_error_errno(ctx, -errno, "%s: cannot lock", target);
+		describe_holder(lock_holder(st.st_dev, st.st_ino), holder, sizeof(holder));
+		if (ctx->lock_wait == 0)
+			return rsr_error(ctx, RSR_E_BUSY,
+					 "%s (%s) is %s %s; try again when it ends, or wait for it with --wait", who,
+					 holder, doing, target);
+		if (ctx->lock_wait > 0 && now_ms() >= deadline)
+			return rsr_error(ctx, RSR_E_BUSY, "%s (%s) is still %s %s after %d s of waiting", who, holder,
+					 doing, target, ctx->lock_wait);
+		if (!told) {
+			if (ctx->lock_wait > 0)
+				rsr_info(ctx, "waiting up to %d s for %s (%s) to end", ctx->lock_wait, who, holder);
+			else
+				rsr_info(ctx, "waiting for %s (%s) to end", who, holder);
+			told = true;
+		}
+		nanosleep(&(struct timespec){.tv_nsec = LOCK_POLL_MS * 1000000L}, NULL);
+	}
+	return 0;
+}
+
 int rsr_lock_take(struct rsr_ctx *ctx, int rootfd, const char *root, struct rsr_lock **ret_lock)
 {
 	_cleanup_close_ int dirfd = -1, fd = -1;
 	const char *shown = strcmp(root, "/") ? root : "";
 	struct rsr_lock *l;
 	struct stat st;
-	int64_t deadline = 0;
-	bool told = false;
-	char holder[192];
+	int r;
 
 	dirfd = open_state_dir(ctx, rootfd, root);
 	if (dirfd < 0)
@@ -202,33 +236,9 @@ int rsr_lock_take(struct rsr_ctx *ctx, int rootfd, const char *root, struct rsr_
 			return 0;
 		}
 
-	if (ctx->lock_wait > 0)
-		deadline = now_ms() + (int64_t)ctx->lock_wait * 1000;
-	while (flock(fd, LOCK_EX | LOCK_NB) < 0) {
-		if (errno == EINTR)
-			continue;
-		if (errno != EWOULDBLOCK)
-			return rsr_error_errno(ctx, -errno, "%s/%s/%s: cannot lock", shown, LOCK_STATE_DIR, LOCK_FILE);
-		describe_holder(lock_holder(st.st_dev, st.st_ino), holder, sizeof(holder));
-		if (ctx->lock_wait == 0)
-			return rsr_error(ctx, RSR_E_BUSY,
-					 "another rsr operation (%s) is changing %s; "
-					 "try again when it ends, or wait for it with --wait",
-					 holder, root);
-		if (ctx->lock_wait > 0 && now_ms() >= deadline)
-			return rsr_error(ctx, RSR_E_BUSY,
-					 "another rsr operation (%s) is still changing %s after %d s of waiting",
-					 holder, root, ctx->lock_wait);
-		if (!told) {
-			if (ctx->lock_wait > 0)
-				rsr_info(ctx, "waiting up to %d s for another rsr operation (%s) to end",
-					 ctx->lock_wait, holder);
-			else
-				rsr_info(ctx, "waiting for another rsr operation (%s) to end", holder);
-			told = true;
-		}
-		nanosleep(&(struct timespec){.tv_nsec = LOCK_POLL_MS * 1000000L}, NULL);
-	}
+	r = rsr_flock_wait(ctx, fd, "another rsr operation", "changing", root);
+	if (r < 0)
+		return r;
 
 	l = calloc(1, sizeof(*l));
 	if (!l)

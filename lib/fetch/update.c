@@ -13,7 +13,6 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <stdio.h>
-#include <sys/file.h>
 #include <sys/stat.h>
 
 #include "../repo/tuf.h"
@@ -231,11 +230,9 @@ int rsr_update_open(struct rsr_ctx *ctx, const struct rsr_update_opts *opts, str
 		r = rsr_error_errno(ctx, -errno, "%s", p);
 		goto fail;
 	}
-	if (flock(u->lockfd, LOCK_EX | LOCK_NB) < 0) {
-		r = errno == EWOULDBLOCK ? rsr_error(ctx, RSR_E_STATE, "another rsr check or update is running (%s)", p)
-					 : rsr_error_errno(ctx, -errno, "%s", p);
+	if ((r = rsr_flock_wait(ctx, u->lockfd, "another rsr check or update", "checking the repository for",
+				u->root)) < 0)
 		goto fail;
-	}
 	free(p);
 	p = NULL;
 	/* The trusted root: the newest this device verified, else the one the OS shipped. */

@@ -151,11 +151,17 @@ expect 0 remove --root "$D7" --no-graft --force
 device_is "$D7" base
 # One client at a time.
 mkdir -p "$D7/var/lib/rsr/tuf"
-flock "$D7/var/lib/rsr/tuf/lock" sleep 5 &
-sleep 0.5
+python3 -c 'import fcntl, sys, time; f = open(sys.argv[1], "a"); fcntl.flock(f, fcntl.LOCK_EX); time.sleep(4)' \
+	"$D7/var/lib/rsr/tuf/lock" &
+holder=$!
+for _ in $(seq 50); do flock -n "$D7/var/lib/rsr/tuf/lock" true || break; sleep 0.1; done
 expect 1 check --root "$D7"
-assert_grep "another rsr check or update is running" "$T/err"
+assert_grep "another rsr check or update (pid $holder: python3 -c .*) is checking the repository for $D7; try again when it ends, or wait for it with --wait" "$T/err"
+expect 0 --verbose update --root "$D7" --no-graft --wait=20
+assert_grep "waiting up to 20 s for another rsr check or update (pid $holder" "$T/err"
 wait
+expect 0 remove --root "$D7" --no-graft --force
+device_is "$D7" base
 ok "policy file: errors name the line; auto_install = no keeps the timer to checking; allow_remove = no; lock"
 
 # Staged rollout: (b) to 30% of devices, chosen by a hash of the machine id and the response.
