@@ -28,6 +28,7 @@ struct cmd_env {
 	bool quiet;
 	int verbose;
 	struct progress *progress;
+	bool usage_hinted; /* a usage error already said where the help is */
 };
 
 struct verb {

@@ -70,7 +70,7 @@ int cmd_enroll(struct cmd_env *env, int argc, char **argv)
 			       USAGE);
 			return EXIT_OK;
 		default:
-			return cmd_usage_error("see 'rsr enroll --help'");
+			return EXIT_USAGE;
 		}
 	}
 	if (optind != argc)

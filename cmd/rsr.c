@@ -117,8 +117,15 @@ int main(int argc, char **argv)
 	for (const struct group *g = groups; g->name; g++) {
 		if (!strcmp(argv[optind], g->name)) {
 			int sub = optind + 1;
+			char name[64];
+
+			/* A group without verbs parses from its own name: getopt says "rsr graft: ...". */
+			snprintf(name, sizeof(name), "rsr %s", g->name);
+			argv[optind] = name;
 			optind = 0; /* reset getopt for the verb's own options */
 			r = g->run(&env, argc - sub, argv + sub);
+			if (r == EXIT_USAGE && !env.usage_hinted)
+				fprintf(stderr, "rsr: see 'rsr %s --help'\n", g->name);
 			break;
 		}
 	}

@@ -29,6 +29,7 @@ static void print_group_help(const char *group, const struct verb *verbs, FILE *
 
 int cmd_dispatch(struct cmd_env *env, const char *group, const struct verb *verbs, int argc, char **argv)
 {
+	env->usage_hinted = true;
 	if (argc < 1) {
 		print_group_help(group, verbs, stderr);
 		return EXIT_USAGE;
@@ -38,8 +39,18 @@ int cmd_dispatch(struct cmd_env *env, const char *group, const struct verb *verb
 		return EXIT_OK;
 	}
 	for (const struct verb *v = verbs; v->name; v++)
-		if (!strcmp(argv[0], v->name))
-			return v->run(env, argc, argv);
+		if (!strcmp(argv[0], v->name)) {
+			char name[64];
+			int r;
+
+			/* getopt names the program in its messages: "rsr cryptex build: ...". */
+			snprintf(name, sizeof(name), "rsr %s %s", group, v->name);
+			argv[0] = name;
+			r = v->run(env, argc, argv);
+			if (r == EXIT_USAGE)
+				fprintf(stderr, "rsr: see 'rsr %s %s --help'\n", group, v->name);
+			return r;
+		}
 	return cmd_usage_error("'%s' is not a verb of 'rsr %s'; see 'rsr %s --help'", argv[0], group, group);
 }
 

@@ -224,10 +224,19 @@ expect 0 graft --root "$R" --remove multi --no-mount
 ok "a cryptex covering two directories grafts both; /srv only where graft.conf allows it; one covering a directory the base lacks is refused and leaves every slot as it was"
 
 expect 2 graft --root "$R" extra
+assert_grep "^rsr: see 'rsr graft --help'$" "$T/err"
 expect 2 status --bogus
+assert_grep "^rsr status: unrecognized option '--bogus'$" "$T/err"
+assert_grep "^rsr: see 'rsr status --help'$" "$T/err"
+expect 2 cryptex info --bogus
+assert_grep "^rsr cryptex info: unrecognized option '--bogus'$" "$T/err"
+[ "$(grep -c "see 'rsr" "$T/err")" = 1 ] || fail "one hint, naming the verb: $(cat "$T/err")"
+assert_grep "^rsr: see 'rsr cryptex info --help'$" "$T/err"
+expect 2 graft --wait=soon
+assert_grep "a number of seconds" "$T/err"
 expect 0 graft --help
 expect 0 status --help
 expect 0 ungraft --help
 expect 0 restart-services --help
-ok "usage errors exit 2, --help exits 0"
+ok "usage errors exit 2 and say which --help to read; --help exits 0"
 echo "1..$TESTS_RUN"
