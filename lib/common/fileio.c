@@ -333,6 +333,22 @@ fail:
 	return r;
 }
 
+int rsr_atomic_commit_to(struct rsr_ctx *ctx, struct rsr_atomic_file *af, int todirfd, const char *name)
+{
+	int r = 0;
+
+	if (fsync(af->fd) < 0)
+		r = rsr_error_errno(ctx, -errno, "%s: fsync", af->name);
+	else if (renameat(af->dirfd, af->tmpname, todirfd, name) < 0)
+		r = rsr_error_errno(ctx, -errno, "%s: rename into place", name);
+	else if (fsync(todirfd) < 0 || fsync(af->dirfd) < 0)
+		r = rsr_error_errno(ctx, -errno, "%s: fsync of its directory", name);
+	if (r < 0) /* after a successful rename there is nothing left to remove */
+		unlinkat(af->dirfd, af->tmpname, 0);
+	atomic_free(af);
+	return r;
+}
+
 int rsr_atomic_commit(struct rsr_ctx *ctx, struct rsr_atomic_file *af)
 {
 	int r = 0;

@@ -244,6 +244,11 @@ struct rsr_atomic_file {
 };
 int rsr_atomic_open(struct rsr_ctx *ctx, const char *path, unsigned mode, struct rsr_atomic_file **ret_af);
 int rsr_atomic_commit(struct rsr_ctx *ctx, struct rsr_atomic_file *af);
+/*
+ * Like rsr_atomic_commit(), into `name` in another directory `todirfd` of
+ * the same filesystem: for a file staged before where it goes is known.
+ */
+int rsr_atomic_commit_to(struct rsr_ctx *ctx, struct rsr_atomic_file *af, int todirfd, const char *name);
 void rsr_atomic_abort(struct rsr_atomic_file *af);
 /* Writes a whole small file atomically. */
 int rsr_write_file_atomic(struct rsr_ctx *ctx, const char *path, const void *buf, size_t len, unsigned mode);

@@ -150,6 +150,8 @@ bool graft_cover_name_valid(const char *s);
  * *ret_line set on a line that is not such a setting; -ENOMEM.
  */
 #define GRAFT_CONF "etc/rsr/graft.conf"
+/* The state directory: the device lock, and images being installed before they are verified. */
+#define GRAFT_STATE_DIR "var/lib/rsr"
 int graft_parse_covers(const char *buf, size_t len, char ***ret, size_t *ret_n, size_t *ret_line);
 
 #endif

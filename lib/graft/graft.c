@@ -617,10 +617,11 @@ static int covers_load(struct rsr_ctx *ctx, const struct rsr_graft *g, struct co
  * success *ret_fd is the open file (the same inode that was verified) and
  * *ret_cx the parsed cryptex.
  */
-static int check_image(struct rsr_ctx *ctx, struct rsr_graft *g, const char *path, const struct base_id *base,
-		       const char *want_slot, int *ret_fd, struct rsr_cryptex **ret_cx)
+static int check_image(struct rsr_ctx *ctx, struct rsr_graft *g, const char *path, int openfd,
+		       const struct base_id *base, const char *want_slot, int *ret_fd, struct rsr_cryptex **ret_cx)
 {
-	_cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
+	/* `openfd`, when not -1, is the file to check; `path` then only names it. */
+	_cleanup_close_ int fd = openfd >= 0 ? fcntl(openfd, F_DUPFD_CLOEXEC, 3) : open(path, O_RDONLY | O_CLOEXEC);
 	struct rsr_cryptex *cx = NULL;
 	struct covers allowed_dirs = {0};
 	char fdpath[64];
@@ -925,8 +926,8 @@ int rsr_graft_revert(struct rsr_ctx *ctx, struct rsr_graft *g)
 
 int rsr_graft_install(struct rsr_ctx *ctx, struct rsr_graft *g, const char *path, char **ret_slot)
 {
-	_cleanup_close_ int fd = -1, dirfd = -1;
-	_cleanup_free_ char *dest = NULL, *name = NULL;
+	_cleanup_close_ int fd = -1, dirfd = -1, src = -1;
+	_cleanup_free_ char *stage = NULL, *name = NULL;
 	struct rsr_cryptex *cx = NULL;
 	struct rsr_atomic_file *af = NULL;
 	struct base_id base = {0};
@@ -945,32 +946,45 @@ int rsr_graft_install(struct rsr_ctx *ctx, struct rsr_graft *g, const char *path
 	r = base_identity(ctx, g, st, &base);
 	if (r < 0)
 		goto out;
-	r = check_image(ctx, g, path, &base, NULL, &fd, &cx);
-	if (r < 0)
-		goto out;
-	slot = rsr_cryptex_name(cx);
-	r = slot_dir_open(ctx, g, slot, true, &dirfd);
-	if (r < 0)
-		goto out;
-	if (asprintf(&name, "%s.cptx", rsr_cryptex_root_hash_hex(cx)) < 0 ||
-	    asprintf(&dest, "%s%s/%s/%s", g->prefix, RSR_GRAFT_IMAGES_DIR, slot, name) < 0) {
-		r = rsr_error(ctx, -ENOMEM, "out of memory");
-		goto out;
-	}
-	if (fstat(fd, &sb) < 0) {
+	/*
+	 * Copy first, into the store that only root can change, then verify the
+	 * copy: what is verified is what is kept, whoever can still write the
+	 * source. The copy waits beside the lock until it is known good.
+	 */
+	src = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY); /* a FIFO does not block it */
+	if (src < 0 || fstat(src, &sb) < 0) {
 		r = rsr_error_errno(ctx, -errno, "%s", path);
 		goto out;
 	}
-	r = rsr_atomic_open(ctx, dest, 0644, &af);
-	if (r < 0)
-		goto out;
-	r = rsr_copy_range(fd, 0, af->fd, 0, (uint64_t)sb.st_size);
-	if (r < 0) {
-		rsr_atomic_abort(af);
-		r = rsr_error_errno(ctx, r, "%s: cannot copy to %s", path, dest);
+	if (!S_ISREG(sb.st_mode)) {
+		r = rsr_error(ctx, RSR_E_FORMAT, "%s: not a regular file", path);
 		goto out;
 	}
-	r = rsr_atomic_commit(ctx, af);
+	if (asprintf(&stage, "%s%s/incoming.cptx", g->prefix, GRAFT_STATE_DIR) < 0) {
+		r = rsr_error(ctx, -ENOMEM, "out of memory");
+		goto out;
+	}
+	r = rsr_atomic_open(ctx, stage, 0644, &af);
+	if (r < 0)
+		goto out;
+	r = rsr_copy_range(src, 0, af->fd, 0, (uint64_t)sb.st_size);
+	if (r < 0) {
+		r = rsr_error_errno(ctx, r, "%s: cannot copy to %s", path, stage);
+		goto abort;
+	}
+	r = check_image(ctx, g, path, af->fd, &base, NULL, &fd, &cx);
+	if (r < 0)
+		goto abort;
+	slot = rsr_cryptex_name(cx);
+	r = slot_dir_open(ctx, g, slot, true, &dirfd);
+	if (r < 0)
+		goto abort;
+	if (asprintf(&name, "%s.cptx", rsr_cryptex_root_hash_hex(cx)) < 0) {
+		r = rsr_error(ctx, -ENOMEM, "out of memory");
+		goto abort;
+	}
+	r = rsr_atomic_commit_to(ctx, af, dirfd, name);
+	af = NULL;
 	if (r < 0)
 		goto out;
 	/* One rename switches the slot; the image it replaces stays until the change is committed. */
@@ -987,6 +1001,9 @@ int rsr_graft_install(struct rsr_ctx *ctx, struct rsr_graft *g, const char *path
 		r = rsr_error(ctx, -ENOMEM, "out of memory");
 	else
 		r = 0;
+	goto out;
+abort:
+	rsr_atomic_abort(af);
 out:
 	rsr_cryptex_free(cx);
 	base_id_free(&base);
@@ -1379,7 +1396,7 @@ int rsr_graft_activate(struct rsr_ctx *ctx, struct rsr_graft *g)
 		if (!old || strcmp(jstr(old, "root_hash"), rsr_cryptex_root_hash_hex(p[i].cx))) {
 			rsr_cryptex_free(p[i].cx);
 			p[i].cx = NULL;
-			r = check_image(ctx, g, p[i].image, &base, p[i].slot, &p[i].fd, &p[i].cx);
+			r = check_image(ctx, g, p[i].image, -1, &base, p[i].slot, &p[i].fd, &p[i].cx);
 			if (r < 0)
 				goto out;
 		}

@@ -224,4 +224,41 @@ refuse good.cptx "base build is unknown" "no base build in os-release" "after un
 printf 'NAME=base\nBUILD_ID=7.1\n' >"$R/etc/os-release"
 mv "$R/etc/rsr/keys.d" "$R/etc/rsr/keys.off"
 refuse good.cptx "not among the 0 trusted key" "no trusted keys" "after ungraft"
+mv "$R/etc/rsr/keys.off" "$R/etc/rsr/keys.d"
+
+# What is verified is what is kept: graft --add copies the file into the store first and
+# verifies the copy. A source whose owner keeps changing a data byte while it is added is
+# either refused or stored as an image that verifies, never stored damaged.
+mkfifo "$W/pipe"
+refuse pipe "pipe: not a regular file" "a named pipe" "after ungraft"
+cp "$W/good2.cptx" "$W/moving.cptx"
+python3 - "$W/moving.cptx" "$W/stop" <<'PY' >/dev/null 2>&1 &
+import os, sys, time
+off = 4096 + 2 * 4096 + 1
+fd = os.open(sys.argv[1], os.O_WRONLY)
+orig = os.pread(os.open(sys.argv[1], os.O_RDONLY), 1, off)
+flip = bytes([orig[0] ^ 0x5A])
+end = time.monotonic() + 300  # also when the test fails before it says stop
+while not os.path.exists(sys.argv[2]) and time.monotonic() < end:
+    os.pwrite(fd, flip, off)
+    time.sleep(0.001)
+    os.pwrite(fd, orig, off)
+    time.sleep(0.001)
+PY
+flipper=$!
+stored=0 refused=0
+for i in $(seq 20); do
+	if "$RSR" -q graft --root "$R" --add "$W/moving.cptx" --no-mount 2>"$T/race-err"; then
+		stored=$((stored + 1))
+		cur=$R/var/lib/rsr/cryptexes/os/$(readlink "$R/var/lib/rsr/cryptexes/os/current")
+		"$RSR" -q cryptex verify "$cur" --pubkey "$W/key.pub" || fail "run $i: a damaged image was stored"
+	else
+		grep -q "refused" "$T/race-err" || fail "run $i: $(cat "$T/race-err")"
+		refused=$((refused + 1))
+	fi
+done
+touch "$W/stop"
+wait $flipper
+[ -z "$(find "$R/var/lib/rsr" -maxdepth 1 -name '.incoming*')" ] || fail "a staged copy was left behind"
+ok "graft --add keeps exactly what it verified: $stored stored and verified, $refused refused, while the source kept changing"
 echo "1..$TESTS_RUN"
