@@ -6,12 +6,12 @@
 # that survives its failure must give exactly the unfaulted result.
 # Every allocation among the first and last 100 of each command is failed
 # (the command's own setup and its output), and every K-th between (mostly
-# OpenSSL initialising itself). The default run (scripts/test) takes K = 151
-# in the normal build and 302 under the sanitizers, half-way between, so the
-# two builds together fail one allocation in 101 of the middle stretch;
-# scripts/test --full (RSR_FULL=1) takes 61 and 122; RSR_FAULT_STRIDE=1 tries
-# every one. Each run still finds every leak and memory error its own points
-# reach.
+# OpenSSL initialising itself). The default run (scripts/test) walks once,
+# under the sanitizers, with K = 302; run by itself in a normal build the
+# walk takes K = 151, half-way between, so that the two together fail one
+# allocation in 101 of the middle stretch, as scripts/test --full does (61
+# and 122). RSR_FAULT_STRIDE=1 tries every one. Each run still finds every
+# leak and memory error its own points reach.
 . "$(dirname "$0")/libtest.sh"
 . "$RSR_SRCDIR/tests/fault/libfault.sh"
 # install and remove make some 28000 allocations and take 0.2 s each: a

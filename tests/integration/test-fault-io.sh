@@ -4,10 +4,10 @@
 # in the programs it runs (strace -f -e inject). Each run must end with exit
 # status 0 and the right result, or exit status 1 with a message and the
 # output absent or the previous complete file; never a partial file, never a
-# temporary file left behind. The default run (scripts/test) fails the first
-# and last two calls of each and every second between in the normal build
-# (every third, offset by one, under the sanitizers); scripts/test --full
-# (RSR_FULL=1) fails every call.
+# temporary file left behind. The first and last two calls of each fail, and
+# between them every third (offset by one) under the sanitizers, where the
+# default run (scripts/test) walks, or every second in a normal build run by
+# hand; scripts/test --full (RSR_FULL=1) fails every call in both builds.
 . "$(dirname "$0")/libtest.sh"
 . "$RSR_SRCDIR/tests/fault/libfault.sh"
 command -v strace >/dev/null || fail "strace is not installed (scripts/install-deps installs it)"
