@@ -5,7 +5,7 @@
 # status 0 and the right result, or exit status 1 with a message and the
 # output absent or the previous complete file; never a partial file, never a
 # temporary file left behind. The first and last two calls of each fail, and
-# between them every third (offset by one) under the sanitizers, where the
+# between them every fourth (offset by one) under the sanitizers, where the
 # default run (scripts/test) walks, or every second in a normal build run by
 # hand; scripts/test --full (RSR_FULL=1) fails every call in both builds.
 . "$(dirname "$0")/libtest.sh"
@@ -18,7 +18,7 @@ SYSCALLS="write pwrite64 fallocate fsync fdatasync rename renameat renameat2 cop
 ERRNOS="EIO ENOSPC"
 if [ -z "${RSR_IO_STRIDE:-}" ] && [ "${RSR_FULL:-0}" != 1 ]; then
 	if [ -n "${RSR_SANITIZE:-}" ] && [ "$RSR_SANITIZE" != none ]; then
-		RSR_IO_STRIDE=3 RSR_IO_PHASE=1
+		RSR_IO_STRIDE=4 RSR_IO_PHASE=1
 	else
 		RSR_IO_STRIDE=2 RSR_IO_PHASE=0
 	fi

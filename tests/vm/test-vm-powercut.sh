@@ -11,7 +11,7 @@
 . "$RSR_SRCDIR/tests/integration/libtest.sh"
 . "$RSR_SRCDIR/tests/vm/lab.sh"
 need_root
-CUTS=${RSR_LAB_CUTS:-6}
+CUTS=${RSR_LAB_CUTS:-5}
 lab_setup "${1:-stock}"
 # s1, s2 for counting; s3..s(2N+2) for the install cuts (from s(2i+1) to
 # s(2i+2)); s(2N+3)..s(3N+2) to remove at the remove cuts; one more after.
