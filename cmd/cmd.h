@@ -63,12 +63,17 @@ void cmd_progress_enable(struct cmd_env *env);
 /* Ends a progress bar line, if one is shown. */
 void cmd_progress_done(struct cmd_env *env);
 
-/* Parses a non-negative integer option; false if malformed. */
 /*
  * --wait[=SECS]: how long to wait for another rsr operation holding the
  * device lock (rsr_ctx_set_lock_wait()); NULL waits without end.
  */
 int cmd_wait_option(struct cmd_env *env, const char *arg);
+/*
+ * -j/--threads N: 1 to 256 worker threads into *ret; anything else (0 too,
+ * which would mean the default) is a usage error. Returns EXIT_OK or EXIT_USAGE.
+ */
+int cmd_threads_option(const char *arg, unsigned *ret);
+/* Parses a non-negative integer option; false if malformed. */
 bool cmd_parse_uint(const char *s, unsigned long long max, unsigned long long *ret);
 
 /* Formats a byte count as "123.4 MiB" into buf. */

@@ -39,6 +39,7 @@ static int patch_create(struct cmd_env *env, int argc, char **argv)
 	const char *also[16];
 	bool full = false;
 	unsigned long long n;
+	unsigned threads;
 	int c, r;
 
 	while ((c = getopt_long(argc, argv, "o:a:r:fj:l:h", opts, NULL)) != -1) {
@@ -58,9 +59,9 @@ static int patch_create(struct cmd_env *env, int argc, char **argv)
 			full = true;
 			break;
 		case 'j':
-			if (!cmd_parse_uint(optarg, 256, &n))
-				return cmd_usage_error("--threads takes a number from 0 to 256");
-			rsr_ctx_set_threads(env->ctx, (unsigned)n);
+			if ((r = cmd_threads_option(optarg, &threads)) != EXIT_OK)
+				return r;
+			rsr_ctx_set_threads(env->ctx, threads);
 			break;
 		case 'l':
 			if (!cmd_parse_uint(optarg, 22, &n) || n == 0)
@@ -123,7 +124,7 @@ static int patch_apply(struct cmd_env *env, int argc, char **argv)
 	    {NULL, 0, NULL, 0},
 	};
 	const char *out = NULL;
-	unsigned long long n;
+	unsigned threads;
 	int c, r;
 
 	while ((c = getopt_long(argc, argv, "o:j:h", opts, NULL)) != -1) {
@@ -132,9 +133,9 @@ static int patch_apply(struct cmd_env *env, int argc, char **argv)
 			out = optarg;
 			break;
 		case 'j':
-			if (!cmd_parse_uint(optarg, 256, &n))
-				return cmd_usage_error("--threads takes a number from 0 to 256");
-			rsr_ctx_set_threads(env->ctx, (unsigned)n);
+			if ((r = cmd_threads_option(optarg, &threads)) != EXIT_OK)
+				return r;
+			rsr_ctx_set_threads(env->ctx, threads);
 			break;
 		case 'h':
 			printf("Usage: rsr patch apply [OLD] PATCH -o OUT [--threads N]\n\n"

@@ -75,16 +75,16 @@ int main(int argc, char **argv)
 	    {"help", no_argument, NULL, 'h'},	       {NULL, 0, NULL, 0},
 	};
 	struct cmd_env env = {.argv0 = argv[0]};
-	unsigned long long n;
 	int c, r;
 
 	/* '+': stop at the first non-option, which is the group. */
 	while ((c = getopt_long(argc, argv, "+j:vqh", opts, NULL)) != -1) {
 		switch (c) {
 		case 'j':
-			if (!cmd_parse_uint(optarg, 256, &n))
-				return cmd_usage_error("--threads takes a number from 0 to 256");
-			env.threads = (unsigned)n;
+			if (cmd_threads_option(optarg, &env.threads) != EXIT_OK) {
+				fputs("rsr: see 'rsr --help'\n", stderr);
+				return EXIT_USAGE;
+			}
 			break;
 		case 'v':
 			env.verbose++;

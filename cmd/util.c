@@ -185,6 +185,18 @@ int cmd_wait_option(struct cmd_env *env, const char *arg)
 	return EXIT_OK;
 }
 
+int cmd_threads_option(const char *arg, unsigned *ret)
+{
+	unsigned long long n;
+
+	if (!cmd_parse_uint(arg, 256, &n) || n == 0)
+		return cmd_usage_error("--threads %s: not a number of worker threads from 1 to 256 (without --threads, "
+				       "one per CPU)",
+				       arg);
+	*ret = (unsigned)n;
+	return EXIT_OK;
+}
+
 bool cmd_parse_uint(const char *s, unsigned long long max, unsigned long long *ret)
 {
 	char *end;
