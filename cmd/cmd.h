@@ -44,6 +44,11 @@ int cmd_dispatch(struct cmd_env *env, const char *group, const struct verb *verb
 int cmd_fail(struct cmd_env *env, int r);
 /* Prints "rsr: <formatted message>" to stderr and returns EXIT_USAGE. */
 int cmd_usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/*
+ * Prints "Usage: <synopsis>" to stderr, the line --help starts with, and
+ * returns EXIT_USAGE: a command line of the wrong shape.
+ */
+int cmd_usage(const char *synopsis);
 /* Prints "rsr: <formatted message>" to stderr and returns EXIT_FAIL. */
 int cmd_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 

@@ -94,8 +94,8 @@ static int cryptex_build(struct cmd_env *env, int argc, char **argv)
 	}
 	if (argc - optind > 1 || (optind == argc && !o.n_debs) || !out || !o.name || !o.version || !o.n_base_builds ||
 	    !keypath)
-		return cmd_usage_error("usage: rsr cryptex build [SRC_DIR] [--deb PKG.deb...] -o OUT --name NAME "
-				       "--version VERSION --base BUILD_ID --key KEY");
+		return cmd_usage("rsr cryptex build [SRC_DIR] [--deb PKG.deb...] -o OUT --name NAME "
+				 "--version VERSION --base BUILD_ID --key KEY");
 	if (!ts_set && sde && *sde && !cmd_parse_uint(sde, INT64_MAX, &ts))
 		return cmd_usage_error("SOURCE_DATE_EPOCH is not a number of seconds: %s", sde);
 	o.timestamp = ts;
@@ -171,7 +171,7 @@ static int cryptex_verify(struct cmd_env *env, int argc, char **argv)
 		}
 	}
 	if (optind >= argc || nkeys == 0)
-		return cmd_usage_error("usage: rsr cryptex verify FILE.cptx --pubkey KEY.pub");
+		return cmd_usage("rsr cryptex verify FILE.cptx --pubkey KEY.pub");
 	if ((c = load_keyring(env, keys, nkeys, &ring)) != EXIT_OK)
 		return c;
 	for (int i = optind; i < argc; i++) {
@@ -327,7 +327,7 @@ static int cryptex_info(struct cmd_env *env, int argc, char **argv)
 		}
 	}
 	if (optind >= argc)
-		return cmd_usage_error("usage: rsr cryptex info FILE.cptx [--json]");
+		return cmd_usage("rsr cryptex info FILE.cptx [--json]");
 	if (json && argc - optind > 1 && !(all = json_array()))
 		return cmd_error("out of memory");
 	for (int i = optind; i < argc; i++) {
@@ -420,8 +420,7 @@ static int cryptex_export(struct cmd_env *env, int argc, char **argv)
 		}
 	}
 	if (optind != argc || !in || !out || !key || !cert)
-		return cmd_usage_error(
-		    "usage: rsr cryptex export --ddi FILE.cptx -o OUT.raw --key VERITY.key --cert VERITY.crt");
+		return cmd_usage("rsr cryptex export --ddi FILE.cptx -o OUT.raw --key VERITY.key --cert VERITY.crt");
 	if (nkeys && (c = load_keyring(env, keys, nkeys, &ring)) != EXIT_OK)
 		return c;
 	r = rsr_cryptex_open_trusted(env->ctx, in, ring, &cx);

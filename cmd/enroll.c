@@ -13,7 +13,7 @@
 
 #define MAX_ARGS 16
 #define USAGE                                                                                                          \
-	"usage: rsr enroll --mirror URL [--mirror URL...] --repository-root FILE --key RESPONSE_KEY.pub [--key ...]\n" \
+	"rsr enroll --mirror URL [--mirror URL...] --repository-root FILE --key RESPONSE_KEY.pub [--key ...]\n"        \
 	"                  [--root DIR] [--no-check]"
 
 int cmd_enroll(struct cmd_env *env, int argc, char **argv)
@@ -59,7 +59,7 @@ int cmd_enroll(struct cmd_env *env, int argc, char **argv)
 			check = false;
 			break;
 		case 'h':
-			printf("%s\n\n"
+			printf("Usage: %s\n\n"
 			       "Enrols this device (or the device root DIR) in a repository: writes each\n"
 			       "response key as DIR/etc/rsr/keys.d/NAME.pub, the repository's root metadata\n"
 			       "(its metadata/1.root.json) as DIR/etc/rsr/repository-root.json and\n"
@@ -74,7 +74,7 @@ int cmd_enroll(struct cmd_env *env, int argc, char **argv)
 		}
 	}
 	if (optind != argc)
-		return cmd_usage_error("%s", USAGE);
+		return cmd_usage(USAGE);
 	if (o.n_mirrors == 0)
 		return cmd_usage_error("rsr enroll needs --mirror URL");
 	if (!o.repository_root)

@@ -93,8 +93,8 @@ int cmd_graft(struct cmd_env *env, int argc, char **argv)
 		}
 	}
 	if (optind != argc)
-		return cmd_usage_error(
-		    "usage: rsr graft [--root DIR] [--add FILE]... [--remove SLOT]... [--no-mount] [--wait[=SECS]]");
+		return cmd_usage(
+		    "rsr graft [--root DIR] [--add FILE]... [--remove SLOT]... [--no-mount] [--wait[=SECS]]");
 	if ((r = open_root(env, root, &g)) != EXIT_OK)
 		return r;
 	cmd_progress_enable(env);
@@ -179,7 +179,7 @@ int cmd_ungraft(struct cmd_env *env, int argc, char **argv)
 		}
 	}
 	if (optind != argc)
-		return cmd_usage_error("usage: rsr ungraft [--root DIR] [--wait[=SECS]]");
+		return cmd_usage("rsr ungraft [--root DIR] [--wait[=SECS]]");
 	if ((r = open_root(env, root, &g)) != EXIT_OK)
 		return r;
 	r = rsr_graft_deactivate(env->ctx, g);
@@ -457,12 +457,12 @@ static int get_report(struct cmd_env *env, int argc, char **argv, const char *us
 			break;
 		case 'J':
 			if (!json)
-				return cmd_usage_error("%s", usage);
+				return cmd_usage(usage);
 			*json = true;
 			break;
 		case 'N':
 			if (!dry_run)
-				return cmd_usage_error("%s", usage);
+				return cmd_usage(usage);
 			*dry_run = true;
 			break;
 		case 'h':
@@ -472,7 +472,7 @@ static int get_report(struct cmd_env *env, int argc, char **argv, const char *us
 		}
 	}
 	if (optind != argc)
-		return cmd_usage_error("%s", usage);
+		return cmd_usage(usage);
 	/* A report reads the state an operation in progress leaves: wait for it. */
 	rsr_ctx_set_lock_wait(env->ctx, -1);
 	if ((r = open_root(env, root, &g)) != EXIT_OK)
@@ -489,7 +489,7 @@ int cmd_status(struct cmd_env *env, int argc, char **argv)
 	int r;
 
 	OWN_ARGS(argc, argv);
-	r = get_report(env, argc, argv, "usage: rsr status [--root DIR] [--json]", &json, NULL, &rep);
+	r = get_report(env, argc, argv, "rsr status [--root DIR] [--json]", &json, NULL, &rep);
 	if (r < 0) {
 		printf("Usage: rsr status [--root DIR] [--json]\n\n"
 		       "Shows the base OS, each installed and grafted cryptex (slot, version, root\n"
@@ -531,7 +531,7 @@ int cmd_restart_services(struct cmd_env *env, int argc, char **argv)
 	int r, ret = EXIT_OK;
 
 	OWN_ARGS(argc, argv);
-	r = get_report(env, argc, argv, "usage: rsr restart-services [--root DIR] [--dry-run]", NULL, &dry_run, &rep);
+	r = get_report(env, argc, argv, "rsr restart-services [--root DIR] [--dry-run]", NULL, &dry_run, &rep);
 	if (r < 0) {
 		printf("Usage: rsr restart-services [--root DIR] [--dry-run]\n\n"
 		       "Restarts, with 'systemctl try-restart', the systemd services whose processes\n"

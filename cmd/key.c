@@ -35,7 +35,7 @@ static int key_generate(struct cmd_env *env, int argc, char **argv)
 		}
 	}
 	if (!out || optind != argc)
-		return cmd_usage_error("usage: rsr key generate -o KEY");
+		return cmd_usage("rsr key generate -o KEY");
 	r = rsr_key_generate(env->ctx, out, &key);
 	if (r < 0)
 		return cmd_fail(env, r);
@@ -62,7 +62,7 @@ static int key_id(struct cmd_env *env, int argc, char **argv)
 		return EXIT_USAGE;
 	}
 	if (optind >= argc)
-		return cmd_usage_error("usage: rsr key id KEY...");
+		return cmd_usage("rsr key id KEY...");
 	for (int i = optind; i < argc; i++) {
 		struct rsr_key *key;
 		int r = rsr_key_load_public(env->ctx, argv[i], &key);

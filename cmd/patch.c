@@ -97,10 +97,10 @@ static int patch_create(struct cmd_env *env, int argc, char **argv)
 		return cmd_usage_error("rsr patch create: -o PATCH is required");
 	if (full) {
 		if (argc - optind != 1 || n_also || reverse)
-			return cmd_usage_error("usage: rsr patch create --full NEW -o PATCH");
+			return cmd_usage("rsr patch create --full NEW -o PATCH");
 	} else {
 		if (argc - optind != 2)
-			return cmd_usage_error("usage: rsr patch create OLD NEW -o PATCH [--also-from OLD2]...");
+			return cmd_usage("rsr patch create OLD NEW -o PATCH [--also-from OLD2]...");
 		olds[n_olds++] = argv[optind];
 		for (size_t i = 0; i < n_also; i++)
 			olds[n_olds++] = also[i];
@@ -148,7 +148,7 @@ static int patch_apply(struct cmd_env *env, int argc, char **argv)
 		}
 	}
 	if (!out || argc - optind < 1 || argc - optind > 2)
-		return cmd_usage_error("usage: rsr patch apply [OLD] PATCH -o OUT");
+		return cmd_usage("rsr patch apply [OLD] PATCH -o OUT");
 	cmd_progress_enable(env);
 	r = rsr_patch_apply(env->ctx, argc - optind == 2 ? argv[optind] : NULL, argv[argc - 1], out);
 	cmd_progress_done(env);
@@ -188,7 +188,7 @@ static int patch_info(struct cmd_env *env, int argc, char **argv)
 		return EXIT_USAGE;
 	}
 	if (argc - optind != 1)
-		return cmd_usage_error("usage: rsr patch info PATCH [--json]");
+		return cmd_usage("rsr patch info PATCH [--json]");
 	r = rsr_patch_open(env->ctx, argv[optind], &p);
 	if (r < 0)
 		return cmd_fail(env, r);
@@ -298,7 +298,7 @@ static int patch_digest(struct cmd_env *env, int argc, char **argv)
 		return EXIT_USAGE;
 	}
 	if (argc - optind < 1)
-		return cmd_usage_error("usage: rsr patch digest FILE... [--json]");
+		return cmd_usage("rsr patch digest FILE... [--json]");
 	if (json && !(root = json_object()))
 		return cmd_error("out of memory");
 	for (int i = optind; i < argc; i++) {

@@ -181,7 +181,7 @@ static int repo_init(struct cmd_env *env, int argc, char **argv)
 		}
 	}
 	if (r == EXIT_OK && optind + 1 != argc)
-		r = cmd_usage_error("usage: rsr repo init DIR --root-key KEY [...]");
+		r = cmd_usage("rsr repo init DIR --root-key KEY [...]");
 	if (r == EXIT_OK && io.n_root_keys == 0)
 		r = cmd_usage_error("rsr repo init needs --root-key");
 	if (r == EXIT_OK)
@@ -326,7 +326,7 @@ static int repo_verb(struct cmd_env *env, int argc, char **argv, enum verb_kind 
 				r = cmd_usage_error("--margin takes ROLE=DURATION (rsr repo refresh)");
 			break;
 		case 'h':
-			printf("%s\n\n%s", usage, help);
+			printf("Usage: %s\n\n%s", usage, help);
 			keys_free(&c.keys);
 			keys_free(&newk);
 			return EXIT_OK;
@@ -335,7 +335,7 @@ static int repo_verb(struct cmd_env *env, int argc, char **argv, enum verb_kind 
 		}
 	}
 	if (r == EXIT_OK && optind + n_args != argc)
-		r = cmd_usage_error("%s", usage);
+		r = cmd_usage(usage);
 	if (r == EXIT_OK && c.keys.n == 0)
 		r = cmd_usage_error("give the signing keys with --key KEY");
 	if (r == EXIT_OK && kind == V_ROTATE && (role < 0 || newk.n == 0))
@@ -432,7 +432,7 @@ static int repo_status(struct cmd_env *env, int argc, char **argv)
 			json = true;
 			break;
 		case 'h':
-			printf("usage: rsr repo status DIR [--json]\n\n"
+			printf("Usage: rsr repo status DIR [--json]\n\n"
 			       "Shows the version and expiry of each role's current metadata and every\n"
 			       "published response with its sequence, rollout percentage and whether it is\n"
 			       "withdrawn. Reads DIR only; signatures are not checked.\n");
@@ -442,7 +442,7 @@ static int repo_status(struct cmd_env *env, int argc, char **argv)
 		}
 	}
 	if (optind + 1 != argc)
-		return cmd_usage_error("usage: rsr repo status DIR [--json]");
+		return cmd_usage("rsr repo status DIR [--json]");
 	if (!sign_time(&so))
 		return cmd_usage_error("SOURCE_DATE_EPOCH is not a number of seconds");
 	if (rsr_repo_status_open(env->ctx, argv[optind], &st) < 0)
@@ -470,8 +470,7 @@ static int repo_status(struct cmd_env *env, int argc, char **argv)
 
 static int repo_add(struct cmd_env *env, int argc, char **argv)
 {
-	return repo_verb(env, argc, argv, V_ADD, 2,
-			 "usage: rsr repo add DIR RESPONSE_DIR --key KEY... [--rollout PERCENT]",
+	return repo_verb(env, argc, argv, V_ADD, 2, "rsr repo add DIR RESPONSE_DIR --key KEY... [--rollout PERCENT]",
 			 "Publishes a response: its manifest and patches become targets under\n"
 			 "BASE_BUILD/LETTER/ with custom metadata (base build, letter, sequence,\n"
 			 "advisories, patch sizes, rollout percentage), then signs new targets,\n"
@@ -480,21 +479,20 @@ static int repo_add(struct cmd_env *env, int argc, char **argv)
 
 static int repo_refresh(struct cmd_env *env, int argc, char **argv)
 {
-	return repo_verb(
-	    env, argc, argv, V_REFRESH, 1,
-	    "usage: rsr repo refresh DIR --key KEY... [--margin ROLE=DURATION...] [--expires ROLE=DURATION...]",
-	    "Renews every role whose metadata expires within its margin (defaults: root\n"
-	    "60d, targets 30d, snapshot 7d, timestamp 1d, so snapshot and timestamp at\n"
-	    "every run) and that the given keys sign; a role given --expires is renewed\n"
-	    "whatever its margin. A due role without its keys is left as it is, named\n"
-	    "with its expiry on stderr, and the exit status is 1. Run it from cron more\n"
-	    "often than the timestamp lifetime (one day by default). DURATION is seconds,\n"
-	    "or a number with s, m, h or d.\n");
+	return repo_verb(env, argc, argv, V_REFRESH, 1,
+			 "rsr repo refresh DIR --key KEY... [--margin ROLE=DURATION...] [--expires ROLE=DURATION...]",
+			 "Renews every role whose metadata expires within its margin (defaults: root\n"
+			 "60d, targets 30d, snapshot 7d, timestamp 1d, so snapshot and timestamp at\n"
+			 "every run) and that the given keys sign; a role given --expires is renewed\n"
+			 "whatever its margin. A due role without its keys is left as it is, named\n"
+			 "with its expiry on stderr, and the exit status is 1. Run it from cron more\n"
+			 "often than the timestamp lifetime (one day by default). DURATION is seconds,\n"
+			 "or a number with s, m, h or d.\n");
 }
 
 static int repo_withdraw(struct cmd_env *env, int argc, char **argv)
 {
-	return repo_verb(env, argc, argv, V_WITHDRAW, 3, "usage: rsr repo withdraw DIR BASE_BUILD LETTER --key KEY...",
+	return repo_verb(env, argc, argv, V_WITHDRAW, 3, "rsr repo withdraw DIR BASE_BUILD LETTER --key KEY...",
 			 "Marks a published response withdrawn. Devices stop installing it; devices\n"
 			 "on it move to a newer response, or back to the base when none is newer\n"
 			 "(their policy's 'withdrawn' setting).\n");
@@ -502,8 +500,7 @@ static int repo_withdraw(struct cmd_env *env, int argc, char **argv)
 
 static int repo_rollout(struct cmd_env *env, int argc, char **argv)
 {
-	return repo_verb(env, argc, argv, V_ROLLOUT, 4,
-			 "usage: rsr repo rollout DIR BASE_BUILD LETTER PERCENT --key KEY...",
+	return repo_verb(env, argc, argv, V_ROLLOUT, 4, "rsr repo rollout DIR BASE_BUILD LETTER PERCENT --key KEY...",
 			 "Changes the staged rollout percentage of a published response. A device takes\n"
 			 "it when its bucket (from a hash of its machine id and the response) is below.\n");
 }
@@ -511,7 +508,7 @@ static int repo_rollout(struct cmd_env *env, int argc, char **argv)
 static int repo_rotate(struct cmd_env *env, int argc, char **argv)
 {
 	return repo_verb(env, argc, argv, V_ROTATE, 1,
-			 "usage: rsr repo rotate-key DIR --role ROLE --new KEY... [--threshold N] --key KEY...",
+			 "rsr repo rotate-key DIR --role ROLE --new KEY... [--threshold N] --key KEY...",
 			 "Replaces the keys of ROLE: writes the next root version, signed by the current\n"
 			 "root keys (--key) and, for the root role, by the new keys (--new, private), then\n"
 			 "re-signs the metadata below with the new keys. Devices follow the rotation.\n");

@@ -128,8 +128,8 @@ static int response_create(struct cmd_env *env, int argc, char **argv)
 		}
 	}
 	if (optind != argc || !out || !o.base_build || !o.letter || !keypath || !o.n_slots || !o.advisories)
-		return cmd_usage_error("usage: rsr response create -o DIR --base-build BUILD --letter a --key KEY "
-				       "--slot NAME=BASE.cptx:NEW.cptx --advisories FILE");
+		return cmd_usage("rsr response create -o DIR --base-build BUILD --letter a --key KEY "
+				 "--slot NAME=BASE.cptx:NEW.cptx --advisories FILE");
 	if (!ts_set && sde && *sde) {
 		if (!cmd_parse_uint(sde, UINT64_C(1) << 53, &n))
 			return cmd_usage_error("SOURCE_DATE_EPOCH is not a number of seconds: %s", sde);
@@ -258,7 +258,7 @@ static int response_info(struct cmd_env *env, int argc, char **argv)
 		}
 	}
 	if (optind + 1 != argc)
-		return cmd_usage_error("usage: rsr response info DIR [--json]");
+		return cmd_usage("rsr response info DIR [--json]");
 	if ((r = open_with_keys(env, argv[optind], keys, nkeys, &resp)) != EXIT_OK)
 		return r;
 	if (json) {
@@ -328,7 +328,7 @@ static int response_notes(struct cmd_env *env, int argc, char **argv)
 		}
 	}
 	if (optind + 1 != argc)
-		return cmd_usage_error("usage: rsr response notes DIR [--os-name NAME]");
+		return cmd_usage("rsr response notes DIR [--os-name NAME]");
 	if ((r = open_with_keys(env, argv[optind], keys, nkeys, &resp)) != EXIT_OK)
 		return r;
 	r = rsr_response_notes(env->ctx, resp, os, &md);
@@ -473,8 +473,8 @@ static int device_verb(struct cmd_env *env, int argc, char **argv, bool install)
 		}
 	}
 	if (install ? optind + 1 != argc : optind != argc)
-		return cmd_usage_error(install ? "usage: rsr install DIR [--root DIR] [--no-graft]"
-					       : "usage: rsr remove [--root DIR] [--no-graft]");
+		return cmd_usage(install ? "rsr install DIR [--root DIR] [--no-graft]"
+					 : "rsr remove [--root DIR] [--no-graft]");
 	if (!install && !force && (r = cmd_policy_check_remove(env, root)) != EXIT_OK)
 		return r;
 	if (device_open(env, root, &dev) != EXIT_OK)

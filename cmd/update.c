@@ -355,8 +355,7 @@ static int update_verb(struct cmd_env *env, int argc, char **argv, bool install)
 		}
 	}
 	if (optind != argc)
-		return cmd_usage_error(install ? "usage: rsr update [--root DIR] [--auto]"
-					       : "usage: rsr check [--root DIR] [--json]");
+		return cmd_usage(install ? "rsr update [--root DIR] [--auto]" : "rsr check [--root DIR] [--json]");
 	/*
 	 * check changes nothing: it waits for an interrupted operation's recovery,
 	 * and fails at once when another check or update is running.

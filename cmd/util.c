@@ -73,6 +73,12 @@ int cmd_usage_error(const char *fmt, ...)
 	return EXIT_USAGE;
 }
 
+int cmd_usage(const char *synopsis)
+{
+	fprintf(stderr, "Usage: %s\n", synopsis);
+	return EXIT_USAGE;
+}
+
 int cmd_error(const char *fmt, ...)
 {
 	va_list ap;

@@ -195,6 +195,6 @@ assert_grep "dpkg-deb failed with exit status 2: .*junk.deb.* is not a Debian fo
 [ ! -e "$W/bad.cptx" ] || fail "an image was written"
 ok "refused: a file two packages ship, a package given twice, a file that is no package"
 expect 2 cryptex build -o "$W/bad.cptx" --name x --version 1 "${common[@]}"
-assert_grep "usage: rsr cryptex build \[SRC_DIR\] \[--deb PKG.deb...\]" "$T/err"
+assert_grep "^Usage: rsr cryptex build \[SRC_DIR\] \[--deb PKG.deb...\]" "$T/err"
 ok "neither a directory nor a package is a usage error"
 echo "1..$TESTS_RUN"
