@@ -15,7 +15,7 @@
 struct progress {
 	bool shown;
 	int last_permille;
-	char what[64];
+	char what[256]; /* the label shown; a longer one is compared by its start */
 	struct timespec last;
 };
 
@@ -133,20 +133,22 @@ static int progress_cb(void *userdata, const char *what, uint64_t done, uint64_t
 	struct timespec now;
 	int permille = total ? (int)(done * 1000 / total) : 1000;
 	char a[32], b[32];
-	int width = 30, fill;
+	int width = 16, fill;
+	bool same = strncmp(p->what, what, sizeof(p->what) - 1) == 0;
 
 	clock_gettime(CLOCK_MONOTONIC, &now);
 	/* Redraw at most 10 times a second, and always for a new phase or the end. */
-	if (strcmp(p->what, what) == 0 && permille != 1000 &&
+	if (same && permille != 1000 &&
 	    (now.tv_sec - p->last.tv_sec) * 1000000000L + (now.tv_nsec - p->last.tv_nsec) < 100000000L)
 		return 0;
-	if (strcmp(p->what, what) != 0 && p->shown)
+	if (!same && p->shown)
 		fputc('\n', stderr);
 	snprintf(p->what, sizeof(p->what), "%s", what);
 	p->last = now;
 	p->last_permille = permille;
 	fill = permille * width / 1000;
-	fprintf(stderr, "\r%-24.24s [", what);
+	/* 40 columns for the label (the operation and a file name), 16 for the bar. */
+	fprintf(stderr, "\r%-40.40s [", what);
 	for (int i = 0; i < width; i++)
 		fputc(i < fill ? '#' : '.', stderr);
 	fprintf(stderr, "] %3d%%  %s / %s\033[K", permille / 10, cmd_bytes(done, a), cmd_bytes(total, b));

@@ -190,6 +190,14 @@ int rsr_progress(struct rsr_ctx *ctx, const char *what, uint64_t done, uint64_t 
 	return 0;
 }
 
+const char *rsr_progress_label(char *buf, size_t size, const char *op, const char *path)
+{
+	const char *slash = strrchr(path, '/'), *name = slash ? slash + 1 : path;
+
+	snprintf(buf, size, "%s%s%s", op, *name ? " " : "", name);
+	return buf;
+}
+
 struct pfor {
 	pthread_mutex_t lock;
 	size_t next, n;

@@ -20,6 +20,8 @@
 #include "rsr/common.h"
 
 #define RSR_ERRMSG_MAX 1024
+/* Room for a progress label (rsr_progress_label()). */
+#define RSR_PROGRESS_LABEL_MAX 128
 
 struct rsr_ctx {
 	rsr_log_fn log_fn;
@@ -75,6 +77,12 @@ void rsr_log(struct rsr_ctx *ctx, enum rsr_log_level level, const char *fmt, ...
 
 /* Calls the progress callback if any; returns RSR_E_CANCELED when asked to stop. */
 int rsr_progress(struct rsr_ctx *ctx, const char *what, uint64_t done, uint64_t total);
+/*
+ * Writes the progress label "OP NAME" into buf, NAME the last component of
+ * `path`: a label names the operation and the file as its user knows it,
+ * never a directory inside a device root or a /proc/self/fd path. Returns buf.
+ */
+const char *rsr_progress_label(char *buf, size_t size, const char *op, const char *path);
 
 /* Number of worker threads to use for `items` independent pieces of work. */
 unsigned rsr_threads_for(const struct rsr_ctx *ctx, uint64_t items);
@@ -294,7 +302,19 @@ int rsr_json_check_counts(struct rsr_ctx *ctx, const char *buf, size_t len, size
 void rsr_json_set(bool *ok, json_t *object, const char *key, json_t *value);
 void rsr_json_push(bool *ok, json_t *array, json_t *value);
 
-/* SHA-256 of `len` bytes of fd from `off`, with progress reported as `what`. */
+/*
+ * SHA-256 of `len` bytes of fd from `off`; `what` names the file in messages,
+ * and its last component in the progress label "hashing NAME".
+ */
 int rsr_sha256_fd(struct rsr_ctx *ctx, int fd, uint64_t off, uint64_t len, const char *what, uint8_t out[32]);
+
+struct rsr_cryptex;
+/*
+ * rsr_cryptex_verify_blocks() of a cryptex opened by another path than the
+ * one its user gave (graft opens "/proc/self/fd/N", to attach the file it
+ * verified): the progress label is "verifying" and the last component of
+ * `name`; messages still name the path it was opened by.
+ */
+int rsr_image_cryptex_verify_blocks_as(struct rsr_ctx *ctx, struct rsr_cryptex *cx, const char *name);
 
 #endif

@@ -31,6 +31,7 @@ int rsr_sha256_fd(struct rsr_ctx *ctx, int fd, uint64_t off, uint64_t len, const
 	const size_t bufsz = 1u << 20;
 	_cleanup_free_ uint8_t *buf = rsr_alloc_large(bufsz);
 	EVP_MD_CTX *md = EVP_MD_CTX_new();
+	char label[RSR_PROGRESS_LABEL_MAX];
 	uint64_t done = 0;
 	unsigned int n = 32;
 	int r = 0;
@@ -60,7 +61,7 @@ int rsr_sha256_fd(struct rsr_ctx *ctx, int fd, uint64_t off, uint64_t len, const
 			goto out;
 		}
 		done += chunk;
-		r = rsr_progress(ctx, what, done, len);
+		r = rsr_progress(ctx, rsr_progress_label(label, sizeof(label), "hashing", what), done, len);
 		if (r < 0)
 			goto out;
 	}

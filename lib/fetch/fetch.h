@@ -67,7 +67,8 @@ int http_get_mem_cond(struct rsr_ctx *ctx, struct http *h, const char *rel, uint
  * Downloads MIRROR/rel into fd until it holds exactly `length` bytes,
  * resuming from what fd holds already (HTTP Range) and again after a
  * dropped connection, mirrors in turn. A server that sends more than
- * `length` is cut off (RSR_E_LIMIT). Reports progress as `what`.
+ * `length` is cut off (RSR_E_LIMIT). Reports progress as "downloading NAME",
+ * NAME the last component of `what`, which names the file in messages.
  */
 int http_get_file(struct rsr_ctx *ctx, struct http *h, const char *rel, int fd, uint64_t length, const char *what);
 

@@ -126,7 +126,7 @@ struct sink {
 	uint64_t deadline_ms; /* of this file on this mirror, CLOCK_MONOTONIC */
 	bool over;
 	int err;
-	const char *what;
+	const char *what; /* the progress label */
 	/* conditional GET: the entity tag sent, and the one the answer carries */
 	const char *if_none_match;
 	char etag[HTTP_ETAG_MAX];
@@ -475,10 +475,12 @@ int http_get_mem(struct rsr_ctx *ctx, struct http *h, const char *rel, uint64_t 
 
 int http_get_file(struct rsr_ctx *ctx, struct http *h, const char *rel, int fd, uint64_t length, const char *what)
 {
+	char label[RSR_PROGRESS_LABEL_MAX];
 	int r = -EIO;
 
 	if (h->n_mirrors == 0)
 		return rsr_error(ctx, -EINVAL, "no repository mirror is configured (mirror = URL in rsr.conf)");
+	rsr_progress_label(label, sizeof(label), "downloading", what);
 	for (size_t i = 0; i < h->n_mirrors; i++) {
 		size_t m = (h->preferred + i) % h->n_mirrors;
 		/* One deadline for the file on this mirror, over every resumed attempt. */
@@ -486,7 +488,7 @@ int http_get_file(struct rsr_ctx *ctx, struct http *h, const char *rel, int fd, 
 		for (int attempt = 0; attempt < FILE_ATTEMPTS; attempt++) {
 			struct stat st;
 			struct sink s = {
-			    .ctx = ctx, .h = h, .fd = fd, .max = length, .deadline_ms = deadline, .what = what};
+			    .ctx = ctx, .h = h, .fd = fd, .max = length, .deadline_ms = deadline, .what = label};
 
 			if (fstat(fd, &st) < 0)
 				return rsr_error_errno(ctx, -errno, "%s", what);

@@ -695,7 +695,7 @@ static int check_image(struct rsr_ctx *ctx, struct rsr_graft *g, const char *pat
 			goto fail;
 		}
 	}
-	r = rsr_cryptex_verify_blocks(ctx, cx);
+	r = rsr_image_cryptex_verify_blocks_as(ctx, cx, path);
 	if (r < 0) {
 		r = name_file(ctx, r, fdpath, path, "refused", NULL);
 		goto fail;

@@ -1293,12 +1293,17 @@ static int check_signature(struct rsr_ctx *ctx, struct rsr_cryptex *cx, const st
 	return 0;
 }
 
-int rsr_cryptex_verify_blocks(struct rsr_ctx *ctx, struct rsr_cryptex *cx)
+int rsr_image_cryptex_verify_blocks_as(struct rsr_ctx *ctx, struct rsr_cryptex *cx, const char *name)
 {
 	if (cx->fd < 0)
 		return rsr_error(ctx, -EBADF, "%s: not opened from a file", cx->path);
 	return rsr_verity_verify(ctx, cx->fd, cx->image_offset, cx->data_blocks, cx->tree_offset, cx->salt,
-				 cx->salt_len, cx->root_hash, cx->path);
+				 cx->salt_len, cx->root_hash, cx->path, name);
+}
+
+int rsr_cryptex_verify_blocks(struct rsr_ctx *ctx, struct rsr_cryptex *cx)
+{
+	return rsr_image_cryptex_verify_blocks_as(ctx, cx, cx->path);
 }
 
 int rsr_cryptex_verify(struct rsr_ctx *ctx, struct rsr_cryptex *cx, const struct rsr_keyring *trusted)

@@ -86,7 +86,8 @@ struct pass {
 	bool verify;
 	const uint8_t *salt;
 	size_t salt_len;
-	const char *what;
+	const char *what;  /* names the file in messages */
+	const char *label; /* of the progress */
 	struct hasher *hashers;
 	uint8_t **bufs;
 	struct rsr_view view;
@@ -163,7 +164,7 @@ static int pass_item(void *arg, size_t index, unsigned worker)
 	pthread_mutex_lock(&p->lock);
 	p->done += n;
 	p->in_place += in_place;
-	r = p->err ? 0 : rsr_progress(p->ctx, p->what, p->done * RSR_VERITY_BLOCK, p->data_blocks * RSR_VERITY_BLOCK);
+	r = p->err ? 0 : rsr_progress(p->ctx, p->label, p->done * RSR_VERITY_BLOCK, p->data_blocks * RSR_VERITY_BLOCK);
 	if (r < 0)
 		p->err = r;
 	pthread_mutex_unlock(&p->lock);
@@ -253,7 +254,8 @@ int rsr_verity_build(struct rsr_ctx *ctx, int fd, uint64_t data_off, uint64_t da
 			 .data_blocks = data_blocks,
 			 .salt = salt,
 			 .salt_len = salt_len,
-			 .what = "hashing"};
+			 .what = "hashing",
+			 .label = "hashing"};
 	struct hasher h = {0};
 	_cleanup_free_ uint8_t *tree = NULL;
 	int r;
@@ -299,8 +301,9 @@ out:
 }
 
 int rsr_verity_verify(struct rsr_ctx *ctx, int fd, uint64_t data_off, uint64_t data_blocks, uint64_t tree_off,
-		      const uint8_t *salt, size_t salt_len, const uint8_t root[32], const char *what)
+		      const uint8_t *salt, size_t salt_len, const uint8_t root[32], const char *what, const char *name)
 {
+	char label[RSR_PROGRESS_LABEL_MAX];
 	struct rsr_verity_layout l;
 	struct pass p = {.ctx = ctx,
 			 .fd = fd,
@@ -309,7 +312,8 @@ int rsr_verity_verify(struct rsr_ctx *ctx, int fd, uint64_t data_off, uint64_t d
 			 .salt = salt,
 			 .salt_len = salt_len,
 			 .verify = true,
-			 .what = what};
+			 .what = what,
+			 .label = rsr_progress_label(label, sizeof(label), "verifying", name)};
 	struct hasher h = {0};
 	_cleanup_free_ uint8_t *tree = NULL;
 	uint8_t digest[32];

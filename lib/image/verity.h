@@ -39,9 +39,10 @@ int rsr_verity_build(struct rsr_ctx *ctx, int fd, uint64_t data_off, uint64_t da
 /*
  * Checks the stored tree at tree_off against `root`, top level first, then
  * every data block against the tree. RSR_E_DIGEST with a message naming the
- * first bad block; `what` names the file in messages.
+ * first bad block; `what` names the file in messages, and the last
+ * component of `name` in the progress label "verifying NAME".
  */
 int rsr_verity_verify(struct rsr_ctx *ctx, int fd, uint64_t data_off, uint64_t data_blocks, uint64_t tree_off,
-		      const uint8_t *salt, size_t salt_len, const uint8_t root[32], const char *what);
+		      const uint8_t *salt, size_t salt_len, const uint8_t root[32], const char *what, const char *name);
 
 #endif

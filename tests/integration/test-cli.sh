@@ -2,7 +2,8 @@
 # The rsr command's own messages and output (issue 19): -j/--threads takes 1
 # to 256 on every verb that has it and refuses anything else as a usage error
 # that says which --help to read; "Usage:" is spelled one way, in --help and
-# in usage errors.
+# in usage errors; a progress bar is labelled with the operation and the
+# file's name, never a path inside a device root or /proc/self/fd.
 . "$(dirname "$0")/libtest.sh"
 
 # The global option and each verb's own: 0, negative, not a number, too large.
@@ -66,4 +67,46 @@ assert_grep "^Usage: rsr " "$T/err"
 expect 2 patch
 assert_grep "^Usage: rsr patch VERB" "$T/err"
 ok "a command line of the wrong shape prints the same 'Usage: rsr ...' line as --help, then which --help to read"
+
+# What follows works on responses made of the corpus' images.
+if [ ! -d "$RSR_CORPUS/debs" ]; then
+	echo "ok $((TESTS_RUN + 1)) # SKIP progress labels: corpus not found at $RSR_CORPUS"
+	echo "1..$((TESTS_RUN + 1))"
+	exit 0
+fi
+. "$(dirname "$0")/libresponse.sh"
+. "$(dirname "$0")/librepo.sh"
+vendor_setup
+
+# on_tty ARGS...: runs rsr ARGS with a terminal on stderr, which shows the
+# progress bar, expecting exit status 0; the labels it drew in $T/labels.
+on_tty() {
+	script -qec "$(printf '%q ' "$RSR" "$@")" /dev/null >"$T/tty" </dev/null ||
+		fail "rsr $* on a terminal: exit $?: $(tr '\r' '\n' <"$T/tty")"
+	tr '\r' '\n' <"$T/tty" | sed -n 's/^\(.*[^ ]\) *\[[#.]*\] .*/\1/p' | sort -u >"$T/labels"
+	[ -s "$T/labels" ] || fail "rsr $* on a terminal drew no progress bar: $(cat "$T/tty")"
+	assert_no_grep "/" "$T/labels"
+}
+cd "$T" || fail "cannot enter $T"
+D=dev
+device_root "$D"
+on_tty graft --root "$D" --add "$V/ssl-a.cptx" --no-mount
+assert_grep "^verifying ssl-a.cptx$" "$T/labels"
+on_tty cryptex verify "$V/ssl-b.cptx" --pubkey "$V/key.pub"
+assert_grep "^verifying ssl-b.cptx$" "$T/labels"
+device_root "$D"
+on_tty install "$V/a" --root "$D" --no-graft
+assert_grep "^applying patch$" "$T/labels"
+assert_grep "^hashing libssl3-x86_64.forward.rsrp$" "$T/labels"
+assert_grep "^verifying libssl3.cptx$" "$T/labels"
+ok "progress labels name the operation and the file: graft (which verifies through /proc/self/fd), verify, install"
+
+repo_setup
+nginx_start "$R"
+repo_device "$D"
+on_tty update --root "$D" --no-graft
+assert_grep "^downloading response.json$" "$T/labels"
+assert_grep "^downloading libssl3-x86_64.forward.rsrp$" "$T/labels"
+assert_grep "^verifying libssl3.cptx$" "$T/labels"
+ok "update's progress labels name the downloads and images, not the device's download directory"
 echo "1..$TESTS_RUN"

@@ -33,6 +33,20 @@ static void test_error_message(void **state)
 	rsr_ctx_free(ctx);
 }
 
+/* A progress label is the operation and the last component of the path, never a directory. */
+static void test_progress_label(void **state)
+{
+	char buf[24];
+
+	(void)state;
+	assert_string_equal(rsr_progress_label(buf, sizeof(buf), "hashing", "dev/var/lib/rsr/tuf/d/x.rsrp"),
+			    "hashing x.rsrp");
+	assert_string_equal(rsr_progress_label(buf, sizeof(buf), "verifying", "a.cptx"), "verifying a.cptx");
+	assert_string_equal(rsr_progress_label(buf, sizeof(buf), "hashing", "dir/"), "hashing");
+	assert_string_equal(rsr_progress_label(buf, sizeof(buf), "downloading", "/a-rather-long-file-name.rsrp"),
+			    "downloading a-rather-lo");
+}
+
 static void test_hex(void **state)
 {
 	uint8_t in[4] = {0x00, 0xab, 0x7f, 0xff}, out[4];
@@ -222,9 +236,10 @@ static void test_parallel(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_strerror), cmocka_unit_test(test_error_message), cmocka_unit_test(test_hex),
-	    cmocka_unit_test(test_atomic),   cmocka_unit_test(test_parallel),	   cmocka_unit_test(test_mkdir_p),
-	    cmocka_unit_test(test_lock),
+	    cmocka_unit_test(test_strerror), cmocka_unit_test(test_error_message),
+	    cmocka_unit_test(test_hex),	     cmocka_unit_test(test_progress_label),
+	    cmocka_unit_test(test_atomic),   cmocka_unit_test(test_parallel),
+	    cmocka_unit_test(test_mkdir_p),  cmocka_unit_test(test_lock),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

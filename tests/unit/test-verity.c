@@ -125,42 +125,42 @@ static void test_detects_damage(void **state)
 	assert_int_equal(rsr_verity_layout(blocks, &l), 0);
 	assert_int_equal(rsr_pwrite_all(fd, tree, l.tree_blocks * 4096, tree_off), 0);
 	free(tree);
-	assert_int_equal(rsr_verity_verify(ctx, fd, 0, blocks, tree_off, salt, 32, root, "t"), 0);
+	assert_int_equal(rsr_verity_verify(ctx, fd, 0, blocks, tree_off, salt, 32, root, "t", "t"), 0);
 
 	/* A data block: named by its index. */
 	flip(fd, 12345 * 4096 + 7);
-	assert_int_equal(rsr_verity_verify(ctx, fd, 0, blocks, tree_off, salt, 32, root, "t"), RSR_E_DIGEST);
+	assert_int_equal(rsr_verity_verify(ctx, fd, 0, blocks, tree_off, salt, 32, root, "t", "t"), RSR_E_DIGEST);
 	assert_non_null(strstr(rsr_ctx_error(ctx), "data block 12345 of 16385"));
 	flip(fd, 12345 * 4096 + 7);
 
 	/* A leaf hash block. */
 	flip(fd, tree_off + l.level_offset[0] * 4096 + 5 * 4096 + 3);
-	assert_int_equal(rsr_verity_verify(ctx, fd, 0, blocks, tree_off, salt, 32, root, "t"), RSR_E_DIGEST);
+	assert_int_equal(rsr_verity_verify(ctx, fd, 0, blocks, tree_off, salt, 32, root, "t", "t"), RSR_E_DIGEST);
 	assert_non_null(strstr(rsr_ctx_error(ctx), "level 0 block 5"));
 	flip(fd, tree_off + l.level_offset[0] * 4096 + 5 * 4096 + 3);
 
 	/* Padding after the last leaf hash. */
 	flip(fd, tree_off + (l.level_offset[0] + l.level_blocks[0]) * 4096 - 1);
-	assert_int_equal(rsr_verity_verify(ctx, fd, 0, blocks, tree_off, salt, 32, root, "t"), RSR_E_DIGEST);
+	assert_int_equal(rsr_verity_verify(ctx, fd, 0, blocks, tree_off, salt, 32, root, "t", "t"), RSR_E_DIGEST);
 	flip(fd, tree_off + (l.level_offset[0] + l.level_blocks[0]) * 4096 - 1);
 
 	/* The top block. */
 	flip(fd, tree_off + 1);
-	assert_int_equal(rsr_verity_verify(ctx, fd, 0, blocks, tree_off, salt, 32, root, "t"), RSR_E_DIGEST);
+	assert_int_equal(rsr_verity_verify(ctx, fd, 0, blocks, tree_off, salt, 32, root, "t", "t"), RSR_E_DIGEST);
 	assert_non_null(strstr(rsr_ctx_error(ctx), "signed root hash"));
 	flip(fd, tree_off + 1);
 
 	/* Another salt or root. */
 	root[0] ^= 1;
-	assert_int_equal(rsr_verity_verify(ctx, fd, 0, blocks, tree_off, salt, 32, root, "t"), RSR_E_DIGEST);
+	assert_int_equal(rsr_verity_verify(ctx, fd, 0, blocks, tree_off, salt, 32, root, "t", "t"), RSR_E_DIGEST);
 	root[0] ^= 1;
-	assert_int_equal(rsr_verity_verify(ctx, fd, 0, blocks, tree_off, salt, 31, root, "t"), RSR_E_DIGEST);
+	assert_int_equal(rsr_verity_verify(ctx, fd, 0, blocks, tree_off, salt, 31, root, "t", "t"), RSR_E_DIGEST);
 
 	/* A truncated tree. */
 	assert_int_equal(ftruncate(fd, (off_t)(tree_off + 4096)), 0);
-	assert_int_equal(rsr_verity_verify(ctx, fd, 0, blocks, tree_off, salt, 32, root, "t"), RSR_E_FORMAT);
+	assert_int_equal(rsr_verity_verify(ctx, fd, 0, blocks, tree_off, salt, 32, root, "t", "t"), RSR_E_FORMAT);
 
-	assert_int_equal(rsr_verity_verify(ctx, fd, 0, blocks, tree_off, salt, 32, root, "t") < 0, 1);
+	assert_int_equal(rsr_verity_verify(ctx, fd, 0, blocks, tree_off, salt, 32, root, "t", "t") < 0, 1);
 	close(fd);
 	unlink(path);
 	rsr_ctx_free(ctx);
@@ -275,7 +275,7 @@ static void in_place_case(uint64_t data_off, bool expect_in_place)
 	free(tree);
 
 	in_place = -1;
-	assert_int_equal(rsr_verity_verify(ctx, fd, data_off, blocks, tree_off, salt, 32, root, "t"), 0);
+	assert_int_equal(rsr_verity_verify(ctx, fd, data_off, blocks, tree_off, salt, 32, root, "t", "t"), 0);
 	assert_true(expect_in_place ? in_place > 0 : in_place == 0);
 	/* Damage in the first window (shared with whatever precedes the data) and in a later one. */
 	const uint64_t bad[] = {3, 12345};
@@ -284,13 +284,13 @@ static void in_place_case(uint64_t data_off, bool expect_in_place)
 
 		flip(fd, data_off + bad[k] * 4096 + 7);
 		in_place = -1;
-		assert_int_equal(rsr_verity_verify(ctx, fd, data_off, blocks, tree_off, salt, 32, root, "t"),
+		assert_int_equal(rsr_verity_verify(ctx, fd, data_off, blocks, tree_off, salt, 32, root, "t", "t"),
 				 RSR_E_DIGEST);
 		snprintf(want, sizeof(want), "data block %llu of 16385", (unsigned long long)bad[k]);
 		assert_non_null(strstr(rsr_ctx_error(ctx), want));
 		flip(fd, data_off + bad[k] * 4096 + 7);
 	}
-	assert_int_equal(rsr_verity_verify(ctx, fd, data_off, blocks, tree_off, salt, 32, root, "t"), 0);
+	assert_int_equal(rsr_verity_verify(ctx, fd, data_off, blocks, tree_off, salt, 32, root, "t", "t"), 0);
 	close(fd);
 	unlink(path);
 	rsr_ctx_free(ctx);
