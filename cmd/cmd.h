@@ -29,6 +29,11 @@ struct cmd_env {
 	int verbose;
 	struct progress *progress;
 	bool usage_hinted; /* a usage error already said where the help is */
+	bool json;	   /* the verb was given --json: a failure is also an error object on stdout */
+	/* The first failure cmd_fail() or cmd_error() reported, for that object. */
+	bool failed;
+	int fail_code;
+	char fail_message[1024];
 };
 
 struct verb {
@@ -40,7 +45,10 @@ struct verb {
 /* Runs argv[0] as a verb of `group`, or prints the group's help. */
 int cmd_dispatch(struct cmd_env *env, const char *group, const struct verb *verbs, int argc, char **argv);
 
-/* Prints "rsr: <message of the last failure>" to stderr and returns EXIT_FAIL. */
+/*
+ * Prints "rsr: <message of the last failure>" to stderr and returns EXIT_FAIL;
+ * `r` is the code the failing call returned.
+ */
 int cmd_fail(struct cmd_env *env, int r);
 /* Prints "rsr: <formatted message>" to stderr and returns EXIT_USAGE. */
 int cmd_usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -49,12 +57,21 @@ int cmd_usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
  * returns EXIT_USAGE: a command line of the wrong shape.
  */
 int cmd_usage(const char *synopsis);
-/* Prints "rsr: <formatted message>" to stderr and returns EXIT_FAIL. */
-int cmd_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/*
+ * Prints "rsr: <formatted message>" to stderr and returns EXIT_FAIL: a failure
+ * of the command itself, with `code` (-errno or an RSR_E_* code) for --json.
+ */
+int cmd_error(struct cmd_env *env, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 /* Prints a JSON value (NULL: out of memory) to stdout, indented, with a newline; takes
  * ownership. Returns EXIT_OK, or EXIT_FAIL after an error message. */
-int cmd_print_json(json_t *v);
+int cmd_print_json(struct cmd_env *env, json_t *v);
+/*
+ * After a verb given --json failed: prints its first failure on stdout as
+ * {"error": {"code": C, "name": N, "message": M}} (rsr(1) documents it), so
+ * that stdout holds one JSON document whether the verb succeeds or fails.
+ */
+void cmd_print_json_error(struct cmd_env *env);
 /*
  * json_object_set_new() and json_array_append_new() that clear *ok when they
  * fail (a NULL value too), so that a document short of a member is never

@@ -2,6 +2,7 @@
 /*
  * rsr cryptex: build, verify and inspect cryptex images.
  */
+#include <errno.h>
 #include <getopt.h>
 #include <stdlib.h>
 #include <string.h>
@@ -129,7 +130,7 @@ static int load_keyring(struct cmd_env *env, char **files, size_t n, struct rsr_
 	int r;
 
 	if (rsr_keyring_new(&ring) < 0)
-		return cmd_error("out of memory");
+		return cmd_error(env, -ENOMEM, "out of memory");
 	for (size_t i = 0; i < n; i++) {
 		r = rsr_keyring_add_file(env->ctx, ring, files[i]);
 		if (r < 0) {
@@ -314,7 +315,7 @@ static int cryptex_info(struct cmd_env *env, int argc, char **argv)
 	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
 		switch (c) {
 		case 'J':
-			json = true;
+			json = env->json = true;
 			break;
 		case 'h':
 			printf("Usage: rsr cryptex info FILE.cptx... [--json]\n\n"
@@ -329,7 +330,7 @@ static int cryptex_info(struct cmd_env *env, int argc, char **argv)
 	if (optind >= argc)
 		return cmd_usage("rsr cryptex info FILE.cptx [--json]");
 	if (json && argc - optind > 1 && !(all = json_array()))
-		return cmd_error("out of memory");
+		return cmd_error(env, -ENOMEM, "out of memory");
 	for (int i = optind; i < argc; i++) {
 		struct rsr_cryptex *cx;
 		int r = rsr_cryptex_open(env->ctx, argv[i], &cx);
@@ -340,20 +341,23 @@ static int cryptex_info(struct cmd_env *env, int argc, char **argv)
 		}
 		if (all) {
 			if (json_array_append_new(all, info_json(cx)) < 0) {
-				ret = cmd_error("%s: out of memory", argv[i]);
+				ret = cmd_error(env, -ENOMEM, "%s: out of memory", argv[i]);
 				oom = true;
 			}
 		} else if (json) {
-			if (cmd_print_json(info_json(cx)) != EXIT_OK)
+			if (cmd_print_json(env, info_json(cx)) != EXIT_OK)
 				ret = EXIT_FAIL;
 		} else
 			info_text(cx), fputs(i + 1 < argc ? "\n" : "", stdout);
 		rsr_cryptex_free(cx);
 	}
-	/* A list with an entry lost to memory would read as complete: print none. */
-	if (all && !oom && cmd_print_json(all) != EXIT_OK)
+	/*
+	 * A list short of an entry, lost to memory or to a file that failed,
+	 * would read as complete: print none (the failure is the error object).
+	 */
+	if (all && !oom && ret == EXIT_OK && cmd_print_json(env, all) != EXIT_OK)
 		ret = EXIT_FAIL;
-	else if (all && oom)
+	else if (all && (oom || ret != EXIT_OK))
 		json_decref(all);
 	return ret;
 }

@@ -458,7 +458,7 @@ static int get_report(struct cmd_env *env, int argc, char **argv, const char *us
 		case 'J':
 			if (!json)
 				return cmd_usage(usage);
-			*json = true;
+			*json = env->json = true;
 			break;
 		case 'N':
 			if (!dry_run)
@@ -503,16 +503,18 @@ int cmd_status(struct cmd_env *env, int argc, char **argv)
 	{
 		struct rsr_device *dev = NULL;
 		struct rsr_device_state *st = NULL;
+		int e;
 
-		if (rsr_device_open(env->ctx, rep->root, &dev) < 0 || rsr_device_get_state(env->ctx, dev, &st) < 0) {
-			r = cmd_fail(env, -1);
+		if ((e = rsr_device_open(env->ctx, rep->root, &dev)) < 0 ||
+		    (e = rsr_device_get_state(env->ctx, dev, &st)) < 0) {
+			r = cmd_fail(env, e);
 		} else if (json) {
 			json_t *o = report_json(rep);
 			if (o && json_object_set_new(o, "response", cmd_response_state_json(st)) < 0) {
 				json_decref(o);
 				o = NULL;
 			}
-			r = cmd_print_json(o) != EXIT_OK ? EXIT_FAIL : EXIT_OK;
+			r = cmd_print_json(env, o) != EXIT_OK ? EXIT_FAIL : EXIT_OK;
 		} else {
 			cmd_print_response_state(st);
 			print_report(rep);

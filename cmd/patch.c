@@ -2,6 +2,7 @@
 /*
  * rsr patch: make, apply and inspect image patches.
  */
+#include <errno.h>
 #include <getopt.h>
 #include <stdlib.h>
 #include <string.h>
@@ -176,7 +177,7 @@ static int patch_info(struct cmd_env *env, int argc, char **argv)
 
 	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
 		if (c == 'J') {
-			json = true;
+			json = env->json = true;
 			continue;
 		}
 		if (c == 'h') {
@@ -203,7 +204,7 @@ static int patch_info(struct cmd_env *env, int argc, char **argv)
 			rsr_patch_free(p);
 			json_decref(root);
 			json_decref(inputs);
-			return cmd_error("out of memory");
+			return cmd_error(env, -ENOMEM, "out of memory");
 		}
 		cmd_json_set(&jok, root, "full_replacement", json_boolean(rsr_patch_input_count(p) == 0));
 	} else {
@@ -269,9 +270,9 @@ static int patch_info(struct cmd_env *env, int argc, char **argv)
 		cmd_json_set(&jok, root, "inputs", inputs);
 		if (!jok) {
 			json_decref(root);
-			return cmd_error("out of memory");
+			return cmd_error(env, -ENOMEM, "out of memory");
 		}
-		return cmd_print_json(root) != EXIT_OK ? EXIT_FAIL : EXIT_OK;
+		return cmd_print_json(env, root) != EXIT_OK ? EXIT_FAIL : EXIT_OK;
 	}
 	return ret;
 }
@@ -285,7 +286,7 @@ static int patch_digest(struct cmd_env *env, int argc, char **argv)
 
 	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
 		if (c == 'J') {
-			json = true;
+			json = env->json = true;
 			continue;
 		}
 		if (c == 'h') {
@@ -300,7 +301,7 @@ static int patch_digest(struct cmd_env *env, int argc, char **argv)
 	if (argc - optind < 1)
 		return cmd_usage("rsr patch digest FILE... [--json]");
 	if (json && !(root = json_object()))
-		return cmd_error("out of memory");
+		return cmd_error(env, -ENOMEM, "out of memory");
 	for (int i = optind; i < argc; i++) {
 		uint8_t d[32];
 		char h[65];
@@ -314,12 +315,12 @@ static int patch_digest(struct cmd_env *env, int argc, char **argv)
 		if (json) {
 			if (json_object_set_new(root, argv[i], json_string(h)) < 0) {
 				json_decref(root);
-				return cmd_error("out of memory");
+				return cmd_error(env, -ENOMEM, "out of memory");
 			}
 		} else
 			printf("%s  %s\n", h, argv[i]);
 	}
-	return json ? cmd_print_json(root) : EXIT_OK;
+	return json ? cmd_print_json(env, root) : EXIT_OK;
 }
 
 int cmd_patch(struct cmd_env *env, int argc, char **argv)

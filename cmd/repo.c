@@ -32,11 +32,13 @@ static void keys_free(struct keys *ks)
 static int key_add(struct cmd_env *env, struct keys *ks, const char *path, bool public_ok, struct rsr_key **ret)
 {
 	struct rsr_key *k = NULL;
+	int r;
 
 	if (ks->n >= MAX_KEYS)
 		return cmd_usage_error("at most %d keys", MAX_KEYS);
-	if (rsr_key_load_private(env->ctx, path, &k) < 0 && (!public_ok || rsr_key_load_public(env->ctx, path, &k) < 0))
-		return cmd_fail(env, -1);
+	if ((r = rsr_key_load_private(env->ctx, path, &k)) < 0 &&
+	    (!public_ok || (r = rsr_key_load_public(env->ctx, path, &k)) < 0))
+		return cmd_fail(env, r);
 	ks->k[ks->n++] = k;
 	if (ret)
 		*ret = k;
@@ -188,8 +190,9 @@ static int repo_init(struct cmd_env *env, int argc, char **argv)
 		r = finish_common(&c);
 	if (r == EXIT_OK) {
 		io.root_keys = roots;
-		if (rsr_repo_init(env->ctx, argv[optind], &io, &c.so) < 0)
-			r = cmd_fail(env, -1);
+		int e = rsr_repo_init(env->ctx, argv[optind], &io, &c.so);
+		if (e < 0)
+			r = cmd_fail(env, e);
 		else if (!env->quiet)
 			printf("Repository made in %s; devices trust %s/metadata/1.root.json.\n", argv[optind],
 			       argv[optind]);
@@ -244,9 +247,10 @@ static void print_roles(const struct rsr_repo_status *st, int64_t now, unsigned 
 static int print_refreshed(struct cmd_env *env, const char *dir, int64_t now, unsigned renewed, unsigned missed)
 {
 	struct rsr_repo_status *st;
+	int r = rsr_repo_status_open(env->ctx, dir, &st);
 
-	if (rsr_repo_status_open(env->ctx, dir, &st) < 0)
-		return cmd_fail(env, -1);
+	if (r < 0)
+		return cmd_fail(env, r);
 	print_roles(st, now, renewed, missed);
 	rsr_repo_status_free(st);
 	return EXIT_OK;
@@ -429,7 +433,7 @@ static int repo_status(struct cmd_env *env, int argc, char **argv)
 	while ((ch = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
 		switch (ch) {
 		case 'J':
-			json = true;
+			json = env->json = true;
 			break;
 		case 'h':
 			printf("Usage: rsr repo status DIR [--json]\n\n"
@@ -445,10 +449,10 @@ static int repo_status(struct cmd_env *env, int argc, char **argv)
 		return cmd_usage("rsr repo status DIR [--json]");
 	if (!sign_time(&so))
 		return cmd_usage_error("SOURCE_DATE_EPOCH is not a number of seconds");
-	if (rsr_repo_status_open(env->ctx, argv[optind], &st) < 0)
-		return cmd_fail(env, -1);
+	if ((r = rsr_repo_status_open(env->ctx, argv[optind], &st)) < 0)
+		return cmd_fail(env, r);
 	if (json) {
-		r = cmd_print_json(status_json(st, (int64_t)so.now));
+		r = cmd_print_json(env, status_json(st, (int64_t)so.now));
 		rsr_repo_status_free(st);
 		return r;
 	}

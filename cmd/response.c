@@ -3,6 +3,7 @@
  * rsr response (create, info, notes) for the vendor, and rsr install /
  * rsr remove for the device; also the response part of rsr status.
  */
+#include <errno.h>
 #include <getopt.h>
 #include <stdlib.h>
 #include <string.h>
@@ -211,7 +212,7 @@ static int open_with_keys(struct cmd_env *env, const char *dir, char **keys, siz
 
 	if (nkeys) {
 		if (rsr_keyring_new(&ring) < 0)
-			return cmd_error("out of memory");
+			return cmd_error(env, -ENOMEM, "out of memory");
 		for (size_t i = 0; i < nkeys; i++)
 			if ((r = rsr_keyring_add_file(env->ctx, ring, keys[i])) < 0) {
 				rsr_keyring_free(ring);
@@ -240,7 +241,7 @@ static int response_info(struct cmd_env *env, int argc, char **argv)
 	while ((c = getopt_long(argc, argv, "p:h", opts, NULL)) != -1) {
 		switch (c) {
 		case 'J':
-			json = true;
+			json = env->json = true;
 			break;
 		case 'p':
 			if (nkeys >= 16)
@@ -262,7 +263,7 @@ static int response_info(struct cmd_env *env, int argc, char **argv)
 	if ((r = open_with_keys(env, argv[optind], keys, nkeys, &resp)) != EXIT_OK)
 		return r;
 	if (json) {
-		if (cmd_print_json(response_json(resp)) != EXIT_OK)
+		if (cmd_print_json(env, response_json(resp)) != EXIT_OK)
 			r = EXIT_FAIL;
 	} else {
 		char a[32], b[32], s[32];

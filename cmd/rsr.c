@@ -3,6 +3,7 @@
  * rsr: Rapid Security Responses for Linux. Entry point: global options,
  * the library context, and dispatch to the verb groups.
  */
+#include <errno.h>
 #include <getopt.h>
 #include <stdlib.h>
 #include <string.h>
@@ -108,7 +109,7 @@ int main(int argc, char **argv)
 		return EXIT_USAGE;
 	}
 	if (rsr_ctx_new(&env.ctx) < 0)
-		return cmd_error("out of memory");
+		return cmd_error(&env, -ENOMEM, "out of memory");
 	rsr_ctx_set_threads(env.ctx, env.threads);
 	rsr_ctx_set_log(env.ctx, log_cb, &env);
 	rsr_ctx_set_log_level(env.ctx, env.quiet ? RSR_LOG_WARNING : env.verbose ? RSR_LOG_DEBUG : RSR_LOG_NOTICE);
@@ -126,6 +127,8 @@ int main(int argc, char **argv)
 			r = g->run(&env, argc - sub, argv + sub);
 			if (r == EXIT_USAGE && !env.usage_hinted)
 				fprintf(stderr, "rsr: see 'rsr %s --help'\n", g->name);
+			if (r == EXIT_FAIL && env.json)
+				cmd_print_json_error(&env);
 			break;
 		}
 	}
@@ -138,6 +141,6 @@ int main(int argc, char **argv)
 	cmd_progress_done(&env);
 	rsr_ctx_free(env.ctx);
 	if (fflush(stdout) != 0 && r == EXIT_OK)
-		r = cmd_error("cannot write to standard output");
+		r = cmd_error(&env, -EIO, "cannot write to standard output");
 	return r;
 }

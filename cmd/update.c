@@ -75,16 +75,15 @@ static int policy_load(struct cmd_env *env, struct client *c)
 
 	rsr_update_policy_init(&c->policy);
 	if (!path)
-		return cmd_error("out of memory");
+		return cmd_error(env, -ENOMEM, "out of memory");
 	r = read_small(path, 64 * 1024, &buf, &len);
 	if (r < 0) {
-		cmd_error("%s: %s", path, strerror(-r));
+		cmd_error(env, r, "%s: %s", path, strerror(-r));
 		free(path);
 		return EXIT_FAIL;
 	}
-	r = EXIT_OK;
-	if (buf && rsr_update_policy_parse(env->ctx, buf, len, path, &c->policy) < 0)
-		r = cmd_fail(env, -1);
+	r = buf ? rsr_update_policy_parse(env->ctx, buf, len, path, &c->policy) : 0;
+	r = r < 0 ? cmd_fail(env, r) : EXIT_OK;
 	free(buf);
 	free(path);
 	return r;
@@ -96,7 +95,8 @@ int cmd_policy_check_remove(struct cmd_env *env, const char *root)
 	int r = policy_load(env, &c);
 
 	if (r == EXIT_OK && !c.policy.allow_remove)
-		r = cmd_error("the policy (%s%s) does not allow removing responses (allow_remove = no); --force "
+		r = cmd_error(env, RSR_E_STATE,
+			      "the policy (%s%s) does not allow removing responses (allow_remove = no); --force "
 			      "overrides it",
 			      strcmp(root, "/") ? root : "", "/" RSR_UPDATE_POLICY_FILE);
 	rsr_update_policy_clear(&c.policy);
@@ -112,7 +112,7 @@ static int client_open(struct cmd_env *env, struct client *c)
 	if ((r = policy_load(env, c)) != EXIT_OK)
 		return r;
 	if (c->policy.n_mirrors == 0)
-		return cmd_error("no repository mirror configured: add 'mirror = URL' to %s",
+		return cmd_error(env, -EINVAL, "no repository mirror configured: add 'mirror = URL' to %s",
 				 c->config ? c->config : "etc/rsr/rsr.conf under the root");
 	/* The machine id decides staged rollouts; without one every rollout applies. */
 	path = under_root(c->root, "etc/machine-id");
@@ -133,8 +133,8 @@ static int client_open(struct cmd_env *env, struct client *c)
 					    .now = (int64_t)time(NULL),
 					    .ca_file = ca && *ca ? ca : NULL,
 					    .reinstall = c->reinstall};
-		if (rsr_update_open(env->ctx, &o, &c->u) < 0)
-			return cmd_fail(env, -1);
+		if ((r = rsr_update_open(env->ctx, &o, &c->u)) < 0)
+			return cmd_fail(env, r);
 	}
 	return EXIT_OK;
 }
@@ -311,7 +311,7 @@ static int update_verb(struct cmd_env *env, int argc, char **argv, bool install)
 		case 'J':
 			if (install)
 				return cmd_usage_error("--json is an option of rsr check");
-			json = true;
+			json = env->json = true;
 			break;
 		case 'R':
 			/* check --reinstall shows what update --reinstall would do. */
@@ -370,13 +370,13 @@ static int update_verb(struct cmd_env *env, int argc, char **argv, bool install)
 		client_close(&c);
 		return r;
 	}
-	if (rsr_update_refresh(env->ctx, c.u) < 0 || rsr_update_check(env->ctx, c.u, &o) < 0) {
-		r = cmd_fail(env, -1);
+	if ((r = rsr_update_refresh(env->ctx, c.u)) < 0 || (r = rsr_update_check(env->ctx, c.u, &o)) < 0) {
+		r = cmd_fail(env, r);
 		goto out;
 	}
 	if (!install) {
 		if (json)
-			r = cmd_print_json(offer_json(o)) != EXIT_OK ? EXIT_FAIL : EXIT_OK;
+			r = cmd_print_json(env, offer_json(o)) != EXIT_OK ? EXIT_FAIL : EXIT_OK;
 		else
 			offer_print(o);
 		goto out;
@@ -391,8 +391,8 @@ static int update_verb(struct cmd_env *env, int argc, char **argv, bool install)
 		goto out;
 	}
 	cmd_progress_enable(env);
-	if (rsr_update_apply(env->ctx, c.u, flags) < 0) {
-		r = cmd_fail(env, -1);
+	if ((r = rsr_update_apply(env->ctx, c.u, flags)) < 0) {
+		r = cmd_fail(env, r);
 		goto out;
 	}
 	cmd_progress_done(env);

@@ -54,10 +54,23 @@ int cmd_dispatch(struct cmd_env *env, const char *group, const struct verb *verb
 	return cmd_usage_error("'%s' is not a verb of 'rsr %s'; see 'rsr %s --help'", argv[0], group, group);
 }
 
+/* Keeps the first failure for cmd_print_json_error(). */
+static void record_failure(struct cmd_env *env, int code, const char *message)
+{
+	if (env->failed)
+		return;
+	env->failed = true;
+	env->fail_code = code;
+	snprintf(env->fail_message, sizeof(env->fail_message), "%s", message);
+}
+
 int cmd_fail(struct cmd_env *env, int r)
 {
+	const char *m = r == 0 ? "failed" : rsr_ctx_error(env->ctx);
+
 	cmd_progress_done(env);
-	fprintf(stderr, "rsr: %s\n", r == 0 ? "failed" : rsr_ctx_error(env->ctx));
+	fprintf(stderr, "rsr: %s\n", m);
+	record_failure(env, r, m);
 	return EXIT_FAIL;
 }
 
@@ -79,15 +92,16 @@ int cmd_usage(const char *synopsis)
 	return EXIT_USAGE;
 }
 
-int cmd_error(const char *fmt, ...)
+int cmd_error(struct cmd_env *env, int code, const char *fmt, ...)
 {
+	char m[sizeof(env->fail_message)];
 	va_list ap;
 
-	fputs("rsr: ", stderr);
 	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
+	vsnprintf(m, sizeof(m), fmt, ap);
 	va_end(ap);
-	fputc('\n', stderr);
+	fprintf(stderr, "rsr: %s\n", m);
+	record_failure(env, code, m);
 	return EXIT_FAIL;
 }
 
@@ -103,14 +117,14 @@ void cmd_json_push(bool *ok, json_t *array, json_t *value)
 		*ok = false;
 }
 
-int cmd_print_json(json_t *v)
+int cmd_print_json(struct cmd_env *env, json_t *v)
 {
 	char *s;
 	json_t *back;
 	int r = EXIT_OK;
 
 	if (!v)
-		return cmd_error("out of memory");
+		return cmd_error(env, -ENOMEM, "out of memory");
 	/*
 	 * Through a string that is parsed back: jansson 2.14 drops an object
 	 * key whose append fails and still succeeds (see lib/common/json.c).
@@ -118,13 +132,37 @@ int cmd_print_json(json_t *v)
 	s = json_dumps(v, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
 	back = s ? json_loads(s, JSON_DECODE_ANY, NULL) : NULL;
 	if (!back || !json_equal(v, back))
-		r = cmd_error("out of memory");
+		r = cmd_error(env, -ENOMEM, "out of memory");
 	else if (fputs(s, stdout) == EOF || fputc('\n', stdout) == EOF)
-		r = cmd_error("cannot write JSON output");
+		r = cmd_error(env, -EIO, "cannot write JSON output");
 	free(s);
 	json_decref(back);
 	json_decref(v);
 	return r;
+}
+
+/* The name of an error code in the error object: the RSR_E_* domain code in lower case, or the errno name. */
+static const char *error_name(int code)
+{
+	/* In the order of their values, from RSR_E_FORMAT (-1000) down. */
+	static const char *const domain[] = {"format", "signature", "digest",	"expired", "rollback", "key",
+					     "tool",   "canceled",  "mismatch", "state",   "limit",    "busy"};
+	_Static_assert(RSR_E_FORMAT - RSR_E_BUSY + 1 == sizeof(domain) / sizeof(domain[0]), "a name per RSR_E_ code");
+	const char *n;
+
+	if (code <= RSR_E_FORMAT && code > RSR_E_FORMAT - (int)(sizeof(domain) / sizeof(domain[0])))
+		return domain[RSR_E_FORMAT - code];
+	if (code < 0 && code > -4096 && (n = strerrorname_np(-code)))
+		return n;
+	return "unknown";
+}
+
+void cmd_print_json_error(struct cmd_env *env)
+{
+	if (!env->failed)
+		record_failure(env, 0, "failed");
+	cmd_print_json(env, json_pack("{s:{s:i, s:s, s:s}}", "error", "code", env->fail_code, "name",
+				      error_name(env->fail_code), "message", env->fail_message));
 }
 
 static int progress_cb(void *userdata, const char *what, uint64_t done, uint64_t total)

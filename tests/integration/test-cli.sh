@@ -3,7 +3,8 @@
 # to 256 on every verb that has it and refuses anything else as a usage error
 # that says which --help to read; "Usage:" is spelled one way, in --help and
 # in usage errors; a progress bar is labelled with the operation and the
-# file's name, never a path inside a device root or /proc/self/fd.
+# file's name, never a path inside a device root or /proc/self/fd; a verb
+# given --json that fails prints one JSON error object on stdout.
 . "$(dirname "$0")/libtest.sh"
 
 # The global option and each verb's own: 0, negative, not a number, too large.
@@ -68,6 +69,41 @@ expect 2 patch
 assert_grep "^Usage: rsr patch VERB" "$T/err"
 ok "a command line of the wrong shape prints the same 'Usage: rsr ...' line as --help, then which --help to read"
 
+# json_error NAME: $T/out, the stdout of a verb given --json that failed, is
+# one JSON document: the error object, named NAME, with stderr's message.
+json_error() {
+	python3 -c 'import json,sys; json.load(sys.stdin)' <"$T/out" || fail "stdout is not JSON: $(cat "$T/out")"
+	python3 - "$T/out" "$T/err" "$1" <<'PY' || fail "not the error object: $(cat "$T/out")"
+import json, sys
+out, err, name = sys.argv[1:]
+d = json.load(open(out))
+assert list(d) == ["error"], d
+e = d["error"]
+assert sorted(e) == ["code", "message", "name"], e
+assert e["name"] == name and isinstance(e["code"], int) and e["code"] < 0, e
+assert open(err).read().splitlines()[0] == "rsr: " + e["message"], e
+PY
+}
+# json_ok: $T/out is one JSON document and not an error object.
+json_ok() {
+	python3 -c 'import json,sys; d = json.load(sys.stdin); assert not (isinstance(d, dict) and "error" in d), d' \
+		<"$T/out" || fail "stdout is not the verb's JSON: $(cat "$T/out")"
+}
+expect 1 patch digest --json "$T/a" "$T/none"
+json_error ENOENT
+expect 0 patch digest --json "$T/a" "$T/b"
+json_ok
+expect 1 cryptex info --json "$T/a"
+json_error format
+expect 1 status --json --root "$T/none"
+json_error ENOENT
+mkdir "$T/empty"
+expect 1 repo status --json "$T/empty"
+json_error ENOENT
+expect 2 cryptex info --json
+[ ! -s "$T/out" ] || fail "a usage error printed on stdout: $(cat "$T/out")"
+ok "a verb given --json that fails prints one error object on stdout, its message the one on stderr"
+
 # What follows works on responses made of the corpus' images.
 if [ ! -d "$RSR_CORPUS/debs" ]; then
 	echo "ok $((TESTS_RUN + 1)) # SKIP progress labels: corpus not found at $RSR_CORPUS"
@@ -77,6 +113,14 @@ fi
 . "$(dirname "$0")/libresponse.sh"
 . "$(dirname "$0")/librepo.sh"
 vendor_setup
+
+expect 0 cryptex info --json "$V/ssl-a.cptx" "$V/ssl-b.cptx"
+json_ok
+expect 1 cryptex info --json "$V/ssl-a.cptx" "$T/none" "$V/ssl-b.cptx"
+json_error ENOENT
+expect 1 response info --json "$V/a" --pubkey "$V/other.pub"
+json_error signature
+ok "cryptex info --json of several files, one missing, prints only the error object; response info: a bad signature"
 
 # on_tty ARGS...: runs rsr ARGS with a terminal on stderr, which shows the
 # progress bar, expecting exit status 0; the labels it drew in $T/labels.
@@ -109,4 +153,18 @@ assert_grep "^downloading response.json$" "$T/labels"
 assert_grep "^downloading libssl3-x86_64.forward.rsrp$" "$T/labels"
 assert_grep "^verifying libssl3.cptx$" "$T/labels"
 ok "update's progress labels name the downloads and images, not the device's download directory"
+
+expect 0 check --json --root "$D"
+json_ok
+# Another check holds the repository client's lock: this shell, through fd 9.
+exec 9>>"$D/var/lib/rsr/tuf/lock"
+flock 9
+expect 1 check --json --root "$D"
+exec 9>&-
+json_error busy
+assert_grep '"code": -1011' "$T/out"
+nginx_stop
+expect 1 check --json --root "$D"
+python3 -c 'import json,sys; json.load(sys.stdin)["error"]["message"]' <"$T/out" || fail "check --json with no mirror"
+ok "check --json: the newest response as before; busy, and no mirror to reach, as error objects"
 echo "1..$TESTS_RUN"
