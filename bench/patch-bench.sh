@@ -3,7 +3,13 @@
 # zstd --patch-from -19 --long on the images of the corpus pairs: patch
 # sizes, create time and peak memory, apply throughput and memory.
 #
-# Usage: bench/patch-bench.sh [-r RSR] [-c CORPUS] [-w WORKDIR] [--no-peers] [PAIR...]
+# Usage: bench/patch-bench.sh [-r RSR] [-c CORPUS] [-w WORKDIR] [--no-peers] [--hdiff DIR] [PAIR...]
+# CORPUS is a directory laid out like ../shared/corpus (debs/, pairs.tsv,
+# unpack.sh, SHA256SUMS); with no PAIR, every pair of its pairs.tsv is run.
+# --hdiff DIR runs HDiffPatch's hdiffz and hpatchz from DIR as one more peer
+# (it is not packaged in Debian; see bench/RESULTS.md for how it was built).
+# "best" is the smallest peer patch measured (or, for the corpus pairs, the
+# smallest recorded in issue 3 when that is smaller).
 # Images are raw EROFS images made exactly like cryptex images
 # (mkfs.erofs --quiet -T0 --all-root -E noinline_data -U <uuid>); with
 # --cptx, `rsr cryptex build` images are used instead (needs a signing key).
@@ -16,6 +22,7 @@ RSR=${RSR:-$here/../build/cmd/rsr}
 CORPUS=$(cd "$here/../.." && pwd)/shared/corpus
 WORK=/dev/shm/rsr-bench
 PEERS=1
+HDIFF=
 CPTX=0
 THREADS=2
 while [ $# -gt 0 ]; do
@@ -26,10 +33,11 @@ while [ $# -gt 0 ]; do
 	-j) THREADS=$2; shift 2 ;;
 	--no-peers) PEERS=0; shift ;;
 	--cptx) CPTX=1; shift ;;
+	--hdiff) HDIFF=$2; shift 2 ;;
 	*) break ;;
 	esac
 done
-PAIRS=${*:-libssl3 libarchive13 libxml2 openssh-client systemd tzdata webkit2gtk}
+PAIRS=${*:-$(grep -v '^#' "$CORPUS/pairs.tsv" | cut -f1)}
 declare -A BEST=([libssl3]=480505 [libarchive13]=16091 [libxml2]=62677 [openssh-client]=85809
 	[systemd]=120852 [tzdata]=105822 [webkit2gtk]=15364)
 UUID=6a1c3f9e-3b0b-4d2e-9a51-2f7c1d9e8b01
@@ -72,9 +80,9 @@ image() { # pair version
 	echo "$img"
 }
 
-printf '| pair | image | rsr | best peer | rsr/best | bsdiff | xdelta3 | zstd | rsr create s | MiB | bsdiff create s | MiB | rsr apply s | GB/s | MiB | MiB beyond input |\n'
-printf '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n'
-tot=0 totbest=0
+printf '| pair | image | rsr | best peer | rsr/best | bsdiff | xdelta3 | zstd | hdiffz | rsr create s | MiB | bsdiff create s | MiB | hdiffz create s | MiB | rsr apply s | GB/s | MiB | MiB beyond input | hpatchz apply s |\n'
+printf '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n'
+tot=0 totbest=0 worst=0
 for p in $PAIRS; do
 	old=$(image "$p" old) new=$(image "$p" new)
 	size=$(stat -c %s "$new")
@@ -87,7 +95,18 @@ for p in $PAIRS; do
 	cmp -s "$WORK/$p.out" "$new" || { echo "$p: rsr output differs" >&2; exit 1; }
 	rm -f "$WORK/$p.out"
 	rs=$(stat -c %s "$WORK/$p.rsrp")
-	bs=- xs=- zs=- bt=- bkb=-
+	bs=- xs=- zs=- bt=- bkb=- hs=- ht=- hkb=- hat=-
+	best=${BEST[$p]:-0}
+	if [ -n "$HDIFF" ]; then
+		RUNS=1 measure "$HDIFF/hdiffz" -m-6 -SD -c-zstd-21-24 -p-2 -f "$old" "$new" "$WORK/$p.hdiff"
+		ht=$SECS hkb=$((KB / 1024)) hs=$(stat -c %s "$WORK/$p.hdiff")
+		pre="rm -f $WORK/$p.hout"
+		RUNS=1 measure "$HDIFF/hpatchz" -f "$old" "$WORK/$p.hdiff" "$WORK/$p.hout"
+		pre=true hat=$SECS
+		cmp -s "$WORK/$p.hout" "$new" || { echo "$p: hpatchz output differs" >&2; exit 1; }
+		rm -f "$WORK/$p.hout"
+		[ "$best" = 0 ] || [ "$hs" -lt "$best" ] && best=$hs
+	fi
 	if [ $PEERS = 1 ]; then
 		RUNS=1 measure bsdiff "$old" "$new" "$WORK/$p.bsdiff"
 		bt=$SECS bkb=$((KB / 1024)) bs=$(stat -c %s "$WORK/$p.bsdiff")
@@ -95,13 +114,19 @@ for p in $PAIRS; do
 		xs=$(stat -c %s "$WORK/$p.xd3")
 		zstd -q -f --patch-from="$old" -19 --long=31 "$new" -o "$WORK/$p.zst" 2>/dev/null
 		zs=$(stat -c %s "$WORK/$p.zst")
+		for x in $bs $xs $zs; do
+			[ "$best" = 0 ] || [ "$x" -lt "$best" ] && best=$x
+		done
 	fi
-	best=${BEST[$p]}
+	[ "$best" = 0 ] && best=$rs # no peer measured or recorded
 	tot=$((tot + rs)) totbest=$((totbest + best))
 	insize=$(stat -c %s "$old")
-	printf '| %s | %d | %d | %d | %.3f | %s | %s | %s | %.2f | %d | %s | %s | %.3f | %.2f | %d | %d |\n' \
-		"$p" "$size" "$rs" "$best" "$(echo "$rs / $best" | bc -l)" "$bs" "$xs" "$zs" "$cs" $((ckb / 1024)) \
-		"$bt" "$bkb" "$as" "$(echo "$size / $as / 1000000000" | bc -l)" $((akb / 1024)) \
-		$(((akb * 1024 - insize) / 1048576))
+	ratio=$(echo "$rs / $best" | bc -l)
+	[ "$(echo "$ratio > $worst" | bc)" = 1 ] && worst=$ratio
+	printf '| %s | %d | %d | %d | %.3f | %s | %s | %s | %s | %.2f | %d | %s | %s | %s | %s | %.3f | %.2f | %d | %d | %s |\n' \
+		"$p" "$size" "$rs" "$best" "$ratio" "$bs" "$xs" "$zs" "$hs" "$cs" $((ckb / 1024)) \
+		"$bt" "$bkb" "$ht" "$hkb" "$as" "$(echo "$size / $as / 1000000000" | bc -l)" $((akb / 1024)) \
+		$(((akb * 1024 - insize) / 1048576)) "$hat"
 done
-printf '| **total** | | %d | %d | %.3f | | | | | | | | | | | |\n' $tot $totbest "$(echo "$tot / $totbest" | bc -l)"
+printf '| **total** | | %d | %d | %.3f | | | | | | | | | | | | | | | |\n' $tot $totbest "$(echo "$tot / $totbest" | bc -l)"
+printf '\nThe largest pair ratio: %.3f\n' "$worst"

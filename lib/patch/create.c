@@ -39,6 +39,8 @@ struct image {
 	const uint8_t *p;
 	uint64_t size;
 	void *map;
+	int fd; /* kept open for private, writable mappings (projections) */
+	bool has_fd;
 	uint8_t digest[32]; /* piece digest */
 };
 
@@ -143,6 +145,9 @@ static int image_open(struct rsr_ctx *ctx, const char *path, struct image *img)
 		}
 		img->p = img->map;
 	}
+	img->fd = fd;
+	img->has_fd = true;
+	fd = -1;
 	return 0;
 }
 
@@ -151,6 +156,9 @@ static void image_close(struct image *img)
 	if (img->map)
 		munmap(img->map, (size_t)img->size);
 	img->map = NULL;
+	if (img->has_fd)
+		close(img->fd);
+	img->has_fd = false;
 }
 
 /* ---- deflate members ---- */
@@ -477,6 +485,11 @@ struct set {
 	struct matcher m;
 	uint8_t *r_buf;
 	uint64_t *rmap;
+	struct proj proj; /* the changed ELF files of old, projected towards the new image */
+	uint8_t *pimg;	  /* old as projected (where pmask says so); NULL without regions */
+	bool *pmask;	  /* per old block: projected in pimg (the others are as in old) */
+	struct buf *penc; /* per region: its OP_PROJECT description */
+	bool projected;	  /* a chunk announced one (set by the planning threads) */
 };
 
 /* Hashes of the new image's changed blocks, to find hash-tree entries (dm-verity style). */
@@ -499,6 +512,7 @@ struct job {
 	struct members *new_members;
 	struct set *sets;
 	size_t n_sets;
+	uint32_t version; /* of the patch: 3 when a chunk reads a projection */
 	uint64_t *bounds; /* n_chunks + 1 */
 	uint32_t n_chunks;
 	struct buf *frames;	 /* n_sets * n_chunks */
@@ -522,6 +536,47 @@ struct hslot {
 	int64_t off;
 };
 
+/*
+ * The projection of the set's old image: its changed ELF files with their
+ * addresses moved as the new image has them, and each region's description.
+ */
+static int project_old(struct set *s, const struct image *nw, const bool *used)
+{
+	const struct image *old = s->old;
+	int r = elf_plan(old->p, old->size, nw->p, nw->size, s->blk, used, &s->proj);
+	void *map;
+
+	if (r < 0 || !s->proj.n)
+		return r;
+	if (!old->has_fd || !old->size) {
+		proj_free(&s->proj); /* not from a file: no projection */
+		return 0;
+	}
+	/* A private mapping of the image: only the pages projected take memory. */
+	map = mmap(NULL, (size_t)old->size, PROT_READ | PROT_WRITE, MAP_PRIVATE, old->fd, 0);
+	if (map == MAP_FAILED)
+		return -ENOMEM;
+	s->pimg = map;
+	s->pmask = rsr_calloc_large(old->size / BLOCK + 1, sizeof(bool));
+	s->penc = calloc(s->proj.n, sizeof(*s->penc));
+	if (!s->pmask || !s->penc)
+		return -ENOMEM;
+	for (size_t i = 0; i < s->proj.n; i++) {
+		const struct proj_region *g = &s->proj.regions[i];
+		struct proj one = {.regions = s->proj.regions + i, .n = 1};
+		/* Blocks that are identical to new ones stay: copies read them as they are. */
+		for (uint64_t b0 = g->start / PROJ_BLOCK * PROJ_BLOCK; b0 < g->start + g->size; b0 += PROJ_BLOCK)
+			if (!used[b0 / BLOCK]) {
+				proj_block(&one, old->p, old->size, b0, s->pimg + b0);
+				s->pmask[b0 / BLOCK] = true;
+			}
+		proj_encode(&one, &s->penc[i]);
+		if (s->penc[i].oom)
+			return -ENOMEM;
+	}
+	return 0;
+}
+
 /* Matches identical blocks of the new image to blocks of the old one. */
 static int match_blocks(struct set *s, const struct image *nw)
 {
@@ -530,6 +585,8 @@ static int match_blocks(struct set *s, const struct image *nw)
 	struct hslot *tab;
 	bool *used;
 	uint64_t r_blocks = 0;
+	const uint8_t *src = old->p;
+	int r;
 
 	s->blk = rsr_alloc_large((nnb ? nnb : 1) * sizeof(int64_t));
 	if (!s->blk)
@@ -573,6 +630,14 @@ static int match_blocks(struct set *s, const struct image *nw)
 	}
 	free(tab);
 
+	r = project_old(s, nw, used);
+	if (r < 0) {
+		free(used);
+		return r;
+	}
+	if (s->pimg)
+		src = s->pimg; /* the matcher searches the projected image */
+
 	/* The old blocks nothing matched are where changed content comes from. */
 	for (uint64_t b = 0; b * BLOCK < old->size; b++)
 		if (!used[b])
@@ -583,14 +648,14 @@ static int match_blocks(struct set *s, const struct image *nw)
 		free(used);
 		return -ENOMEM;
 	}
-	s->m = (struct matcher){.old = old->p, .old_size = old->size, .r = s->r_buf, .rmap = s->rmap};
+	s->m = (struct matcher){.old = src, .old_size = old->size, .r = s->r_buf, .rmap = s->rmap};
 	for (uint64_t b = 0; b * BLOCK < old->size; b++) {
 		uint64_t n;
 		if (used[b])
 			continue;
 		n = RSR_MIN(BLOCK, old->size - b * BLOCK);
 		s->rmap[s->m.r_len / BLOCK] = b * BLOCK;
-		memcpy(s->r_buf + s->m.r_len, old->p + b * BLOCK, n);
+		memcpy(s->r_buf + s->m.r_len, src + b * BLOCK, n);
 		s->m.r_len += n;
 		if (n < BLOCK) /* only the last block can be partial */
 			break;
@@ -608,6 +673,13 @@ static void set_free(struct set *s)
 	free(s->m.bkt);
 	free(s->r_buf);
 	free(s->rmap);
+	for (size_t i = 0; s->penc && i < s->proj.n; i++)
+		buf_free(&s->penc[i]);
+	free(s->penc);
+	if (s->pimg)
+		munmap(s->pimg, (size_t)s->old->size);
+	proj_free(&s->proj);
+	free(s->pmask);
 }
 
 static bool is_hex(uint8_t c)
@@ -917,10 +989,39 @@ static void rle_finish(struct rle *e)
 	e->in_explicit = e->pending_zero = false;
 }
 
+/*
+ * Where an add reads: the input, or (with proj) the projected input of one
+ * region, which the chunk announces before its first projected operation.
+ * Only the operations whose bytes the projection changes read it.
+ */
+struct src {
+	const uint8_t *raw;
+	struct set *proj;    /* NULL: the input only */
+	size_t region, *cur; /* the region; the one the chunk announced last */
+};
+
+static uint8_t src_op(struct buf *ctrl, const struct src *sr, uint64_t o, uint64_t n, uint8_t op)
+{
+	struct set *s = sr->proj;
+
+	if (!s || memcmp(s->pimg + o, sr->raw + o, (size_t)n) == 0)
+		return op;
+	if (*sr->cur != sr->region) {
+		const struct buf *d = &s->penc[sr->region];
+		buf_byte(ctrl, OP_PROJECT);
+		buf_varint(ctrl, d->len);
+		buf_put(ctrl, d->p, d->len);
+		*sr->cur = sr->region;
+		__atomic_store_n(&s->projected, true, __ATOMIC_RELAXED);
+	}
+	return op == OP_COPY ? OP_PCOPY : OP_PADD;
+}
+
 /* Emits the operations of one record range [a, b) of the new image. */
-static void emit_add(struct buf *ctrl, struct rle *diff, const uint8_t *old, const uint8_t *nw, uint64_t a,
+static void emit_add(struct buf *ctrl, struct rle *diff, const struct src *sr, const uint8_t *nw, uint64_t a,
 		     uint64_t len, uint64_t o, int64_t *pos)
 {
+	const uint8_t *old = sr->proj ? sr->proj->pimg : sr->raw;
 	uint64_t i = 0;
 
 	while (i < len) {
@@ -942,7 +1043,7 @@ static void emit_add(struct buf *ctrl, struct rle *diff, const uint8_t *old, con
 			add_end = j + 1 - run;
 		}
 		if (add_end > i) {
-			buf_byte(ctrl, OP_ADD);
+			buf_byte(ctrl, src_op(ctrl, sr, o + i, add_end - i, OP_ADD));
 			buf_svarint(ctrl, (int64_t)(o + i) - *pos);
 			buf_varint(ctrl, add_end - i);
 			for (uint64_t k = i; k < add_end; k++)
@@ -954,7 +1055,7 @@ static void emit_add(struct buf *ctrl, struct rle *diff, const uint8_t *old, con
 			uint64_t e = i;
 			while (e < len && old[o + e] == nw[a + e])
 				e++;
-			buf_byte(ctrl, OP_COPY);
+			buf_byte(ctrl, src_op(ctrl, sr, o + i, e - i, OP_COPY));
 			buf_svarint(ctrl, (int64_t)(o + i) - *pos);
 			buf_varint(ctrl, e - i);
 			*pos = (int64_t)(o + e);
@@ -963,10 +1064,51 @@ static void emit_add(struct buf *ctrl, struct rle *diff, const uint8_t *old, con
 	}
 }
 
-/* Serializes the records clipped to [cs, ce); returns the input position after them. */
+/*
+ * An add of old [o, o + len) as nw [a, a + len): the parts inside a
+ * projection region read the projected input (announcing the region to the
+ * patcher when it changes), the others the input.
+ */
+static void emit_add_proj(struct buf *ctrl, struct rle *diff, struct set *s, const uint8_t *nw, uint64_t a,
+			  uint64_t len, uint64_t o, int64_t *pos, size_t *cur)
+{
+	while (len > 0) {
+		const struct proj_region *g = NULL;
+		uint64_t n = len;
+		size_t gi = 0;
+		for (; gi < s->proj.n; gi++) {
+			const struct proj_region *x = &s->proj.regions[gi];
+			if (x->start + x->size <= o)
+				continue;
+			if (x->start <= o) {
+				/* A run of blocks that pimg projects, or one of blocks it does not. */
+				uint64_t e = o / BLOCK * BLOCK + BLOCK;
+				bool on = s->pmask[o / BLOCK];
+				while (e < x->start + x->size && e < o + len && s->pmask[e / BLOCK] == on)
+					e += BLOCK;
+				g = on ? x : NULL;
+				n = RSR_MIN(len, RSR_MIN(x->start + x->size, e) - o);
+			} else {
+				n = RSR_MIN(len, x->start - o);
+			}
+			break;
+		}
+		struct src sr = {.raw = s->old->p, .proj = g ? s : NULL, .region = gi, .cur = cur};
+		emit_add(ctrl, diff, &sr, nw, a, n, o, pos);
+		a += n;
+		o += n;
+		len -= n;
+	}
+}
+
+/*
+ * Serializes the records clipped to [cs, ce); returns the input position
+ * after them. With a set that has a projection (s, and *cur the region the
+ * chunk announced last), adds read it; otherwise they read old.
+ */
 static int64_t emit_recs(const struct recs *rs, const uint8_t *old, const uint8_t *nw, uint64_t cs, uint64_t ce,
 			 int64_t pos, struct buf *ctrl, struct rle *diff, struct buf *lit, const struct tree *tree,
-			 bool *salt_sent)
+			 bool *salt_sent, struct set *s, size_t *cur)
 {
 	for (size_t i = 0; i < rs->n; i++) {
 		const struct rec *r = &rs->r[i];
@@ -982,7 +1124,10 @@ static int64_t emit_recs(const struct recs *rs, const uint8_t *old, const uint8_
 			pos = (int64_t)(o + (b - a));
 			break;
 		case REC_ADD:
-			emit_add(ctrl, diff, old, nw, a, b - a, o, &pos);
+			if (s && s->proj.n)
+				emit_add_proj(ctrl, diff, s, nw, a, b - a, o, &pos, cur);
+			else
+				emit_add(ctrl, diff, &(struct src){.raw = old}, nw, a, b - a, o, &pos);
 			break;
 		case REC_LIT:
 			buf_byte(ctrl, OP_LITERAL);
@@ -1016,6 +1161,7 @@ static int plan_chunk(struct job *j, struct set *s, uint64_t cs, uint64_t ce, st
 	size_t mi = 0;
 	uint64_t first_hash = 0;
 	bool salt_sent = false;
+	size_t cur_region = SIZE_MAX; /* the projection region announced in this chunk */
 
 	/* Deflate members that start in this chunk (chunks never cut one). */
 	while (x < ce) {
@@ -1062,7 +1208,7 @@ static int plan_chunk(struct job *j, struct set *s, uint64_t cs, uint64_t ce, st
 			}
 		}
 		pos = emit_recs(&rs, s->old ? s->old->p : NULL, nw->p, x, gap_end, pos, ctrl, diff, lit, &j->tree,
-				&salt_sent);
+				&salt_sent, s, &cur_region);
 		if (rs.oom) {
 			free(rs.r);
 			return -ENOMEM;
@@ -1088,7 +1234,7 @@ static int plan_chunk(struct job *j, struct set *s, uint64_t cs, uint64_t ce, st
 			buf_varint(ctrl, dm->len);
 			buf_varint(ctrl, dm->tokens.len);
 			emit_recs(&rs, ref->tokens.p, dm->tokens.p, 0, dm->tokens.len, 0, ctrl, diff, lit, &j->tree,
-				  &salt_sent);
+				  &salt_sent, NULL, NULL);
 			buf_byte(ctrl, OP_END);
 			free(tm.sa);
 			free(tm.bkt);
@@ -1208,7 +1354,8 @@ static int chunk_job(void *arg, size_t index, unsigned worker)
 	buf_free(payload);
 	/* Self-check: the chunk must give back exactly the new image's bytes. */
 	{
-		struct patch_chunk_view v = {.out_offset = j->bounds[c],
+		struct patch_chunk_view v = {.version = j->version,
+					     .out_offset = j->bounds[c],
 					     .out_size = (uint32_t)(j->bounds[c + 1] - j->bounds[c]),
 					     .comp_size = (uint32_t)n,
 					     .payload_size = j->payload_sizes[index]};
@@ -1286,7 +1433,7 @@ static int write_patch(struct rsr_ctx *ctx, struct job *j, const char *path)
 	int r;
 
 	memcpy(hdr.magic, PATCH_MAGIC, 8);
-	rsr_put_le32(hdr.version, PATCH_VERSION);
+	rsr_put_le32(hdr.version, j->version);
 	rsr_put_le32(hdr.header_size, sizeof(hdr));
 	rsr_put_le64(hdr.output_size, j->nw->size);
 	memcpy(hdr.output_digest, j->nw->digest, 32);
@@ -1417,6 +1564,7 @@ static int create_one(struct rsr_ctx *ctx, struct image *olds, size_t n_olds, st
 		r = rsr_error(ctx, r, "%s: out of memory while matching", nw->path);
 		goto out;
 	}
+	j.version = PATCH_VERSION_MIN;
 	handled = calloc(nm.n + 1, 1);
 	if (!handled) {
 		r = rsr_error(ctx, -ENOMEM, "out of memory");
@@ -1505,6 +1653,8 @@ static int create_one(struct rsr_ctx *ctx, struct image *olds, size_t n_olds, st
 		r = rsr_parallel_for(threads, j.n_sets * j.n_chunks, plan_job, &j);
 		for (size_t s = 0; s < j.n_sets; s++) {
 			struct image *old = j.sets[s].old;
+			if (j.sets[s].projected)
+				j.version = PATCH_VERSION; /* a chunk reads a projection */
 			set_free(&j.sets[s]);
 			j.sets[s] = (struct set){.old = old};
 		}

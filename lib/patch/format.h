@@ -13,7 +13,8 @@
 #include "rsr/patch.h"
 
 #define PATCH_MAGIC "RSRPATCH"
-#define PATCH_VERSION 2
+#define PATCH_VERSION 3	    /* with projections */
+#define PATCH_VERSION_MIN 2 /* version 2: without them (OP_PROJECT, OP_PCOPY, OP_PADD) */
 
 /* Limits every reader enforces; a patch beyond them is refused as RSR_E_LIMIT. */
 #define PATCH_MAX_INPUTS 16
@@ -91,9 +92,76 @@ enum {
 	OP_END = 4,	/* ends the operations of an OP_DEFLATE */
 	OP_HASH = 5,	/* varint src, varint count: SHA-256(salt || 4 KiB output block), deferred */
 	OP_SALT = 6,	/* varint len, bytes: the salt of the following OP_HASH */
+	OP_PROJECT = 7, /* varint len, bytes: the projection the following OP_PCOPY/OP_PADD read */
+	OP_PCOPY = 8,	/* as OP_COPY, from the projected input */
+	OP_PADD = 9,	/* as OP_ADD, from the projected input */
 };
 
 #define HASH_BLOCK 4096u
+
+/*
+ * Projections (project.c): regions of the input (ELF files) whose stored
+ * addresses are moved through a step map of old to new addresses.
+ */
+enum {
+	PK_CODE_X86_64 = 1, /* rel32 fields of x86-64 instructions */
+	PK_ABS64 = 2,	    /* 64-bit words that are addresses */
+	PK_RELA64 = 3,	    /* Elf64_Rela entries */
+	PK_SYM64 = 4,	    /* Elf64_Sym entries */
+	PK_EHHDR = 5,	    /* .eh_frame_hdr: section-relative 32-bit fields from offset 12 */
+	PK_EHFRAME = 6,	    /* .eh_frame: pc-relative pc_begin of each FDE */
+};
+#define PROJ_BLOCK 4096u
+struct buf;
+#define PROJ_MAX_REGIONS 256
+#define PROJ_MAX_RANGES 64
+#define PROJ_MAX_STEPS (1u << 20) /* in all regions of a projection */
+struct proj_range {
+	uint8_t kind;
+	uint64_t start, len; /* input offsets */
+	uint64_t vaddr;	     /* the address of start */
+};
+struct proj_step {
+	uint64_t vaddr; /* from this old address on ... */
+	int64_t delta;	/* ... new address = old address + delta */
+};
+struct proj_region {
+	uint64_t start, size; /* in the input */
+	uint64_t lo, hi;      /* the addresses references may point to */
+	struct proj_range *ranges;
+	size_t n_ranges;
+	struct proj_step *steps;
+	size_t n_steps;
+	bool mask; /* the differ's matching form: the fields become zero (never in a patch) */
+};
+struct proj {
+	struct proj_region *regions;
+	size_t n;
+	bool cache_valid; /* the last projected block, for proj_read() */
+	uint64_t cache_off;
+	uint8_t cache[PROJ_BLOCK];
+};
+/* Parses a projection over an input of in_size bytes into *out (replacing it). 0, -ENOMEM, or RSR_E_FORMAT with why. */
+int proj_parse(const uint8_t *p, size_t len, uint64_t in_size, struct proj *out, const char **why);
+void proj_encode(const struct proj *pj, struct buf *b);
+void proj_free(struct proj *pj);
+/* The projected bytes of the input block at b0 (PROJ_BLOCK-aligned; shorter at the end) into blk. */
+void proj_block(const struct proj *pj, const uint8_t *in, uint64_t in_size, uint64_t b0, uint8_t *blk);
+/*
+ * The differ's projection of old towards nw (elfmap.c): a region for each
+ * changed x86-64 ELF file it could pair; none is not an error. blk: per
+ * 4 KiB block of nw, the old offset of an identical block or -1; used: per
+ * old block, whether one is identical to a new block. Only the other blocks
+ * are searched. 0 or -ENOMEM.
+ */
+int elf_plan(const uint8_t *old, uint64_t old_size, const uint8_t *nw, uint64_t nw_size, const int64_t *blk,
+	     const bool *used, struct proj *out);
+/* The rel32 field of an x86-64 instruction candidate at p (ending by e), or 0. */
+uint64_t proj_code_field(const uint8_t *in, uint64_t p, uint64_t e);
+/* Whether input bytes [off, off + len) meet a region. */
+bool proj_touches(const struct proj *pj, uint64_t off, uint64_t len);
+/* The projected input [off, off + len) into out. */
+void proj_read(struct proj *pj, const uint8_t *in, uint64_t in_size, uint64_t off, uint64_t len, uint8_t *out);
 #define PATCH_MAX_SALT 256
 
 /*
@@ -104,6 +172,7 @@ typedef int (*patch_read_prior_fn)(void *arg, uint64_t off, void *buf, size_t le
 
 /* One chunk of one input set, with its table entries decoded. */
 struct patch_chunk_view {
+	uint32_t version; /* of the patch: which operations are allowed */
 	uint64_t out_offset;
 	uint32_t out_size;
 	uint64_t data_offset; /* absolute, in the patch buffer */

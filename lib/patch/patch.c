@@ -90,9 +90,10 @@ int rsr_patch_load(struct rsr_ctx *ctx, const void *buf, size_t len, struct rsr_
 		return format_error(ctx, "shorter than its header");
 	if (memcmp(h->magic, PATCH_MAGIC, 8) != 0)
 		return format_error(ctx, "bad magic");
-	if (rsr_get_le32(h->version) != PATCH_VERSION)
-		return rsr_error(ctx, RSR_E_FORMAT, "rsr patch format version %u is not supported (this is version %u)",
-				 rsr_get_le32(h->version), PATCH_VERSION);
+	if (rsr_get_le32(h->version) < PATCH_VERSION_MIN || rsr_get_le32(h->version) > PATCH_VERSION)
+		return rsr_error(ctx, RSR_E_FORMAT,
+				 "rsr patch format version %u is not supported (this reads versions %u to %u)",
+				 rsr_get_le32(h->version), PATCH_VERSION_MIN, PATCH_VERSION);
 	if (rsr_get_le32(h->header_size) != sizeof(*h))
 		return format_error(ctx, "bad header size");
 
@@ -110,7 +111,7 @@ int rsr_patch_load(struct rsr_ctx *ctx, const void *buf, size_t len, struct rsr_
 		return rsr_error(ctx, -ENOMEM, "out of memory");
 	p->buf = buf;
 	p->len = len;
-	p->version = PATCH_VERSION;
+	p->version = rsr_get_le32(h->version);
 	p->output_size = rsr_get_le64(h->output_size);
 	memcpy(p->output_digest, h->output_digest, 32);
 	p->n_inputs = rsr_get_le32(h->n_inputs);
@@ -268,6 +269,7 @@ void patch_chunk_get(const struct rsr_patch *p, uint32_t set, uint32_t chunk, st
 {
 	const struct patch_chunk *c = &p->chunks[(uint64_t)set * p->n_chunks + chunk];
 
+	v->version = p->version;
 	v->out_offset = rsr_get_le64(p->extents[chunk].out_offset);
 	v->out_size = rsr_get_le32(p->extents[chunk].out_size);
 	v->data_offset = p->data_start + rsr_get_le64(c->data_offset);
@@ -282,6 +284,7 @@ struct exec {
 	struct rsr_patch_stats *stats;
 	const char *why;
 	bool dry;	    /* only decode and check bounds: no input, no output */
+	bool projections;   /* version 3: OP_PROJECT, OP_PCOPY and OP_PADD are allowed */
 	uint64_t chunk_off; /* output offset of the chunk */
 	uint8_t salt[PATCH_MAX_SALT];
 	size_t salt_len;
@@ -291,6 +294,8 @@ struct exec {
 	void *fill_arg;
 	struct patch_range *ids;
 	size_t n_ids, cap_ids;
+	struct proj *proj; /* set by OP_PROJECT; NULL until then */
+	uint8_t *pbuf;	   /* PROJ_BLOCK bytes: projected input for OP_PADD */
 };
 
 /* Records an identity copy of n bytes at chunk offset o, merged with the one before if adjacent. */
@@ -453,8 +458,12 @@ static int run_ops(struct exec *e, const uint8_t *in, uint64_t in_size, int64_t 
 		switch (op) {
 		case OP_COPY:
 		case OP_ADD:
+		case OP_PCOPY:
+		case OP_PADD:
 			if (rd_svarint(&e->ctrl, &seek) < 0 || rd_varint(&e->ctrl, &n) < 0)
 				FAIL(e, "truncated operation");
+			if ((op == OP_PCOPY || op == OP_PADD) && (nested || !e->proj))
+				FAIL(e, "projected operation without a projection");
 			if ((seek > 0 && (uint64_t)seek > in_size) || (seek < 0 && seek < -(int64_t)in_size))
 				FAIL(e, "seek outside the input");
 			pos += seek;
@@ -463,11 +472,12 @@ static int run_ops(struct exec *e, const uint8_t *in, uint64_t in_size, int64_t 
 			if (n > out_size - o)
 				FAIL(e, "write past the end of the chunk");
 			if (e->dry) {
-				if (op == OP_ADD && add_diff(e, NULL, NULL, n) < 0)
+				bool copy = op == OP_COPY || op == OP_PCOPY;
+				if (!copy && add_diff(e, NULL, NULL, n) < 0)
 					return RSR_E_FORMAT;
 				if (e->stats) {
-					*(op == OP_COPY ? &e->stats->copy_ops : &e->stats->add_ops) += 1;
-					*(op == OP_COPY ? &e->stats->copy_bytes : &e->stats->add_bytes) += n;
+					*(copy ? &e->stats->copy_ops : &e->stats->add_ops) += 1;
+					*(copy ? &e->stats->copy_bytes : &e->stats->add_bytes) += n;
 				}
 			} else if (n == 0) {
 				/* nothing to move (and `in` may be NULL) */
@@ -479,6 +489,16 @@ static int run_ops(struct exec *e, const uint8_t *in, uint64_t in_size, int64_t 
 				if (e->stats) {
 					e->stats->copy_ops++;
 					e->stats->copy_bytes += n;
+				}
+			} else if (op == OP_PCOPY) {
+				proj_read(e->proj, in, in_size, (uint64_t)pos, n, out + o);
+			} else if (op == OP_PADD) {
+				for (uint64_t k = 0; k < n;) {
+					uint64_t m = RSR_MIN(n - k, PROJ_BLOCK);
+					proj_read(e->proj, in, in_size, (uint64_t)pos + k, m, e->pbuf);
+					if (add_diff(e, e->pbuf, out + o + k, m) < 0)
+						return RSR_E_FORMAT;
+					k += m;
 				}
 			} else {
 				if (add_diff(e, in + pos, out + o, n) < 0)
@@ -515,6 +535,24 @@ static int run_ops(struct exec *e, const uint8_t *in, uint64_t in_size, int64_t 
 			if (r < 0)
 				return r;
 			o += n;
+			break;
+		}
+		case OP_PROJECT: {
+			int r;
+			if (!e->projections)
+				FAIL(e, "unknown operation");
+			if (nested || rd_varint(&e->ctrl, &n) < 0 || n > e->ctrl.len - e->ctrl.pos)
+				FAIL(e, "bad projection operation");
+			if (!e->proj) {
+				e->proj = calloc(1, sizeof(*e->proj));
+				e->pbuf = malloc(PROJ_BLOCK);
+				if (!e->proj || !e->pbuf)
+					return -ENOMEM;
+			}
+			r = proj_parse(e->ctrl.p + e->ctrl.pos, (size_t)n, in_size, e->proj, &e->why);
+			if (r < 0)
+				return r;
+			e->ctrl.pos += (size_t)n;
 			break;
 		}
 		case OP_SALT:
@@ -658,7 +696,11 @@ static int run_frame(const uint8_t *frame, const struct patch_chunk_view *vp, co
 		     patch_fill_fn fill, void *fill_arg, const char **why)
 {
 	struct patch_chunk_view v = *vp;
-	struct exec e = {.stats = stats, .dry = out == NULL, .fill = out ? fill : NULL, .fill_arg = fill_arg};
+	struct exec e = {.stats = stats,
+			 .dry = out == NULL,
+			 .projections = v.version >= 3,
+			 .fill = out ? fill : NULL,
+			 .fill_arg = fill_arg};
 	struct rd hdr;
 	uint64_t lens[4], rest;
 	unsigned long long fsz;
@@ -717,6 +759,10 @@ static int run_frame(const uint8_t *frame, const struct patch_chunk_view *vp, co
 		r = run_hashes(&e, out, read_prior, read_arg);
 	free(e.defs);
 	free(e.ids);
+	if (e.proj)
+		proj_free(e.proj);
+	free(e.proj);
+	free(e.pbuf);
 	if (r == RSR_E_FORMAT)
 		*why = e.why;
 	free(payload);

@@ -2,8 +2,8 @@
 /*
  * Unit tests of image patches: the checked-in vectors, round trips of
  * generated images, two-input and full-replacement patches, every kind of
- * corruption (which must fail cleanly and leave no file), cancellation, and
- * the bit-exact deflate re-encoder.
+ * corruption (which must fail cleanly and leave no file), cancellation,
+ * the bit-exact deflate re-encoder, and projections (format version 3).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -21,6 +21,7 @@
 #include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
+#include <zstd.h>
 
 #include "internal.h"
 #include "../../lib/patch/format.h"
@@ -151,6 +152,304 @@ static void test_stats(void **state)
 	assert_int_equal(st.copy_bytes + st.add_bytes + st.literal_bytes + st.deflate_bytes + st.hash_bytes, 40960);
 	assert_int_equal(rsr_patch_stats(ctx, p, 1, &st), -EINVAL);
 	rsr_patch_free(p);
+	rsr_ctx_free(ctx);
+}
+
+/* ---- projections (format version 3) ---- */
+
+/*
+ * Every rule of docs/formats/patch.md "Projections", with the expected bytes
+ * worked out by hand: an input of two blocks holding one field of each kind
+ * (and fields that must stay), one region, three steps.
+ */
+#define PV 0x400000u /* the address of input offset 0 */
+static void put_rel(uint8_t *in, uint8_t *want, uint64_t q, int64_t old_rel, int64_t new_rel)
+{
+	rsr_put_le32(in + q, (uint32_t)(int32_t)old_rel);
+	rsr_put_le32(want + q, (uint32_t)(int32_t)new_rel);
+}
+static void put_abs(uint8_t *in, uint8_t *want, uint64_t q, uint64_t old_v, uint64_t new_v)
+{
+	rsr_put_le64(in + q, old_v);
+	rsr_put_le64(want + q, new_v);
+}
+
+static void proj_fixture(uint8_t *in, uint8_t *want, struct proj *pj)
+{
+	static struct proj_range ranges[] = {
+	    {PK_CODE_X86_64, 0x000, 0x800, PV + 0x000}, {PK_ABS64, 0x800, 0x20, PV + 0x800},
+	    {PK_RELA64, 0x820, 0x30, PV + 0x820},	{PK_SYM64, 0x850, 0x18, PV + 0x850},
+	    {PK_EHHDR, 0x880, 0x14, PV + 0x880},	{PK_EHFRAME, 0x8a0, 0x20, PV + 0x8a0},
+	    {PK_CODE_X86_64, 0xff8, 0x18, PV + 0xff8},
+	};
+	/* d(a) = 0 below PV + 0x400, 16 up to PV + 0x1000, -32 from there */
+	static struct proj_step steps[] = {{PV, 0}, {PV + 0x400, 16}, {PV + 0x1000, -32}};
+	static struct proj_region g = {.start = 0, .size = 8192, .lo = PV, .hi = PV + 0x2000};
+
+	memset(in, 0, 8192);
+	/* call (E8) forward over a step: +16 */
+	in[0x100] = 0xe8;
+	put_rel(in, want, 0x101, 0x500 - 0x105, 0x500 - 0x105 + 16);
+	/* lea rax, [rip + x] (48 8D 05) back to unshifted data: -16 */
+	memcpy(in + 0x600, "\x48\x8d\x05", 3);
+	put_rel(in, want, 0x603, 0x200 - 0x607, 0x200 - 0x607 - 16);
+	/* jmp (E9) outside the region: stays */
+	in[0x700] = 0xe9;
+	put_rel(in, want, 0x701, 0x100000 - 0x705, 0x100000 - 0x705);
+	/* je (0F 84) into the -32 part: -48 */
+	memcpy(in + 0x780, "\x0f\x84", 2);
+	put_rel(in, want, 0x782, 0x1100 - 0x786, 0x1100 - 0x786 - 48);
+	/* 64-bit addresses: two in the region, one not an address, one at the region's end */
+	put_abs(in, want, 0x800, PV + 0x450, PV + 0x460);
+	put_abs(in, want, 0x808, 0x12, 0x12);
+	put_abs(in, want, 0x810, PV + 0x1800, PV + 0x17e0);
+	put_abs(in, want, 0x818, PV + 0x2000, PV + 0x2000);
+	/* Rela: RELATIVE (both words move), then GLOB_DAT (its addend stays) */
+	put_abs(in, want, 0x820, PV + 0x810, PV + 0x820);
+	rsr_put_le32(in + 0x828, 8);
+	put_abs(in, want, 0x830, PV + 0x700, PV + 0x710);
+	put_abs(in, want, 0x838, PV + 0x300, PV + 0x300);
+	rsr_put_le32(in + 0x840, 6);
+	put_abs(in, want, 0x848, PV + 0x700, PV + 0x700);
+	/* Elf64_Sym st_value */
+	put_abs(in, want, 0x858, PV + 0x900, PV + 0x910);
+	/* .eh_frame_hdr fields relative to the section (whose own shift is 16) */
+	put_rel(in, want, 0x88c, 0x100 - 0x880, 0x100 - 0x880 - 16);
+	put_rel(in, want, 0x890, 0x1200 - 0x880, 0x1200 - 0x880 - 48);
+	/* .eh_frame: a CIE (id 0, stays), an FDE whose pc_begin moves, the terminator */
+	rsr_put_le32(in + 0x8a0, 8);
+	rsr_put_le32(in + 0x8a8, 0x100 - 0x8a8); /* inside the CIE: not a pc_begin */
+	rsr_put_le32(in + 0x8ac, 12);
+	rsr_put_le32(in + 0x8b0, 0x10);
+	put_rel(in, want, 0x8b4, 0x100 - 0x8b4, 0x100 - 0x8b4 - 16);
+	rsr_put_le32(in + 0x8b8, 0x40);
+	/* A call whose field crosses the block boundary stays; the next block scans afresh. */
+	in[0xffc] = 0xe8;
+	put_rel(in, want, 0xffd, 0x100 - 0x1001, 0x100 - 0x1001);
+	in[0x1004] = 0xe8;
+	put_rel(in, want, 0x1005, 0x500 - 0x1009, 0x500 - 0x1009 + 16 + 32);
+	/* The bytes not set above stay as they are. */
+	for (size_t i = 0; i < 8192; i++)
+		if (!want[i])
+			want[i] = in[i];
+	memcpy(want + 0x8a8, in + 0x8a8, 4);
+	memcpy(want + 0x828, in + 0x828, 4);
+	memcpy(want + 0x840, in + 0x840, 4);
+	g.ranges = ranges;
+	g.n_ranges = sizeof(ranges) / sizeof(ranges[0]);
+	g.steps = steps;
+	g.n_steps = sizeof(steps) / sizeof(steps[0]);
+	*pj = (struct proj){.regions = &g, .n = 1};
+}
+
+static void test_projection_rules(void **state)
+{
+	uint8_t *in = calloc(1, 8192), *want = calloc(1, 8192), *got = malloc(8192);
+	struct proj fix, pj = {0};
+	struct buf enc = {0};
+	const char *why = NULL;
+
+	assert_non_null(in);
+	assert_non_null(want);
+	assert_non_null(got);
+	proj_fixture(in, want, &fix);
+	/* Through its encoding, as a patch carries it. */
+	proj_encode(&fix, &enc);
+	assert_false(enc.oom);
+	assert_int_equal(proj_parse(enc.p, enc.len, 8192, &pj, &why), 0);
+	assert_int_equal(pj.n, 1);
+	assert_int_equal(pj.regions[0].n_ranges, 7);
+	assert_int_equal(pj.regions[0].n_steps, 3);
+	proj_block(&pj, in, 8192, 0, got);
+	proj_block(&pj, in, 8192, 4096, got + 4096);
+	for (size_t i = 0; i < 8192; i++)
+		if (got[i] != want[i])
+			fail_msg("projected byte %#zx is %#x, expected %#x", i, got[i], want[i]);
+	/* Any range read piecewise gives the same bytes. */
+	memset(got, 0, 8192);
+	for (size_t off = 0; off < 8192;) {
+		size_t n = RSR_MIN(8192 - off, (size_t)(1 + (off * 7919) % 1500));
+		proj_read(&pj, in, 8192, off, n, got + off);
+		off += n;
+	}
+	assert_memory_equal(got, want, 8192);
+	proj_free(&pj);
+
+	/* Every truncation of the description, and the input too small for it, are refused. */
+	for (size_t n = 0; n < enc.len; n++) {
+		why = NULL;
+		assert_int_equal(proj_parse(enc.p, n, 8192, &pj, &why), RSR_E_FORMAT);
+		assert_non_null(why);
+	}
+	assert_int_equal(proj_parse(enc.p, enc.len, 8191, &pj, &why), RSR_E_FORMAT);
+	/* An unknown kind; steps out of order. */
+	{
+		struct proj_range r = fix.regions[0].ranges[0];
+		fix.regions[0].ranges[0].kind = 7;
+		buf_free(&enc);
+		proj_encode(&fix, &enc);
+		assert_int_equal(proj_parse(enc.p, enc.len, 8192, &pj, &why), RSR_E_FORMAT);
+		assert_string_equal(why, "unknown projection kind");
+		fix.regions[0].ranges[0] = r;
+	}
+	{
+		struct proj_step st = fix.regions[0].steps[1];
+		fix.regions[0].steps[1].vaddr = fix.regions[0].steps[0].vaddr;
+		buf_free(&enc);
+		proj_encode(&fix, &enc);
+		assert_int_equal(proj_parse(enc.p, enc.len, 8192, &pj, &why), RSR_E_FORMAT);
+		assert_string_equal(why, "projection steps out of order");
+		fix.regions[0].steps[1] = st;
+	}
+	assert_int_equal(pj.n, 0);
+	buf_free(&enc);
+	free(in);
+	free(want);
+	free(got);
+}
+
+/* Runs a chunk of `ctrl` (and all-zero differences for n bytes) over the fixture's input. */
+static int run_proj_chunk(uint32_t version, const struct buf *ctrl, uint64_t n_diff, const uint8_t *in, uint8_t *out,
+			  const char **why)
+{
+	struct buf pl = {0}, runs = {0};
+	struct patch_chunk_view v = {.version = version, .out_offset = 0, .out_size = 8192};
+	size_t bound;
+	uint8_t *frame;
+	int r;
+
+	if (n_diff) {
+		buf_varint(&runs, n_diff);
+		buf_varint(&runs, 0);
+	}
+	buf_varint(&pl, ctrl->len);
+	buf_varint(&pl, runs.len);
+	buf_varint(&pl, 0);
+	buf_varint(&pl, 0);
+	buf_put(&pl, ctrl->p, ctrl->len);
+	buf_put(&pl, runs.p, runs.len);
+	assert_false(pl.oom);
+	bound = ZSTD_compressBound(pl.len);
+	frame = malloc(bound);
+	assert_non_null(frame);
+	v.comp_size = (uint32_t)ZSTD_compress(frame, bound, pl.p, pl.len, 3);
+	v.payload_size = (uint32_t)pl.len;
+	r = patch_run_frame(frame, &v, in, 8192, out, NULL, NULL, NULL, why);
+	free(frame);
+	buf_free(&pl);
+	buf_free(&runs);
+	return r;
+}
+
+/* PROJECT, PCOPY and PADD in a chunk: what they produce, and where they are refused. */
+static void test_projection_ops(void **state)
+{
+	uint8_t *in = calloc(1, 8192), *want = calloc(1, 8192), *out = malloc(8192);
+	struct proj fix;
+	struct buf desc = {0}, ctrl = {0};
+	const char *why = NULL;
+
+	assert_non_null(in);
+	assert_non_null(want);
+	assert_non_null(out);
+	proj_fixture(in, want, &fix);
+	proj_encode(&fix, &desc);
+	/* PROJECT; PADD of the first 5000 bytes (zero differences); PCOPY of the rest. */
+	buf_byte(&ctrl, OP_PROJECT);
+	buf_varint(&ctrl, desc.len);
+	buf_put(&ctrl, desc.p, desc.len);
+	buf_byte(&ctrl, OP_PADD);
+	buf_svarint(&ctrl, 0);
+	buf_varint(&ctrl, 5000);
+	buf_byte(&ctrl, OP_PCOPY);
+	buf_svarint(&ctrl, 0);
+	buf_varint(&ctrl, 8192 - 5000);
+	assert_int_equal(run_proj_chunk(3, &ctrl, 5000, in, out, &why), 0);
+	assert_memory_equal(out, want, 8192);
+	/* A version 2 patch has no projections. */
+	assert_int_equal(run_proj_chunk(2, &ctrl, 5000, in, out, &why), RSR_E_FORMAT);
+	assert_string_equal(why, "unknown operation");
+	/* PCOPY before any PROJECT. */
+	buf_free(&ctrl);
+	buf_byte(&ctrl, OP_PCOPY);
+	buf_svarint(&ctrl, 0);
+	buf_varint(&ctrl, 8192);
+	assert_int_equal(run_proj_chunk(3, &ctrl, 0, in, out, &why), RSR_E_FORMAT);
+	assert_string_equal(why, "projected operation without a projection");
+	/* A PROJECT whose length passes the end of the operations. */
+	buf_free(&ctrl);
+	buf_byte(&ctrl, OP_PROJECT);
+	buf_varint(&ctrl, desc.len + 1);
+	buf_put(&ctrl, desc.p, desc.len);
+	assert_int_equal(run_proj_chunk(3, &ctrl, 0, in, out, &why), RSR_E_FORMAT);
+	assert_string_equal(why, "bad projection operation");
+	buf_free(&ctrl);
+	buf_free(&desc);
+	free(in);
+	free(want);
+	free(out);
+}
+
+/* Copies an image with the first byte of its ELF header changed, so that the differ finds no ELF file. */
+static void unelf(const char *from, const char *to)
+{
+	size_t len;
+	uint8_t *b = read_all(from, &len);
+	b[0] ^= 0xff;
+	write_file(to, b, len);
+	free(b);
+}
+
+static off_t file_size(const char *path)
+{
+	struct stat st;
+	assert_int_equal(stat(path, &st), 0);
+	return st.st_size;
+}
+
+/*
+ * The version 3 vector applies; the differ finds the ELF file, writes
+ * version 3, and the patch is much smaller than the one it makes of the
+ * same bytes when it cannot tell they are an ELF file.
+ */
+static void test_projection_differ(void **state)
+{
+	struct rsr_ctx *ctx;
+	struct rsr_patch *p;
+	const char *old = DATA "/elf-old.img", *unold, *unnew;
+
+	assert_int_equal(rsr_ctx_new(&ctx), 0);
+	assert_int_equal(rsr_patch_open(ctx, DATA "/v3-elf.rsrp", &p), 0);
+	assert_int_equal(rsr_patch_version(p), 3);
+	rsr_patch_free(p);
+	assert_int_equal(rsr_patch_apply(ctx, old, DATA "/v3-elf.rsrp", tpath("out")), RSR_PATCH_APPLIED);
+	assert_true(same_file(tpath("out"), DATA "/elf-new.img"));
+	unlink(tpath("out"));
+
+	assert_int_equal(rsr_patch_create(ctx, &old, 1, DATA "/elf-new.img", tpath("p3"), NULL, NULL), 0);
+	assert_int_equal(rsr_patch_open(ctx, tpath("p3"), &p), 0);
+	assert_int_equal(rsr_patch_version(p), 3);
+	rsr_patch_free(p);
+	assert_int_equal(rsr_patch_apply(ctx, old, tpath("p3"), tpath("out")), RSR_PATCH_APPLIED);
+	assert_true(same_file(tpath("out"), DATA "/elf-new.img"));
+	unlink(tpath("out"));
+
+	unold = tpath("unelf-old.img"); /* tpath() recycles its buffers: used at once */
+	unnew = tpath("unelf-new.img");
+	unelf(old, unold);
+	unelf(DATA "/elf-new.img", unnew);
+	assert_int_equal(rsr_patch_create(ctx, &unold, 1, unnew, tpath("p2"), NULL, NULL), 0);
+	assert_int_equal(rsr_patch_open(ctx, tpath("p2"), &p), 0);
+	assert_int_equal(rsr_patch_version(p), 2);
+	rsr_patch_free(p);
+	print_message("ELF vector: %lld bytes with projections, %lld without\n", (long long)file_size(tpath("p3")),
+		      (long long)file_size(tpath("p2")));
+	assert_true(file_size(tpath("p3")) * 100 < file_size(tpath("p2")) * 85);
+	unlink(tpath("p2"));
+	unlink(tpath("p3"));
+	unlink(tpath("unelf-old.img"));
+	unlink(tpath("unelf-new.img"));
+	assert_int_equal(count_files(), 0);
 	rsr_ctx_free(ctx);
 }
 
@@ -725,6 +1024,9 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test_setup_teardown(test_vectors, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_stats, setup, teardown),
+	    cmocka_unit_test(test_projection_rules),
+	    cmocka_unit_test(test_projection_ops),
+	    cmocka_unit_test_setup_teardown(test_projection_differ, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_roundtrip, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_pieces, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_hash_tree, setup, teardown),
