@@ -185,7 +185,8 @@ static size_t elf_ranges(const struct elf *e, struct proj_range *out)
 		out[n++] = (struct proj_range){
 		    .kind = kind, .start = e->off + x->off, .len = x->size, .vaddr = (x->flags & 2) ? x->addr : 0};
 	}
-	qsort(out, n, sizeof(*out), cmp_range);
+	if (n)
+		qsort(out, n, sizeof(*out), cmp_range);
 	/* Sections do not overlap in a sane file; drop any that do. */
 	for (size_t i = 0; i < n; i++)
 		if (!k || out[i].start >= out[k - 1].start + out[k - 1].len)
@@ -414,7 +415,8 @@ static int make_steps(struct proj_step *a, size_t n, struct proj_region *g)
 	int64_t cur = 0;
 	bool have = false;
 
-	qsort(a, n, sizeof(*a), cmp_step);
+	if (n)
+		qsort(a, n, sizeof(*a), cmp_step);
 	out = malloc((n + 1) * sizeof(*out));
 	if (!out)
 		return -ENOMEM;
@@ -489,7 +491,8 @@ int elf_plan(const uint8_t *old, uint64_t old_size, const uint8_t *nw, uint64_t 
 		if (r < 0)
 			goto done;
 	}
-	qsort(index.s, index.n, sizeof(*index.s), cmp_sample);
+	if (index.n)
+		qsort(index.s, index.n, sizeof(*index.s), cmp_sample);
 	for (size_t i = 0; i < index.n;) {
 		size_t k = i + 1;
 		while (k < index.n && index.s[k].h == index.s[i].h)

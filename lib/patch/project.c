@@ -172,7 +172,7 @@ static bool in_region(const struct proj_region *g, uint64_t v)
 static void proj_rel32(const struct proj_region *g, const uint8_t *in, uint8_t *blk, uint64_t b0, uint64_t q,
 		       uint64_t vq, uint64_t base)
 {
-	int64_t v = (int32_t)rsr_get_le32(in + q), nv;
+	int64_t v = (int32_t)rsr_get_le32(in + q), dd, nv;
 	uint64_t t = base + (uint64_t)v;
 
 	if (!in_region(g, t))
@@ -181,8 +181,12 @@ static void proj_rel32(const struct proj_region *g, const uint8_t *in, uint8_t *
 		rsr_put_le32(blk + (q - b0), 0);
 		return;
 	}
-	nv = v + shift_of(g, t) - shift_of(g, vq);
-	if (nv >= INT32_MIN && nv <= INT32_MAX)
+	/*
+	 * v + (d(t) - d(vq)), exactly: shifts come from the patch, and a step
+	 * that overflows 64 bits can only lead to a result far out of range.
+	 */
+	if (!__builtin_sub_overflow(shift_of(g, t), shift_of(g, vq), &dd) && !__builtin_add_overflow(v, dd, &nv) &&
+	    nv >= INT32_MIN && nv <= INT32_MAX)
 		rsr_put_le32(blk + (q - b0), (uint32_t)(int32_t)nv);
 }
 

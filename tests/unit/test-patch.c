@@ -275,6 +275,23 @@ static void test_projection_rules(void **state)
 	assert_memory_equal(got, want, 8192);
 	proj_free(&pj);
 
+	/*
+	 * Shifts at the ends of 64 bits (a patch may say anything): results out
+	 * of 32 bits leave their fields, without overflowing on the way.
+	 */
+	{
+		struct proj_step ext[] = {{PV, INT64_MAX}, {PV + 0x400, INT64_MIN}, {PV + 0x1000, INT64_MAX}};
+		struct proj_region g = fix.regions[0];
+		struct proj pe = {.regions = &g, .n = 1};
+		g.steps = ext;
+		proj_block(&pe, in, 8192, 0, got);
+		assert_memory_equal(got + 0x101, in + 0x101, 4); /* d(t) - d(v(q)) = INT64_MIN - INT64_MAX */
+		assert_memory_equal(got + 0x782, in + 0x782, 4);
+		ext[1].delta = ext[2].delta = INT64_MAX; /* the same shift everywhere: no change */
+		proj_block(&pe, in, 8192, 0, got);
+		assert_memory_equal(got + 0x101, in + 0x101, 4);
+		assert_memory_equal(got + 0x603, in + 0x603, 4);
+	}
 	/* Every truncation of the description, and the input too small for it, are refused. */
 	for (size_t n = 0; n < enc.len; n++) {
 		why = NULL;
