@@ -3,7 +3,7 @@
 # qemu is killed with SIGKILL while `rsr install` (a) -> (b) and `rsr
 # remove` (b) -> base run, each frozen just after one of its fsync, rename,
 # link or unlink calls, at RSR_LAB_CUTS points spread evenly over each
-# operation (6 by default, as scripts/test runs it; --full: 20); the guest
+# operation (4 by default, as scripts/test runs it; --full: 20); the guest
 # writes nothing back but what is synced. After each cut the guest boots,
 # rsr-graft.service recovers, and
 # the device must be on the old or the new response, every image verifying
@@ -11,7 +11,7 @@
 . "$RSR_SRCDIR/tests/integration/libtest.sh"
 . "$RSR_SRCDIR/tests/vm/lab.sh"
 need_root
-CUTS=${RSR_LAB_CUTS:-5}
+CUTS=${RSR_LAB_CUTS:-4}
 lab_setup "${1:-stock}"
 # s1, s2 for counting; s3..s(2N+2) for the install cuts (from s(2i+1) to
 # s(2i+2)); s(2N+3)..s(3N+2) to remove at the remove cuts; one more after.
