@@ -139,6 +139,21 @@ static int find_elfs(const uint8_t *img, uint64_t size, struct elfs *es)
 	return 0;
 }
 
+/* The index of the file that holds image offset off (files are in image order), or SIZE_MAX. */
+static size_t elf_at(const struct elfs *es, uint64_t off)
+{
+	size_t lo = 0, hi = es->n;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (es->e[mid].off + es->e[mid].size <= off)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo < es->n && es->e[lo].off <= off ? lo : SIZE_MAX;
+}
+
 /* The file offset (from the ELF's start) -> address of an allocated section's byte, or false. */
 static bool addr_of(const struct elf *e, uint64_t foff, uint64_t *ret)
 {
@@ -539,13 +554,9 @@ int elf_plan(const uint8_t *old, uint64_t old_size, const uint8_t *nw, uint64_t 
 		}
 		/* The old file most anchors fall in is this one's old version. */
 		memset(votes, 0, eo.n * sizeof(size_t));
-		for (size_t a = 0, i = 0; a < lk.n; a++) {
-			if (i >= eo.n || lk.a[a].old_off < eo.e[i].off || lk.a[a].old_off >= eo.e[i].off + eo.e[i].size)
-				for (i = 0; i < eo.n; i++)
-					if (lk.a[a].old_off >= eo.e[i].off &&
-					    lk.a[a].old_off < eo.e[i].off + eo.e[i].size)
-						break;
-			if (i < eo.n)
+		for (size_t a = 0; a < lk.n; a++) {
+			size_t i = elf_at(&eo, lk.a[a].old_off);
+			if (i != SIZE_MAX)
 				votes[i]++;
 		}
 		for (size_t i = 0; i < eo.n; i++)

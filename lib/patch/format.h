@@ -158,8 +158,6 @@ int elf_plan(const uint8_t *old, uint64_t old_size, const uint8_t *nw, uint64_t 
 	     const bool *used, struct proj *out);
 /* The rel32 field of an x86-64 instruction candidate at p (ending by e), or 0. */
 uint64_t proj_code_field(const uint8_t *in, uint64_t p, uint64_t e);
-/* Whether input bytes [off, off + len) meet a region. */
-bool proj_touches(const struct proj *pj, uint64_t off, uint64_t len);
 /* The projected input [off, off + len) into out. */
 void proj_read(struct proj *pj, const uint8_t *in, uint64_t in_size, uint64_t off, uint64_t len, uint8_t *out);
 #define PATCH_MAX_SALT 256

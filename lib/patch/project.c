@@ -323,7 +323,8 @@ void proj_block(const struct proj *pj, const uint8_t *in, uint64_t in_size, uint
 	}
 }
 
-bool proj_touches(const struct proj *pj, uint64_t off, uint64_t len)
+/* Whether input bytes [off, off + len) meet a region. */
+static bool proj_touches(const struct proj *pj, uint64_t off, uint64_t len)
 {
 	for (size_t i = 0; i < pj->n; i++)
 		if (pj->regions[i].start < off + len && pj->regions[i].start + pj->regions[i].size > off)
